@@ -1,0 +1,19 @@
+"""Shared fixtures: the async backend for anyio's pytest plugin, hypothesis profiles."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "soak", max_examples=2_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("soak" if os.environ.get("CRONSTACK_SOAK") else "ci")
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
