@@ -1,0 +1,332 @@
+"""``HttpClient``: the engine's outgoing HTTP, what ``external_api_request`` calls.
+
+One pooled ``aiohttp.ClientSession`` per engine, created lazily inside the
+running loop (a session must belong to the loop that uses it). Each request is
+built by ``message``, sent, its body read under a size cap while it streams,
+decoded, and every aiohttp failure is translated here, at the boundary, into
+the ``errors`` family (``raise ... from``) so that a stack sees ``error.type``
+strings and never a library traceback. ``CancelledError`` is never caught: a
+run stopped by its timeout or by shutdown stops its request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from engine._http import message
+from engine._http.errors import (
+    HttpError,
+    HttpInvalidRequest,
+    HttpInvalidUrl,
+    HttpStatusError,
+    InvalidResponse,
+    ResponseTooLarge,
+)
+from engine._http.redact import redact_headers, redact_url
+from engine._http.retry import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    RETRY_STATUSES,
+    backoff_delay,
+    may_retry_method,
+    parse_retry_after,
+)
+from engine._http.translate import translate
+from runtime import HttpResponse, InternalError
+
+__all__ = ("HttpClient", "DEFAULT_MAX_RESPONSE_BYTES", "MAX_RETRIES", "MAX_ERROR_TEXT")
+
+#: Largest response body read by default (10 MiB, after decompression).
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+#: Most retries one request may ask for.
+MAX_RETRIES = 10
+#: Longest raw text an ``InvalidResponse`` error keeps (characters).
+MAX_ERROR_TEXT = 2_000
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+class HttpClient:
+    """Outgoing HTTP implementing ``runtime.Http``; share one per engine.
+
+    ``limit`` and ``limit_per_host`` bound pooled connections (all hosts / one
+    host); ``max_response_bytes`` caps each body; ``max_redirects`` bounds
+    redirect chains; ``sleep`` waits between retries (inject a recorder in
+    tests); ``rng`` draws the backoff jitter; ``retry_after_cap`` bounds a
+    server's ``Retry-After``; ``ssl`` is passed to aiohttp (False disables
+    verification, for test servers only). Use ``async with HttpClient() as
+    http`` or call ``await http.close()``; a closed client reopens on next use.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = 100,
+        limit_per_host: int = 20,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_redirects: int = 10,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        retry_after_cap: float = BACKOFF_CAP,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        user_agent: str = "cronstack/0.1",
+        ssl: ssl.SSLContext | bool = True,
+        trust_env: bool = False,
+    ) -> None:
+        if limit < 0 or limit_per_host < 0:
+            raise ValueError("limit and limit_per_host must be >= 0 (0 means unbounded)")
+        if max_response_bytes <= 0 or max_redirects < 0:
+            raise ValueError("max_response_bytes must be > 0 and max_redirects >= 0")
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._max_bytes = max_response_bytes
+        self._max_redirects = max_redirects
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._retry_after_cap = retry_after_cap
+        self._sleep = sleep
+        self._rng = rng
+        self._user_agent = user_agent
+        self._ssl = ssl
+        self._trust_env = trust_env
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        self._get_session()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the pooled connections; safe to call twice."""
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        session = self._session
+        loop = asyncio.get_running_loop()
+        if session is not None and not session.closed:
+            if self._loop is not loop:
+                raise InternalError(
+                    "this HttpClient was opened on another event loop; "
+                    "create one HttpClient per engine and loop, and close it before the loop ends"
+                )
+            return session
+        connector = aiohttp.TCPConnector(
+            limit=self._limit, limit_per_host=self._limit_per_host, ssl=self._ssl
+        )
+        # A dummy cookie jar: runs of different tasks must never share cookies.
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": self._user_agent},
+            trust_env=self._trust_env,
+        )
+        self._loop = loop
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        body_format: str = "json",
+        timeout: float = 30.0,  # noqa: ASYNC109 -- per attempt, part of runtime.Http
+        retries: int = 0,
+        follow_redirects: bool = True,
+        retry_non_idempotent: bool = False,
+    ) -> HttpResponse:
+        """Send one request (retried up to ``retries`` times) and decode its answer.
+
+        Returns the response for statuses < 400 (a 3xx too when
+        ``follow_redirects`` is false); raises ``HttpStatusError`` for >= 400
+        and the other ``errors`` classes for every other failure.
+        ``timeout`` applies to each attempt.
+        """
+        verb = method.strip().upper() if isinstance(method, str) else method
+        shown_url = redact_url(url) if isinstance(url, str) else repr(url)
+        if verb not in message.METHODS:
+            raise HttpInvalidRequest(
+                f"{verb!r:.40} is not an HTTP method this step can send; "
+                f"use one of {', '.join(sorted(message.METHODS))}",
+                method=str(verb),
+                url=shown_url,
+            )
+        try:
+            target = message.build_url(url, None)
+        except message.BadValue as exc:
+            raise HttpInvalidUrl(f"{verb} {shown_url}: {exc}", method=verb, url=shown_url) from exc
+        try:
+            if query:
+                target = message.build_url(url, query)
+            hdrs = message.build_headers(headers)
+            payload, content_type = message.encode_body(verb, body, body_format)
+        except message.BadValue as exc:
+            raise HttpInvalidRequest(
+                f"{verb} {shown_url}: {exc}", method=verb, url=shown_url
+            ) from exc
+        if content_type is not None and not message.has_header(hdrs, "Content-Type"):
+            hdrs["Content-Type"] = content_type
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            timeout = math.nan
+        if not (0 < timeout < math.inf):
+            raise HttpInvalidRequest(
+                f"{verb} {shown_url}: timeout must be a positive number of seconds, got {timeout!r}",
+                method=verb,
+                url=shown_url,
+            )
+        if (
+            isinstance(retries, bool)
+            or not isinstance(retries, int)
+            or not 0 <= retries <= MAX_RETRIES
+        ):
+            raise HttpInvalidRequest(
+                f"{verb} {shown_url}: retries must be a whole number from 0 to {MAX_RETRIES}, "
+                f"got {retries!r:.40}",
+                method=verb,
+                url=shown_url,
+            )
+        client_timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        can_retry = retries > 0 and may_retry_method(verb, retry_non_idempotent)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(
+                    verb, target, hdrs, payload, client_timeout, follow_redirects
+                )
+            except HttpError as exc:
+                delay = (
+                    self._retry_delay(exc, attempt) if can_retry and attempt <= retries else None
+                )
+                if delay is None:
+                    if attempt > 1:
+                        exc.message = f"{exc.message} (gave up after {attempt} attempts)"
+                        exc.args = (exc.message,)
+                        exc.extra["attempts"] = attempt
+                    raise
+            await self._sleep(delay)
+
+    def _retry_delay(self, exc: HttpError, attempt: int) -> float | None:
+        """Seconds to wait before retrying after ``exc``, or None to give up."""
+        if isinstance(exc, HttpStatusError):
+            if exc.status not in RETRY_STATUSES:
+                return None
+            headers = exc.extra.get("headers") or {}
+            asked = parse_retry_after(headers.get("retry-after"))
+            if asked is not None:
+                return min(asked, self._retry_after_cap)
+        elif not exc.retryable:
+            return None
+        return backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
+
+    async def _attempt(
+        self,
+        verb: str,
+        target: URL,
+        hdrs: dict[str, str],
+        payload: bytes | None,
+        client_timeout: aiohttp.ClientTimeout,
+        follow_redirects: bool,
+    ) -> HttpResponse:
+        session = self._get_session()
+        try:
+            async with session.request(
+                verb,
+                target,
+                headers=hdrs,
+                data=payload,
+                timeout=client_timeout,
+                allow_redirects=follow_redirects,
+                max_redirects=self._max_redirects,
+            ) as resp:
+                raw = await self._read_body(resp, verb, target)
+                status = resp.status
+                reason = resp.reason or ""
+                mimetype = resp.content_type
+                charset = resp.charset
+                headers: dict[str, str] = {}
+                for name, value in resp.headers.items():
+                    key = name.lower()
+                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        except HttpError:
+            raise
+        except Exception as exc:
+            raise translate(exc, verb, target, client_timeout) from exc
+        try:
+            decoded = message.decode_body(raw, mimetype, charset)
+        except message.BadJson as exc:
+            if status < 400:
+                shown = redact_url(str(target))
+                raise InvalidResponse(
+                    f"{verb} {shown} answered {status} with a {mimetype} body that is not "
+                    f"valid JSON ({exc}); the raw text is in error.body",
+                    method=verb,
+                    url=shown,
+                    status=status,
+                    headers=redact_headers(headers),
+                    body=exc.text[:MAX_ERROR_TEXT],
+                ) from exc
+            decoded = exc.text  # an error page that claims JSON: keep it as text
+        if status >= 400:
+            shown = redact_url(str(target))
+            raise HttpStatusError(
+                f"{verb} {shown} answered HTTP {status} {reason}".rstrip()
+                + "; the response is in error.status and error.body",
+                method=verb,
+                url=shown,
+                status=status,
+                headers=redact_headers(headers),
+                body=decoded,
+            )
+        return HttpResponse(status, headers, decoded)
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, verb: str, target: URL) -> bytes:
+        """The body, refused as soon as it is known to exceed ``max_response_bytes``."""
+        limit = self._max_bytes
+        length = resp.content_length
+        if length is not None and length > limit:
+            resp.close()
+            raise self._too_large(verb, target, resp.status, f"declares {length:,} bytes")
+        if verb == "HEAD":
+            return b""
+        encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+        if length is not None and not encoded:
+            return await resp.read()
+        # Unknown or compressed length: count decompressed bytes as they stream.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                resp.close()
+                raise self._too_large(verb, target, resp.status, f"passed {limit:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, verb: str, target: URL, status: int, what: str) -> ResponseTooLarge:
+        shown = redact_url(str(target))
+        return ResponseTooLarge(
+            f"{verb} {shown}: the response body {what}, over the limit of "
+            f"{self._max_bytes:,} bytes; ask the API for less (paging, filters) "
+            "or raise max_response_bytes",
+            method=verb,
+            url=shown,
+            status=status,
+            limit=self._max_bytes,
+        )

@@ -1,0 +1,210 @@
+"""Turns a step's values into an HTTP request, and response bytes back into values.
+
+Pure functions, no I/O: the URL with its query, the header block, the body in
+one of the ``body_format``s, and the decoded body of a response. Values that
+are not text are rendered the way a text template renders them (``true``,
+``3``, ``2.5``, compact JSON for lists and objects) so that ``"{{ n }}"`` in a
+header and ``n`` in ``query`` send the same characters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+from yarl import URL
+
+__all__ = (
+    "METHODS",
+    "BODY_FORMATS",
+    "BadValue",
+    "BadJson",
+    "to_text",
+    "build_url",
+    "build_headers",
+    "has_header",
+    "encode_body",
+    "is_json_type",
+    "decode_body",
+)
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+BODY_FORMATS = ("json", "form", "text", "raw", "none")
+
+#: Methods whose requests never carry a body here (a non-null body is refused).
+_BODYLESS = frozenset({"GET", "HEAD"})
+_DEFAULT_CONTENT_TYPE = {
+    "json": "application/json",
+    "form": "application/x-www-form-urlencoded",
+    "text": "text/plain; charset=utf-8",
+    "raw": "application/octet-stream",
+}
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+class BadValue(ValueError):
+    """A value cannot go into the request; the client reports it with context."""
+
+
+class BadJson(ValueError):
+    """A response that says JSON is not JSON; ``text`` is the body as text."""
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(reason)
+        self.text = text
+
+
+def to_text(value: Any) -> str:
+    """``value`` as the characters a text template would produce."""
+    if isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return _json_encode(value).decode()
+        except (TypeError, ValueError) as exc:
+            raise BadValue(f"cannot render {type(value).__name__} as JSON: {exc}") from exc
+    raise BadValue(f"cannot send a value of type {type(value).__name__}")
+
+
+def _pairs(values: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
+    """Key/text pairs: None skipped, lists become repeated keys."""
+    if not isinstance(values, Mapping):
+        raise BadValue(f"{what} must be an object of names to values, not {type(values).__name__}")
+    pairs: list[tuple[str, str]] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        name = to_text(key)
+        if isinstance(value, (list, tuple)):
+            pairs.extend((name, to_text(v)) for v in value if v is not None)
+        else:
+            pairs.append((name, to_text(value)))
+    return pairs
+
+
+def build_url(url: Any, query: Mapping[str, Any] | None) -> URL:
+    """The absolute http(s) URL to call, with ``query`` appended to any query it has."""
+    if not isinstance(url, str) or not url.strip():
+        raise BadValue(f"the URL must be non-empty text, got {url!r:.80}")
+    try:
+        target = URL(url.strip())
+    except (TypeError, ValueError) as exc:
+        raise BadValue(f"the URL does not parse: {exc}") from exc
+    if target.scheme not in ("http", "https"):
+        shown = f"'{target.scheme}:'" if target.scheme else "none (a relative URL)"
+        raise BadValue(f"only http:// and https:// URLs can be called; the scheme is {shown}")
+    if not target.host:
+        raise BadValue("the URL has no host name")
+    if query:
+        pairs = _pairs(query, "query")
+        if pairs:
+            target = target.extend_query(pairs)
+    return target
+
+
+def build_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    """Header block as text; None values skipped; CR/LF refused (header injection)."""
+    if not headers:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise BadValue(
+            f"headers must be an object of names to values, not {type(headers).__name__}"
+        )
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if value is None:
+            continue
+        key = to_text(name)
+        text = to_text(value)
+        if not key or any(c in key for c in "\r\n:") or key != key.strip():
+            raise BadValue(f"{key!r} is not a valid header name")
+        if "\r" in text or "\n" in text:
+            raise BadValue(f"the value of header {key!r} contains a line break")
+        out[key] = text
+    return out
+
+
+def has_header(headers: Mapping[str, str], name: str) -> bool:
+    lowered = name.lower()
+    return any(k.lower() == lowered for k in headers)
+
+
+def encode_body(method: str, body: Any, body_format: str) -> tuple[bytes | None, str | None]:
+    """``(payload, default Content-Type)`` for ``body`` in ``body_format``.
+
+    A null body sends nothing in every format. ``GET``/``HEAD`` with a body
+    and ``"none"`` with a body are refused rather than silently dropped.
+    """
+    if body_format not in BODY_FORMATS:
+        raise BadValue(
+            f"body_format must be one of {', '.join(BODY_FORMATS)}, not {body_format!r:.40}"
+        )
+    if body is None:
+        return None, None
+    if body_format == "none":
+        raise BadValue('body_format is "none" but a body was given; remove one of them')
+    if method in _BODYLESS:
+        raise BadValue(f"a {method} request carries no body; put the values in `query` instead")
+    if body_format == "json":
+        try:
+            payload = _json_encode(body)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadValue(f"the body cannot be encoded as JSON: {exc}") from exc
+    elif body_format == "form":
+        if isinstance(body, str):  # already urlencoded by the stack
+            payload = body.encode()
+        else:
+            payload = urlencode(_pairs(body, "a form body")).encode("ascii")
+    elif isinstance(body, (bytes, bytearray)):
+        payload = bytes(body)
+    else:
+        payload = to_text(body).encode()
+    return payload, _DEFAULT_CONTENT_TYPE[body_format]
+
+
+def is_json_type(mimetype: str) -> bool:
+    """``application/json`` and any ``+json`` type (``application/problem+json``)."""
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def _text(raw: bytes, charset: str | None) -> str:
+    if charset:
+        try:
+            return raw.decode(charset, errors="replace")
+        except LookupError:  # unknown charset name: fall back to UTF-8
+            pass
+    return raw.decode("utf-8", errors="replace")
+
+
+def decode_body(raw: bytes, mimetype: str, charset: str | None) -> Any:
+    """JSON value when the type says JSON, else text; an empty body is None.
+
+    Raises ``BadJson`` (with the body as text) when a JSON type holds no JSON.
+    """
+    if not raw:
+        return None
+    if not is_json_type(mimetype):
+        return _text(raw, charset)
+    if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        source: bytes | str = _text(raw, charset)
+    else:
+        source = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+    try:
+        return _json_decode(source)
+    except msgspec.DecodeError as exc:
+        text = source if isinstance(source, str) else _text(source, None)
+        raise BadJson(str(exc), text) from exc
