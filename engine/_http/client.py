@@ -62,7 +62,8 @@ class HttpClient:
     redirect chains; ``sleep`` waits between retries (inject a recorder in
     tests); ``rng`` draws the backoff jitter; ``retry_after_cap`` bounds a
     server's ``Retry-After``; ``ssl`` is passed to aiohttp (False disables
-    verification, for test servers only). Use ``async with HttpClient() as
+    verification, for test servers only); ``resolver`` replaces DNS resolution
+    (an aiohttp resolver: pinning, or refusing private addresses). Use ``async with HttpClient() as
     http`` or call ``await http.close()``; a closed client reopens on next use.
     """
 
@@ -81,6 +82,7 @@ class HttpClient:
         user_agent: str = "cronstack/0.1",
         ssl: ssl.SSLContext | bool = True,
         trust_env: bool = False,
+        resolver: aiohttp.abc.AbstractResolver | None = None,
     ) -> None:
         if limit < 0 or limit_per_host < 0:
             raise ValueError("limit and limit_per_host must be >= 0 (0 means unbounded)")
@@ -98,6 +100,7 @@ class HttpClient:
         self._user_agent = user_agent
         self._ssl = ssl
         self._trust_env = trust_env
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -125,7 +128,10 @@ class HttpClient:
                 )
             return session
         connector = aiohttp.TCPConnector(
-            limit=self._limit, limit_per_host=self._limit_per_host, ssl=self._ssl
+            limit=self._limit,
+            limit_per_host=self._limit_per_host,
+            ssl=self._ssl,
+            resolver=self._resolver,
         )
         # A dummy cookie jar: runs of different tasks must never share cookies.
         self._session = aiohttp.ClientSession(
