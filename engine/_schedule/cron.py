@@ -279,8 +279,12 @@ def _special(index: int, item: str, low: int, high: int) -> tuple | None:
             )
         if item.endswith("L"):
             return ("L", _number(index, item[:-1], low, high) % 7, 0)
-    elif any(c in item for c in "LW#"):
-        raise _FieldError(f"{item!r}: L, W and # are only allowed in the day fields")
+    else:
+        bare = item
+        for name in _MONTHS:  # JUL holds an L
+            bare = bare.replace(name, "")
+        if any(c in bare for c in "LW#"):
+            raise _FieldError(f"{item!r}: L, W and # are only allowed in the day fields")
     return None
 
 
@@ -316,6 +320,8 @@ def _number(index: int, text: str, low: int, high: int, range_end: bool = False)
     if text in names:
         value = names[text]
         return 7 if range_end and index == _DOW and value == 0 else value
+    if not text:
+        raise _FieldError("a number is missing (a range needs both ends, e.g. 1-5)")
     if not text.isdigit():
         hint = f" (names: {', '.join(names)})" if names else ""
         raise _FieldError(f"{text!r} is not a number{hint}")
