@@ -1,0 +1,164 @@
+"""The store interface every backend implements (SQLite today).
+
+One object serves both sides of the engine: it *is* a ``runtime.Records``
+(the record steps of a run) and it keeps the engine's own state (runs,
+traces, schedule state). Every method is a coroutine. A write is committed
+(durable) when its coroutine returns, and visible to any read issued after.
+The contract test suite in ``tests/test_store_contract.py`` is the executable
+form of this page; a new backend passes it unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ("Store",)
+
+
+class Store(abc.ABC):
+    """Records plus engine state, on one database."""
+
+    #: the URL the store was opened with
+    url: str
+
+    # -- records (runtime.Records) -------------------------------------------
+
+    @abc.abstractmethod
+    async def query(
+        self,
+        table: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        sort: str | list[Any] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Records matching ``filter`` in ``sort`` order (insertion order on ties)."""
+
+    @abc.abstractmethod
+    async def get(
+        self, table: str, *, id: Any = None, filter: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The record with ``id``, else the first matching ``filter``; None if none."""
+
+    @abc.abstractmethod
+    async def count(self, table: str, *, filter: Mapping[str, Any] | None = None) -> int:
+        """How many records match."""
+
+    @abc.abstractmethod
+    async def add(self, table: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert; the full record (with id, created_at, updated_at) is returned."""
+
+    @abc.abstractmethod
+    async def edit(self, table: str, id: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Shallow-merge ``data`` into record ``id``; ``RecordNotFound`` if missing."""
+
+    @abc.abstractmethod
+    async def delete(self, table: str, id: Any) -> bool:
+        """True when a record was deleted; a missing id returns False."""
+
+    @abc.abstractmethod
+    async def upsert(self, table: str, data: Mapping[str, Any], identifier: str) -> dict[str, Any]:
+        """Merge into the first record whose ``identifier`` equals data's, else insert."""
+
+    @abc.abstractmethod
+    async def delete_many(self, table: str, filter: Mapping[str, Any]) -> int:
+        """Delete every matching record; the count deleted."""
+
+    @abc.abstractmethod
+    async def edit_many(
+        self, table: str, filter: Mapping[str, Any], data: Mapping[str, Any]
+    ) -> int:
+        """Shallow-merge ``data`` into every matching record; the count edited."""
+
+    # -- runs -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_run(self, row: dict[str, Any]) -> None:
+        """Store a new run (``id`` and ``task`` required; see docs/store.md for defaults)."""
+
+    @abc.abstractmethod
+    async def claim_fire(self, task: str, scheduled_at: float, run_row: dict[str, Any]) -> bool:
+        """Insert the run of a scheduled fire unless that fire already has one."""
+
+    @abc.abstractmethod
+    async def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        """Set ``fields`` of run ``run_id``; ``RunNotFound`` if it is not stored."""
+
+    @abc.abstractmethod
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run row (JSON columns decoded), or None."""
+
+    @abc.abstractmethod
+    async def list_runs(
+        self,
+        task: str | None = None,
+        *,
+        status: str | Iterable[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Runs by creation time, optionally of one task and some statuses."""
+
+    @abc.abstractmethod
+    async def count_runs(
+        self, task: str | None = None, status: str | Iterable[str] | None = None
+    ) -> int:
+        """How many runs match."""
+
+    @abc.abstractmethod
+    async def due_runs(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Queued runs with ``not_before <= now``, oldest ``not_before`` first."""
+
+    @abc.abstractmethod
+    async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
+        """Atomically move a queued run to running; False if it was not queued."""
+
+    @abc.abstractmethod
+    async def recover_running(self, engine_id: str) -> list[dict[str, Any]]:
+        """Mark runs left running by another (dead) engine crashed; return them."""
+
+    @abc.abstractmethod
+    async def last_runs(self) -> dict[str, dict[str, Any]]:
+        """The most recently created run of every task."""
+
+    # -- traces, schedule state, retention ------------------------------------
+
+    @abc.abstractmethod
+    async def add_trace(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+        """Append trace entries (path, kind, started, duration, inputs, output, error)."""
+
+    @abc.abstractmethod
+    async def get_trace(self, run_id: str) -> list[dict[str, Any]]:
+        """Every entry of the run's trace, in the order added."""
+
+    @abc.abstractmethod
+    async def get_task_state(self, task: str) -> dict[str, Any] | None:
+        """``{task, last_fire, paused, updated_at, ...extra}`` or None."""
+
+    @abc.abstractmethod
+    async def all_task_states(self) -> dict[str, dict[str, Any]]:
+        """Every task's state, by task name."""
+
+    @abc.abstractmethod
+    async def set_task_state(self, task: str, **fields: Any) -> None:
+        """Merge ``fields`` (``last_fire``, ``paused``, or any JSON extra) into the state."""
+
+    @abc.abstractmethod
+    async def prune_history(self, task: str | None, before: float) -> int:
+        """Delete finished runs (and their traces) created before ``before``; the count."""
+
+    # -- lifetime -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Commit pending writes, close connections, release the lock."""
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,142 @@
+"""The store's error family, and the one place sqlite3 errors become it.
+
+Two branches meet here. ``StoreError`` is what the engine sees when its own
+bookkeeping (runs, traces, locks, schema) fails. ``RecordError`` is also a
+``RunError``: a record step that fails inside a run must be catchable by a
+stack's ``try_catch`` like any other step failure, with ``error.type`` naming
+what went wrong (``RecordNotFound``, ``InvalidName``...).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from runtime import CronstackError, InternalError, RunError
+
+__all__ = (
+    "StoreError",
+    "StoreLocked",
+    "StoreCorrupt",
+    "SchemaTooNew",
+    "UnsupportedDatabase",
+    "RunNotFound",
+    "RecordError",
+    "RecordNotFound",
+    "DuplicateRecord",
+    "InvalidName",
+    "InvalidFilter",
+    "InvalidRecord",
+    "WriteFailed",
+    "translate",
+)
+
+
+class StoreError(CronstackError):
+    """The database could not do what the engine asked."""
+
+    error_type = "StoreError"
+
+
+class StoreLocked(StoreError):
+    """Another engine process owns this SQLite file."""
+
+    error_type = "StoreLocked"
+
+
+class StoreCorrupt(StoreError):
+    """The file is not an SQLite database, or SQLite reports it damaged."""
+
+    error_type = "StoreCorrupt"
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer cronstack than this one."""
+
+    error_type = "SchemaTooNew"
+
+
+class UnsupportedDatabase(StoreError):
+    """The URL names a database kind this build cannot open."""
+
+    error_type = "UnsupportedDatabase"
+
+
+class RunNotFound(StoreError, LookupError):
+    """An engine-state call named a run id that is not stored."""
+
+    error_type = "RunNotFound"
+
+
+class RecordError(StoreError, RunError):
+    """A record step failed; catchable in a stack by ``try_catch``."""
+
+    error_type = "RecordError"
+
+
+class RecordNotFound(RecordError, LookupError):
+    """``edit`` named an id the table does not hold."""
+
+    error_type = "RecordNotFound"
+
+
+class DuplicateRecord(RecordError):
+    """``add`` was given an id the table already holds."""
+
+    error_type = "DuplicateRecord"
+
+
+class InvalidName(RecordError, ValueError):
+    """A table or field name is not an identifier (or is reserved)."""
+
+    error_type = "InvalidName"
+
+
+class InvalidFilter(RecordError, ValueError):
+    """A filter, sort, limit or offset is malformed."""
+
+    error_type = "InvalidFilter"
+
+
+class InvalidRecord(RecordError, ValueError):
+    """Record data that cannot be stored: a bad id, a value JSON cannot hold."""
+
+    error_type = "InvalidRecord"
+
+
+class WriteFailed(RecordError):
+    """SQLite refused or could not commit a write (disk full, I/O error...)."""
+
+    error_type = "WriteFailed"
+
+
+def translate(exc: BaseException, what: str) -> CronstackError:
+    """The cronstack error for ``exc``, raised while doing ``what``.
+
+    Our own errors pass through; sqlite3 errors become store errors whose
+    message keeps SQLite's text and says what to do; anything else is a defect.
+    """
+    if isinstance(exc, CronstackError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "no such column" in text or "has no column named" in text:
+            return RecordError(
+                f"{what}: the table exists but was not created by cronstack ({text}); "
+                "use another table name"
+            )
+        if isinstance(exc, sqlite3.DatabaseError) and (
+            "malformed" in text or "not a database" in text
+        ):
+            return StoreCorrupt(
+                f"{what}: SQLite reports the database damaged ({text}); "
+                "restore it from a backup"
+            )
+        if "locked" in text or "busy" in text:
+            return WriteFailed(
+                f"{what}: the database stayed locked by another connection ({text}); "
+                "stop other programs writing to it"
+            )
+        return WriteFailed(f"{what}: SQLite error: {text}; check disk space and permissions")
+    return InternalError(
+        f"{what}: unexpected {type(exc).__name__}: {exc}; please report this as a cronstack bug"
+    )

@@ -1,0 +1,389 @@
+"""Records: the table storage behind the record steps (``runtime.Records``).
+
+The event-loop half validates names, encodes documents, assigns ids and
+queues writes; the ``_op_*`` functions are the writer-thread half (see
+``writer.py``). Assigned ids come from a per-table counter kept here, loaded
+once from the table's largest integer id: one engine owns the file, so no
+other process can take the same id, and ids are never reused (a failed write
+leaves a gap, as AUTOINCREMENT does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from engine._store import codec
+from engine._store.errors import (
+    DuplicateRecord,
+    InvalidRecord,
+    RecordError,
+    RecordNotFound,
+    translate,
+)
+from engine._store.filters import (
+    check_count,
+    check_field,
+    check_table,
+    compile_filter,
+    compile_sort,
+    equals,
+)
+from engine._store.writer import GroupWriter, WriteContext
+
+__all__ = ("RecordsMixin",)
+
+_SELECT = "SELECT id, created_at, updated_at, data FROM"
+_MAX_ID_TEXT = 255
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    rec = {"id": row[0], "created_at": row[1], "updated_at": row[2]}
+    rec.update(codec.decode(row[3]))
+    return rec
+
+
+def _check_id(value: Any, table: str) -> int | str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidRecord(
+            f"table {table!r}: a record id must be a whole number or a text, got {value!r}"
+        )
+    if isinstance(value, str) and not 0 < len(value) <= _MAX_ID_TEXT:
+        raise InvalidRecord(
+            f"table {table!r}: a text id must have 1 to {_MAX_ID_TEXT} characters"
+        )
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidRecord(f"table {table!r}: id {value} does not fit in 64 bits")
+    return value
+
+
+def _check_time(value: Any, field: str, table: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRecord(
+            f"table {table!r}: {field} must be Unix seconds (a number), got {value!r}"
+        )
+    return value
+
+
+def _encode(doc: dict[str, Any], table: str) -> str:
+    try:
+        return codec.encode(doc)
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        raise InvalidRecord(f"table {table!r}: the data cannot be stored as JSON ({exc})") from exc
+
+
+def _split(data: Any, table: str) -> tuple[dict[str, Any], Any, Any, Any]:
+    """(free fields, id, created_at, updated_at) of record data."""
+    if not isinstance(data, Mapping):
+        raise InvalidRecord(f"table {table!r}: record data must be an object, got {data!r}")
+    fields = dict(data)
+    rid = fields.pop("id", None)
+    created = fields.pop("created_at", None)
+    updated = fields.pop("updated_at", None)
+    return fields, rid, created, updated
+
+
+# -- writer-thread half ---------------------------------------------------------
+
+
+def _op_add(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
+    ctx.ensure_table(table)
+    try:
+        ctx.conn.executemany(
+            f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES (?, ?, ?, ?)', rows
+        )
+    except sqlite3.IntegrityError as exc:
+        if len(rows) == 1 and "UNIQUE" in str(exc):
+            raise DuplicateRecord(
+                f"table {table!r} already has a record with id {rows[0][0]!r}; "
+                "use edit_record or add_or_edit_record to change it",
+                id=rows[0][0],
+            ) from exc
+        raise
+
+
+_op_add.what = "adding a record"  # type: ignore[attr-defined]
+
+
+def _merge(
+    ctx: WriteContext, table: str, row: tuple[Any, ...], fields: dict[str, Any],
+    created: Any, updated: float,
+) -> dict[str, Any]:
+    """Shallow-merge ``fields`` into stored ``row`` (rowid, id, created_at, data)."""
+    doc = codec.decode(row[3])
+    doc.update(fields)
+    created_at = row[2] if created is None else created
+    ctx.conn.execute(
+        f'UPDATE "{table}" SET data = ?, created_at = ?, updated_at = ? WHERE rowid = ?',
+        (codec.encode(doc), created_at, updated, row[0]),
+    )
+    rec = {"id": row[1], "created_at": created_at, "updated_at": updated}
+    rec.update(doc)
+    return rec
+
+
+def _op_edit(ctx: WriteContext, table: str, args: list[tuple[Any, ...]]) -> list[Any]:
+    out: list[Any] = []
+    for rid, fields, created, updated, name in args:
+        row = None
+        if ctx.table_exists(table):
+            row = ctx.conn.execute(
+                f'SELECT rowid, id, created_at, data FROM "{table}" WHERE id = ?', (rid,)
+            ).fetchone()
+        if row is None:
+            out.append(RecordNotFound(
+                f"table {name!r} has no record with id {rid!r}; check the id "
+                "(5 and '5' are different ids) or use add_or_edit_record",
+                table=name, id=rid,
+            ))
+        else:
+            out.append(_merge(ctx, table, row, fields, created, updated))
+    return out
+
+
+_op_edit.what = "editing a record"  # type: ignore[attr-defined]
+
+
+def _op_delete(ctx: WriteContext, table: str, ids: list[Any]) -> list[bool]:
+    if not ctx.table_exists(table):
+        return [False] * len(ids)
+    sql = f'DELETE FROM "{table}" WHERE id = ?'
+    return [ctx.conn.execute(sql, (rid,)).rowcount > 0 for rid in ids]
+
+
+_op_delete.what = "deleting a record"  # type: ignore[attr-defined]
+
+
+def _op_upsert(ctx: WriteContext, table: str, args: list[tuple[Any, ...]]) -> list[Any]:
+    out = []
+    for where, params, fields, new_row, created, now in args:
+        ctx.ensure_table(table)
+        row = ctx.conn.execute(
+            f'SELECT rowid, id, created_at, data FROM "{table}" WHERE {where} ORDER BY rowid LIMIT 1',
+            params,
+        ).fetchone()
+        if row is not None:
+            out.append(_merge(ctx, table, row, fields, created, now))
+        else:
+            _op_add(ctx, table, [new_row])
+            rec = {"id": new_row[0], "created_at": new_row[1], "updated_at": new_row[2]}
+            rec.update(fields)
+            out.append(rec)
+    return out
+
+
+_op_upsert.what = "adding or editing a record"  # type: ignore[attr-defined]
+
+
+def _op_delete_many(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[int]:
+    out = []
+    for table, where, params in args:
+        if not ctx.table_exists(table):
+            out.append(0)
+        else:
+            out.append(ctx.conn.execute(f'DELETE FROM "{table}" WHERE {where}', params).rowcount)
+    return out
+
+
+_op_delete_many.what = "deleting records"  # type: ignore[attr-defined]
+
+
+def _op_edit_many(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[int]:
+    out = []
+    for table, where, params, fields, created, now in args:
+        if not ctx.table_exists(table):
+            out.append(0)
+            continue
+        rows = ctx.conn.execute(
+            f'SELECT rowid, id, created_at, data FROM "{table}" WHERE {where}', params
+        ).fetchall()
+        for row in rows:
+            _merge(ctx, table, row, fields, created, now)
+        out.append(len(rows))
+    return out
+
+
+_op_edit_many.what = "editing records"  # type: ignore[attr-defined]
+
+
+# -- event-loop half ------------------------------------------------------------
+
+
+class RecordsMixin:
+    """``runtime.Records`` over a group-committed SQLite database."""
+
+    _writer: GroupWriter
+    _clock: Callable[[], float]
+    _fetchall: Callable[[str, tuple[Any, ...] | list[Any]], Awaitable[list[tuple[Any, ...]]]]
+    _counters: dict[str, int]
+    _counter_loads: dict[str, asyncio.Future[int]]
+
+    async def _read(self, table: str, sql: str, params: Any, what: str) -> list[tuple[Any, ...]] | None:
+        """Rows of a read, or None when ``table`` was never written."""
+        try:
+            return await self._fetchall(sql, params)
+        except sqlite3.OperationalError as exc:
+            if str(exc).startswith("no such table"):
+                return None
+            raise translate(exc, f"{what} table {table!r}") from exc
+        except sqlite3.Error as exc:
+            raise translate(exc, f"{what} table {table!r}") from exc
+
+    async def query(
+        self,
+        table: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        sort: str | list[Any] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> list[dict[str, Any]]:
+        key = check_table(table)
+        where, params = compile_filter(filter)
+        order = compile_sort(sort)
+        limit = check_count(limit, "limit")
+        offset = check_count(offset, "offset")
+        sql = f'{_SELECT} "{key}" WHERE {where} ORDER BY {order}'
+        if limit is not None or offset:
+            sql += " LIMIT ? OFFSET ?"
+            params += [-1 if limit is None else limit, offset or 0]
+        rows = await self._read(table, sql, params, "querying")
+        return [] if rows is None else [_record(r) for r in rows]
+
+    async def get(
+        self, table: str, *, id: Any = None, filter: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        key = check_table(table)
+        if id is not None:
+            sql, params = f'{_SELECT} "{key}" WHERE id = ?', [_check_id(id, table)]
+        elif filter is not None:
+            where, params = compile_filter(filter)
+            sql = f'{_SELECT} "{key}" WHERE {where} ORDER BY rowid LIMIT 1'
+        else:
+            raise RecordError(f"get_record on table {table!r} needs an id or a filter")
+        rows = await self._read(table, sql, params, "reading")
+        return _record(rows[0]) if rows else None
+
+    async def count(self, table: str, *, filter: Mapping[str, Any] | None = None) -> int:
+        key = check_table(table)
+        where, params = compile_filter(filter)
+        rows = await self._read(table, f'SELECT count(*) FROM "{key}" WHERE {where}', params, "counting")
+        return rows[0][0] if rows else 0
+
+    async def _load_counter(self, key: str, table: str) -> None:
+        fut = self._counter_loads.get(key)
+        if fut is None:
+            sql = f'SELECT id FROM "{key}" WHERE id < \'\' ORDER BY id DESC LIMIT 1'
+
+            async def load() -> int:
+                rows = await self._read(table, sql, (), "reading the largest id of")
+                return rows[0][0] if rows and isinstance(rows[0][0], int) else 0
+
+            fut = self._counter_loads[key] = asyncio.ensure_future(load())
+        try:
+            value = await asyncio.shield(fut)
+        except RecordError:
+            self._counter_loads.pop(key, None)
+            raise
+        self._counters.setdefault(key, value)
+
+    async def _row_for_insert(
+        self, key: str, table: str, rid: Any, created: Any, updated: Any, now: float, text: str
+    ) -> tuple[Any, ...]:
+        if key not in self._counters:
+            await self._load_counter(key, table)
+        if rid is None:
+            rid = self._counters[key] + 1
+            self._counters[key] = rid
+        else:
+            rid = _check_id(rid, table)
+            if isinstance(rid, int) and rid > self._counters[key]:
+                self._counters[key] = rid
+        created = now if created is None else _check_time(created, "created_at", table)
+        updated = now if updated is None else _check_time(updated, "updated_at", table)
+        return (rid, created, updated, text)
+
+    async def add(self, table: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        key = check_table(table)
+        fields, rid, created, updated = _split(data, table)
+        text = _encode(fields, table)
+        row = await self._row_for_insert(key, table, rid, created, updated, self._clock(), text)
+        await self._writer.submit(_op_add, key, row)
+        rec = {"id": row[0], "created_at": row[1], "updated_at": row[2]}
+        rec.update(fields)
+        return rec
+
+    def _patch(self, data: Any, table: str, rid: Any) -> tuple[dict[str, Any], Any, float]:
+        fields, new_id, created, updated = _split(data, table)
+        if new_id is not None and new_id != rid:
+            raise InvalidRecord(
+                f"table {table!r}: an edit cannot change a record's id ({rid!r} to {new_id!r})"
+            )
+        _encode(fields, table)
+        if created is not None:
+            _check_time(created, "created_at", table)
+        now = self._clock() if updated is None else _check_time(updated, "updated_at", table)
+        return fields, created, now
+
+    async def edit(self, table: str, id: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+        key = check_table(table)
+        rid = _check_id(id, table)
+        fields, created, now = self._patch(data, table, rid)
+        return await self._writer.submit(_op_edit, key, (rid, fields, created, now, table))
+
+    async def delete(self, table: str, id: Any) -> bool:
+        key = check_table(table)
+        return await self._writer.submit(_op_delete, key, _check_id(id, table))
+
+    async def upsert(
+        self, table: str, data: Mapping[str, Any], identifier: str
+    ) -> dict[str, Any]:
+        key = check_table(table)
+        ident = check_field(identifier)
+        if not isinstance(data, Mapping) or data.get(ident) is None:
+            raise InvalidRecord(
+                f"add_or_edit_record on table {table!r}: the data has no value for the "
+                f"identifier field {ident!r}; include it in data"
+            )
+        params: list[Any] = []
+        if ident == "id":
+            where = "id = ?"
+            params.append(_check_id(data["id"], table))
+        else:
+            where = equals(ident, data[ident], params)
+        fields, rid, created, updated = _split(data, table)
+        text = _encode(fields, table)
+        now = self._clock()
+        row = await self._row_for_insert(key, table, rid, created, updated, now, text)
+        if created is not None:
+            _check_time(created, "created_at", table)
+        return await self._writer.submit(
+            _op_upsert, key, (where, params, fields, row, created, row[2])
+        )
+
+    async def delete_many(self, table: str, filter: Mapping[str, Any]) -> int:
+        key = check_table(table)
+        where, params = compile_filter(filter)
+        return await self._writer.submit(_op_delete_many, None, (key, where, params))
+
+    async def edit_many(
+        self, table: str, filter: Mapping[str, Any], data: Mapping[str, Any]
+    ) -> int:
+        key = check_table(table)
+        where, params = compile_filter(filter)
+        fields, rid, created, updated = _split(data, table)
+        if rid is not None:
+            raise InvalidRecord(f"edit_records on table {table!r}: data cannot set an id")
+        _encode(fields, table)
+        if created is not None:
+            _check_time(created, "created_at", table)
+        now = self._clock() if updated is None else _check_time(updated, "updated_at", table)
+        return await self._writer.submit(
+            _op_edit_many, None, (key, where, params, fields, created, now)
+        )

@@ -1,0 +1,123 @@
+"""Versioned DDL: the engine's own tables, record tables, and migrations.
+
+The schema version lives in ``PRAGMA user_version``. ``MIGRATIONS[i]`` takes a
+database from version ``i`` to ``i + 1``; a fresh (or foreign, version 0)
+database runs them all, an older one the missing tail, each in one
+transaction. A version above ``CURRENT_VERSION`` was written by a newer
+cronstack and is refused rather than guessed at.
+
+Record tables are created on first write: ``id`` has no declared type so an
+integer stays an integer and a text stays a text (and ``5`` differs from
+``"5"``); the free fields are one JSON document in ``data``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from engine._store.errors import SchemaTooNew
+from engine._store.filters import COLUMNS, field_sql
+
+__all__ = (
+    "CURRENT_VERSION",
+    "MIGRATIONS",
+    "ENGINE_TABLES",
+    "migrate",
+    "record_table_ddl",
+    "index_ddl",
+)
+
+_V1 = (
+    """CREATE TABLE IF NOT EXISTS cronstack_runs (
+        id TEXT PRIMARY KEY,
+        task TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'task',
+        trigger TEXT NOT NULL,
+        scheduled_at REAL,
+        not_before REAL,
+        started_at REAL,
+        finished_at REAL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        status TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        parent_id TEXT,
+        inputs TEXT,
+        engine_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    )""",
+    # One row per scheduled fire: what makes claim_fire exactly-once.
+    """CREATE UNIQUE INDEX IF NOT EXISTS cronstack_runs_fire
+        ON cronstack_runs(task, scheduled_at) WHERE trigger IN ('schedule', 'catchup')""",
+    "CREATE INDEX IF NOT EXISTS cronstack_runs_due ON cronstack_runs(status, not_before)",
+    "CREATE INDEX IF NOT EXISTS cronstack_runs_task ON cronstack_runs(task, created_at)",
+    "CREATE INDEX IF NOT EXISTS cronstack_runs_parent ON cronstack_runs(parent_id)",
+    """CREATE TABLE IF NOT EXISTS cronstack_traces (
+        seq INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        entries TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS cronstack_traces_run ON cronstack_traces(run_id)",
+    """CREATE TABLE IF NOT EXISTS cronstack_task_state (
+        task TEXT PRIMARY KEY,
+        last_fire REAL,
+        paused INTEGER NOT NULL DEFAULT 0,
+        extra TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    )""",
+)
+
+#: Steps from version i to i + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+CURRENT_VERSION = len(MIGRATIONS)
+ENGINE_TABLES = ("cronstack_runs", "cronstack_traces", "cronstack_task_state")
+
+
+def migrate(conn: sqlite3.Connection, where: str, migrations=MIGRATIONS) -> int:
+    """Bring the database to ``len(migrations)``; return the version it had.
+
+    ``conn`` is in autocommit mode; each step commits with its version bump,
+    so an interrupted migration resumes at the step that did not finish.
+    """
+    target = len(migrations)
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > target:
+        raise SchemaTooNew(
+            f"{where} has schema version {found}, newer than this cronstack supports "
+            f"({target}); upgrade cronstack or use another database",
+            version=found,
+            supported=target,
+        )
+    for version in range(found, target):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in migrations[version]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def record_table_ddl(table: str) -> str:
+    """DDL of record table ``table`` (a checked, lower-case name)."""
+    return (
+        f'CREATE TABLE IF NOT EXISTS "{table}" ('
+        "id NOT NULL UNIQUE, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+        "data TEXT NOT NULL)"
+    )
+
+
+def index_ddl(table: str, field: str) -> str:
+    """DDL of the declared index on ``field`` (checked) of ``table``.
+
+    A JSON field gets an expression index on the very ``json_extract`` text
+    the filter compiler emits, so equality and range filters use it.
+    """
+    name = f"cx_{table}_{field.replace('.', '$')}"
+    expr = field if field in COLUMNS else field_sql(field)[0]
+    return f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}"({expr})'

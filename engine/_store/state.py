@@ -1,0 +1,339 @@
+"""Engine state: runs, traces and per-task schedule state.
+
+Writes go through the same group-commit writer as records (a run's status
+change is durable when ``update_run`` returns); reads use the read
+connection. JSON columns (``result``, ``error``, ``inputs``, trace entries)
+are encoded leniently: a value JSON cannot hold is stored as its ``repr``
+rather than failing the run that produced it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from engine._store import codec
+from engine._store.errors import RunNotFound, StoreError, translate
+from engine._store.writer import GroupWriter, WriteContext
+
+__all__ = ("StateMixin", "RUN_COLUMNS", "RUN_STATUSES", "RUN_TRIGGERS", "RUN_KINDS")
+
+RUN_COLUMNS = (
+    "id", "task", "kind", "trigger", "scheduled_at", "not_before", "started_at", "finished_at",
+    "attempt", "status", "result", "error", "parent_id", "inputs", "engine_id",
+    "created_at", "updated_at",
+)
+RUN_STATUSES = frozenset(
+    {"queued", "running", "completed", "failed", "timed_out", "cancelled", "skipped", "crashed"}
+)
+RUN_TRIGGERS = frozenset({"schedule", "manual", "retry", "catchup", "async_call"})
+RUN_KINDS = frozenset({"task", "function"})
+_JSON_COLUMNS = frozenset({"result", "error", "inputs"})
+_ALLOWED = {"status": RUN_STATUSES, "trigger": RUN_TRIGGERS, "kind": RUN_KINDS}
+_FINISHED = ("completed", "failed", "timed_out", "cancelled", "skipped", "crashed")
+_SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM cronstack_runs"
+_CRASH_ERROR = {
+    "message": "the engine running this run stopped without finishing it",
+    "type": "EngineCrashed",
+}
+
+
+def _run(row: tuple[Any, ...]) -> dict[str, Any]:
+    run = dict(zip(RUN_COLUMNS, row))
+    for col in _JSON_COLUMNS:
+        run[col] = codec.decode(run[col])
+    return run
+
+
+def _check_fields(fields: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = set(fields) - set(RUN_COLUMNS)
+    if unknown:
+        raise StoreError(f"{what}: unknown run fields {sorted(unknown)}; known: {list(RUN_COLUMNS)}")
+    for col, allowed in _ALLOWED.items():
+        if col in fields and fields[col] not in allowed:
+            raise StoreError(f"{what}: {col} {fields[col]!r} is not one of {sorted(allowed)}")
+    out = dict(fields)
+    for col in _JSON_COLUMNS & out.keys():
+        out[col] = None if out[col] is None else codec.encode_lenient(out[col])
+    return out
+
+
+def _insert_sql(cols: Iterable[str], conflict: str = "") -> str:
+    cols = tuple(cols)
+    return (
+        f"INSERT INTO cronstack_runs ({', '.join(cols)}) "
+        f"VALUES ({', '.join('?' * len(cols))}){conflict}"
+    )
+
+
+# -- writer-thread half ---------------------------------------------------------
+
+
+def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> None:
+    for row in args:
+        try:
+            ctx.conn.execute(_insert_sql(row), tuple(row.values()))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"run {row['id']!r} cannot be stored ({exc}); run ids must be unique") from exc
+
+
+def _op_claim_fire(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> list[bool]:
+    conflict = (
+        " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
+    )
+    return [
+        ctx.conn.execute(_insert_sql(row, conflict), tuple(row.values())).rowcount == 1
+        for row in args
+    ]
+
+
+def _op_update_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[Any]:
+    out: list[Any] = []
+    for run_id, fields in args:
+        sets = ", ".join(f"{c} = ?" for c in fields)
+        cur = ctx.conn.execute(
+            f"UPDATE cronstack_runs SET {sets} WHERE id = ?", (*fields.values(), run_id)
+        )
+        out.append(None if cur.rowcount else RunNotFound(f"no run with id {run_id!r} is stored"))
+    return out
+
+
+def _op_claim_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[bool]:
+    sql = (
+        "UPDATE cronstack_runs SET status = 'running', engine_id = ?, started_at = ?, "
+        "updated_at = ? WHERE id = ? AND status = 'queued'"
+    )
+    return [ctx.conn.execute(sql, a).rowcount == 1 for a in args]
+
+
+def _op_recover(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[list[Any]]:
+    out = []
+    for engine_id, now in args:
+        where = "status = 'running' AND (engine_id IS NULL OR engine_id != ?)"
+        rows = ctx.conn.execute(f"{_SELECT} WHERE {where} ORDER BY rowid", (engine_id,)).fetchall()
+        ctx.conn.execute(
+            f"UPDATE cronstack_runs SET status = 'crashed', finished_at = ?, updated_at = ?, "
+            f"error = ? WHERE {where}",
+            (now, now, codec.encode(_CRASH_ERROR), engine_id),
+        )
+        crashed = []
+        for row in rows:
+            run = _run(row)
+            run.update(status="crashed", finished_at=now, updated_at=now, error=dict(_CRASH_ERROR))
+            crashed.append(run)
+        out.append(crashed)
+    return out
+
+
+def _op_add_trace(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> None:
+    ctx.conn.executemany(
+        "INSERT INTO cronstack_traces (run_id, entries, created_at) VALUES (?, ?, ?)", args
+    )
+
+
+def _op_set_state(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> None:
+    for task, last_fire, paused, extra, now in args:
+        row = ctx.conn.execute(
+            "SELECT last_fire, paused, extra FROM cronstack_task_state WHERE task = ?", (task,)
+        ).fetchone()
+        old = row if row is not None else (None, 0, "{}")
+        merged = codec.decode(old[2])
+        merged.update(extra)
+        ctx.conn.execute(
+            "INSERT OR REPLACE INTO cronstack_task_state (task, last_fire, paused, extra, "
+            "updated_at) VALUES (?, ?, ?, ?, ?)",
+            (
+                task,
+                old[0] if last_fire is _UNSET else last_fire,
+                old[1] if paused is _UNSET else int(bool(paused)),
+                codec.encode_lenient(merged),
+                now,
+            ),
+        )
+
+
+def _op_prune(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[int]:
+    out = []
+    marks = ", ".join(f"'{s}'" for s in _FINISHED)
+    for task, before in args:
+        where = f"created_at < ? AND status IN ({marks})"
+        params: tuple[Any, ...] = (before,)
+        if task is not None:
+            where += " AND task = ?"
+            params += (task,)
+        ctx.conn.execute(
+            f"DELETE FROM cronstack_traces WHERE run_id IN (SELECT id FROM cronstack_runs WHERE {where})",
+            params,
+        )
+        out.append(ctx.conn.execute(f"DELETE FROM cronstack_runs WHERE {where}", params).rowcount)
+    return out
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+
+
+# -- event-loop half ------------------------------------------------------------
+
+
+class StateMixin:
+    """The engine's own bookkeeping; every method documented in docs/store.md."""
+
+    _writer: GroupWriter
+    _clock: Callable[[], float]
+    _fetchall: Callable[[str, tuple[Any, ...] | list[Any]], Awaitable[list[tuple[Any, ...]]]]
+
+    async def _state_read(self, sql: str, params: Any, what: str) -> list[tuple[Any, ...]]:
+        try:
+            return await self._fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise translate(exc, what) from exc
+
+    def _new_run(self, row: dict[str, Any], what: str) -> dict[str, Any]:
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("task"), str):
+            raise StoreError(f"{what}: a run needs a text 'id' and a text 'task', got {row!r}")
+        now = self._clock()
+        full = {"kind": "task", "trigger": "manual", "status": "queued", "attempt": 1,
+                "created_at": now, "updated_at": now}
+        full.update(row)
+        if full.get("not_before") is None:
+            full["not_before"] = full.get("scheduled_at") or full["created_at"]
+        return _check_fields(full, what)
+
+    async def insert_run(self, row: dict[str, Any]) -> None:
+        await self._writer.submit(_op_insert_run, None, self._new_run(row, "insert_run"))
+
+    async def claim_fire(self, task: str, scheduled_at: float, run_row: dict[str, Any]) -> bool:
+        row = dict(run_row, task=task, scheduled_at=scheduled_at)
+        row.setdefault("trigger", "schedule")
+        if row["trigger"] not in ("schedule", "catchup"):
+            raise StoreError(f"claim_fire: trigger must be 'schedule' or 'catchup', got {row['trigger']!r}")
+        return await self._writer.submit(_op_claim_fire, None, self._new_run(row, "claim_fire"))
+
+    async def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        if "id" in fields:
+            raise StoreError("update_run: a run's id cannot change")
+        fields = _check_fields(dict(fields), f"update_run({run_id!r})")
+        fields.setdefault("updated_at", self._clock())
+        await self._writer.submit(_op_update_run, None, (run_id, fields))
+
+    async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
+        return await self._writer.submit(
+            _op_claim_run, None, (engine_id, started_at, self._clock(), run_id)
+        )
+
+    async def recover_running(self, engine_id: str) -> list[dict[str, Any]]:
+        return await self._writer.submit(_op_recover, None, (engine_id, self._clock()))
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = await self._state_read(f"{_SELECT} WHERE id = ?", (run_id,), "reading a run")
+        return _run(rows[0]) if rows else None
+
+    async def list_runs(
+        self,
+        task: str | None = None,
+        *,
+        status: str | Iterable[str] | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        where, params = self._run_where(task, status)
+        order = "DESC" if newest_first else "ASC"
+        rows = await self._state_read(
+            f"{_SELECT} WHERE {where} ORDER BY created_at {order}, rowid {order} LIMIT ? OFFSET ?",
+            (*params, limit, offset),
+            "listing runs",
+        )
+        return [_run(r) for r in rows]
+
+    async def count_runs(
+        self, task: str | None = None, status: str | Iterable[str] | None = None
+    ) -> int:
+        where, params = self._run_where(task, status)
+        rows = await self._state_read(
+            f"SELECT count(*) FROM cronstack_runs WHERE {where}", params, "counting runs"
+        )
+        return rows[0][0]
+
+    @staticmethod
+    def _run_where(task: str | None, status: str | Iterable[str] | None) -> tuple[str, list[Any]]:
+        parts, params = ["1"], []
+        if task is not None:
+            parts.append("task = ?")
+            params.append(task)
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            parts.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        return " AND ".join(parts), params
+
+    async def due_runs(self, now: float, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._state_read(
+            f"{_SELECT} WHERE status = 'queued' AND not_before <= ? "
+            "ORDER BY not_before, rowid LIMIT ?",
+            (now, limit),
+            "reading due runs",
+        )
+        return [_run(r) for r in rows]
+
+    async def last_runs(self) -> dict[str, dict[str, Any]]:
+        rows = await self._state_read(
+            f"{_SELECT} WHERE rowid IN (SELECT (SELECT rowid FROM cronstack_runs r "
+            "WHERE r.task = t.task ORDER BY created_at DESC, rowid DESC LIMIT 1) "
+            "FROM (SELECT DISTINCT task FROM cronstack_runs) t)",
+            (),
+            "reading the last runs",
+        )
+        return {r[1]: _run(r) for r in rows}
+
+    async def add_trace(self, run_id: str, entries: list[dict[str, Any]]) -> None:
+        if entries:
+            text = codec.encode_lenient(list(entries))
+            await self._writer.submit(_op_add_trace, None, (run_id, text, self._clock()))
+
+    async def get_trace(self, run_id: str) -> list[dict[str, Any]]:
+        rows = await self._state_read(
+            "SELECT entries FROM cronstack_traces WHERE run_id = ? ORDER BY seq",
+            (run_id,),
+            "reading a trace",
+        )
+        return [e for r in rows for e in codec.decode(r[0])]
+
+    async def get_task_state(self, task: str) -> dict[str, Any] | None:
+        rows = await self._state_read(
+            "SELECT task, last_fire, paused, extra, updated_at FROM cronstack_task_state "
+            "WHERE task = ?", (task,), "reading task state",
+        )
+        return _state(rows[0]) if rows else None
+
+    async def all_task_states(self) -> dict[str, dict[str, Any]]:
+        rows = await self._state_read(
+            "SELECT task, last_fire, paused, extra, updated_at FROM cronstack_task_state",
+            (), "reading task states",
+        )
+        return {r[0]: _state(r) for r in rows}
+
+    async def set_task_state(self, task: str, **fields: Any) -> None:
+        last_fire = fields.pop("last_fire", _UNSET)
+        paused = fields.pop("paused", _UNSET)
+        for reserved in ("task", "updated_at"):
+            if reserved in fields:
+                raise StoreError(f"set_task_state: {reserved!r} is set by the store")
+        await self._writer.submit(
+            _op_set_state, None, (task, last_fire, paused, fields, self._clock())
+        )
+
+    async def prune_history(self, task: str | None, before: float) -> int:
+        return await self._writer.submit(_op_prune, None, (task, before))
+
+
+def _state(row: tuple[Any, ...]) -> dict[str, Any]:
+    state = codec.decode(row[3])
+    state.update(task=row[0], last_fire=row[1], paused=bool(row[2]), updated_at=row[4])
+    return state
