@@ -1,0 +1,363 @@
+"""Value semantics of the expression language: truth, text form, operators, the one member choke point.
+
+Values are JSON data only: ``None``, ``bool``, ``int``, ``float``, ``str``,
+``list`` and ``dict`` (``env`` may be any read-only ``Mapping``). Compiled
+expressions inline fast paths for the common types and fall back to the
+checked helpers here, which raise ``ExpressionError`` (or ``LimitExceeded``)
+naming the operation and the types involved -- never ``KeyError``,
+``TypeError`` or ``IndexError``: a ``KeyError`` escaping an expression means
+"a name was read before it was set" to the VM, nothing else.
+
+Decisions (docs/expressions.md repeats them for users):
+
+* ``bool`` is not a number: ``true + 1`` is an error and ``true == 1`` is false.
+* Integer ``+ - *`` stay integers while they fit a signed 64-bit integer and
+  become floats past it (PHP's rule, and what JSON and SQLite can store).
+  ``/`` always gives a float; ``//`` and ``%`` floor, with ints when both sides
+  are ints. A float result that is not finite is an error.
+* ``==`` compares data: ``1 == 1.0`` is true, values of different kinds are
+  simply unequal (no error). Ordering works between numbers or between texts
+  only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from runtime._errors import ExpressionError, LimitExceeded
+from runtime._limits import MAX_LIST_LENGTH, MAX_NESTING_DEPTH, MAX_STRING_LENGTH
+
+__all__ = (
+    "truthy",
+    "to_text",
+    "type_name",
+    "json_dumps",
+    "check_limits",
+    "show",
+    "is_number",
+    "member",
+    "index",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "floordiv",
+    "mod",
+    "neg",
+    "concat",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "contains",
+    "not_contains",
+    "INT_MIN",
+    "INT_MAX",
+)
+
+INT_MAX = 2**63 - 1
+INT_MIN = -(2**63)
+
+_encoder = msgspec.json.Encoder()
+
+
+def truthy(v: Any) -> bool:
+    """The VM's truth test: ``null``, ``false``, ``0``, ``0.0``, ``""``, ``[]`` and ``{}`` are false."""
+    return bool(v)
+
+
+def type_name(v: Any) -> str:
+    """The kind of ``v`` as users know it: null, boolean, number, text, list, object."""
+    if v is None:
+        return "null"
+    t = type(v)
+    if t is bool:
+        return "boolean"
+    if t is int or t is float:
+        return "number"
+    if t is str:
+        return "text"
+    if t is list or t is tuple:
+        return "list"
+    if isinstance(v, Mapping):
+        return "object"
+    return f"unsupported value ({t.__name__})"
+
+
+def is_number(v: Any) -> bool:
+    """True for ints and floats, false for booleans (which Python counts as ints)."""
+    t = type(v)
+    return t is int or t is float
+
+
+def json_dumps(v: Any) -> str:
+    """Compact JSON of a value (msgspec); keys keep their insertion order."""
+    try:
+        return _encoder.encode(v).decode()
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ExpressionError(f"cannot encode a {type_name(v)} as JSON: {exc}") from None
+
+
+def _number_text(v: int | float) -> str:
+    if type(v) is int:
+        return str(v)
+    if v.is_integer() and abs(v) < 1e16:
+        return str(int(v))
+    return repr(v)
+
+
+def to_text(v: Any) -> str:
+    """Text form: null -> "", booleans -> "true"/"false", numbers in shortest form
+    (``2.0`` -> ``"2"``), lists and objects as compact JSON."""
+    t = type(v)
+    if t is str:
+        return v
+    if v is None:
+        return ""
+    if t is bool:
+        return "true" if v else "false"
+    if t is int or t is float:
+        return _number_text(v)
+    text = json_dumps(dict(v) if isinstance(v, Mapping) and t is not dict else v)
+    if len(text) > MAX_STRING_LENGTH:
+        raise LimitExceeded(f"the text form of this {type_name(v)} is longer than {MAX_STRING_LENGTH:,} characters")
+    return text
+
+
+def show(v: Any, width: int = 40) -> str:
+    """A short, quoted rendering of a value for error messages."""
+    if type(v) is str:
+        s = v if len(v) <= width else v[: width - 3] + "..."
+        return repr(s)
+    try:
+        s = to_text(v) if v is not None else "null"
+    except (ExpressionError, LimitExceeded):
+        s = f"<{type_name(v)}>"
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
+def check_limits(v: Any) -> None:
+    """Raise LimitExceeded when ``v`` breaks a size or depth limit of ``runtime._limits``."""
+    stack: list[tuple[Any, int]] = [(v, 0)]
+    while stack:
+        x, depth = stack.pop()
+        t = type(x)
+        if t is str:
+            if len(x) > MAX_STRING_LENGTH:
+                raise LimitExceeded(f"a text of {len(x):,} characters is longer than the limit of {MAX_STRING_LENGTH:,}")
+        elif t is list or t is dict:
+            if depth >= MAX_NESTING_DEPTH:
+                raise LimitExceeded(f"a value nests deeper than {MAX_NESTING_DEPTH} lists/objects")
+            if len(x) > MAX_LIST_LENGTH:
+                raise LimitExceeded(f"a {type_name(x)} of {len(x):,} entries is longer than the limit of {MAX_LIST_LENGTH:,}")
+            for item in x.values() if t is dict else x:
+                if type(item) in (str, list, dict):
+                    stack.append((item, depth + 1))
+
+
+# -- member access: the single choke point --------------------------------------------
+
+
+def member(obj: Any, name: str) -> Any:
+    """``obj.name``: a key of an object; null for a missing key or a null object."""
+    if type(obj) is dict:
+        return obj.get(name)
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    raise ExpressionError(
+        f"cannot read .{name} of {type_name(obj)} {show(obj)}: only objects have fields"
+    )
+
+
+def index(obj: Any, key: Any) -> Any:
+    """``obj[key]``: list position (negative counts from the end) or object key; null when absent."""
+    tk = type(key)
+    if type(obj) is list:
+        if tk is int:
+            n = len(obj)
+            return obj[key] if -n <= key < n else None
+        if tk is float and key.is_integer():
+            return index(obj, int(key))
+        raise ExpressionError(f"a list index must be a whole number, got {type_name(key)} {show(key)}")
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        if tk is str:
+            return obj.get(key)
+        if tk is int:
+            return obj.get(str(key))
+        raise ExpressionError(f"an object key must be text, got {type_name(key)} {show(key)}")
+    raise ExpressionError(f"cannot read [{show(key)}] of {type_name(obj)} {show(obj)}: only lists and objects have entries")
+
+
+# -- arithmetic -----------------------------------------------------------------------
+
+
+def _fit(r: int | float, op: str, a: Any, b: Any) -> int | float:
+    if type(r) is int:
+        return r if INT_MIN <= r <= INT_MAX else float(r)
+    if math.isfinite(r):
+        return r
+    raise ExpressionError(f"the result of {show(a)} {op} {show(b)} is too large for a number")
+
+
+def _bad(verb: str, op: str, a: Any, b: Any) -> ExpressionError:
+    return ExpressionError(f"cannot {verb} {type_name(a)} and {type_name(b)} ({show(a)} {op} {show(b)})")
+
+
+def add(a: Any, b: Any) -> Any:
+    """``a + b``: numbers add; texts concatenate; lists concatenate into a new list."""
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        return _fit(a + b, "+", a, b)
+    if ta is str and tb is str:
+        if len(a) + len(b) > MAX_STRING_LENGTH:
+            raise LimitExceeded(f"joining texts would exceed {MAX_STRING_LENGTH:,} characters")
+        return a + b
+    if ta is list and tb is list:
+        if len(a) + len(b) > MAX_LIST_LENGTH:
+            raise LimitExceeded(f"joining lists would exceed {MAX_LIST_LENGTH:,} entries")
+        return a + b
+    hint = "; use ~ to join as text" if str in (ta, tb) else ""
+    err = _bad("add", "+", a, b)
+    raise ExpressionError(err.message + hint)
+
+
+def _numbers(verb: str, op: str, a: Any, b: Any) -> None:
+    ta, tb = type(a), type(b)
+    if not ((ta is int or ta is float) and (tb is int or tb is float)):
+        raise _bad(verb, op, a, b)
+
+
+def sub(a: Any, b: Any) -> Any:
+    _numbers("subtract", "-", a, b)
+    return _fit(a - b, "-", a, b)
+
+
+def mul(a: Any, b: Any) -> Any:
+    _numbers("multiply", "*", a, b)
+    return _fit(a * b, "*", a, b)
+
+
+def div(a: Any, b: Any) -> float:
+    """``a / b``: true division, always a float."""
+    _numbers("divide", "/", a, b)
+    if b == 0:
+        raise ExpressionError(f"division by zero ({show(a)} / {show(b)})")
+    try:
+        return _fit(a / b, "/", a, b)
+    except OverflowError:
+        raise ExpressionError(f"the result of {show(a)} / {show(b)} is too large for a number") from None
+
+
+def floordiv(a: Any, b: Any) -> int | float:
+    _numbers("divide", "//", a, b)
+    if b == 0:
+        raise ExpressionError(f"division by zero ({show(a)} // {show(b)})")
+    return _fit(a // b, "//", a, b)
+
+
+def mod(a: Any, b: Any) -> int | float:
+    """``a % b``: the remainder takes the sign of ``b`` (floored, as in Python)."""
+    _numbers("take the remainder of", "%", a, b)
+    if b == 0:
+        raise ExpressionError(f"modulo by zero ({show(a)} % {show(b)})")
+    return _fit(a % b, "%", a, b)
+
+
+def neg(a: Any) -> int | float:
+    t = type(a)
+    if t is int or t is float:
+        return _fit(-a, "*", a, -1)
+    raise ExpressionError(f"cannot negate {type_name(a)} {show(a)}")
+
+
+def concat(a: Any, b: Any) -> str:
+    """``a ~ b``: both sides as text, joined."""
+    sa, sb = to_text(a), to_text(b)
+    if len(sa) + len(sb) > MAX_STRING_LENGTH:
+        raise LimitExceeded(f"joining texts would exceed {MAX_STRING_LENGTH:,} characters")
+    return sa + sb
+
+
+# -- comparison -----------------------------------------------------------------------
+
+
+def eq(a: Any, b: Any) -> bool:
+    """Data equality: numbers by value (1 == 1.0), booleans only equal booleans, deep for containers."""
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is list:
+            return len(a) == len(b) and all(eq(x, y) for x, y in zip(a, b))
+        if ta is dict:
+            return a.keys() == b.keys() and all(eq(v, b[k]) for k, v in a.items())
+        return a == b
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        return a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return eq(dict(a), dict(b))
+    return False
+
+
+def ne(a: Any, b: Any) -> bool:
+    return not eq(a, b)
+
+
+def _orderable(a: Any, b: Any, op: str) -> None:
+    ta, tb = type(a), type(b)
+    if (ta is int or ta is float) and (tb is int or tb is float):
+        return
+    if ta is str and tb is str:
+        return
+    raise ExpressionError(
+        f"cannot order {type_name(a)} and {type_name(b)} ({show(a)} {op} {show(b)}): "
+        "only numbers with numbers and texts with texts"
+    )
+
+
+def lt(a: Any, b: Any) -> bool:
+    _orderable(a, b, "<")
+    return a < b
+
+
+def le(a: Any, b: Any) -> bool:
+    _orderable(a, b, "<=")
+    return a <= b
+
+
+def gt(a: Any, b: Any) -> bool:
+    _orderable(a, b, ">")
+    return a > b
+
+
+def ge(a: Any, b: Any) -> bool:
+    _orderable(a, b, ">=")
+    return a >= b
+
+
+def contains(needle: Any, hay: Any) -> bool:
+    """``needle in hay``: an element of a list, a substring of a text, a key of an object."""
+    th = type(hay)
+    if th is list:
+        return any(eq(needle, x) for x in hay)
+    if th is str:
+        if type(needle) is not str:
+            raise ExpressionError(f"cannot look for {type_name(needle)} {show(needle)} in text; only text is found in text")
+        return needle in hay
+    if isinstance(hay, Mapping):
+        if type(needle) is not str:
+            raise ExpressionError(f"object keys are text, cannot look for {type_name(needle)} {show(needle)} among them")
+        return needle in hay
+    raise ExpressionError(f"cannot look inside {type_name(hay)} {show(hay)} with 'in': use a list, text or object")
+
+
+def not_contains(needle: Any, hay: Any) -> bool:
+    return not contains(needle, hay)
