@@ -11,10 +11,12 @@ from runtime._errors import (
     InternalError,
     LimitExceeded,
     RunError,
+    RunFailed,
     ThrownError,
 )
 from runtime._interfaces import Clock, Functions, Http, HttpResponse, Records, RunContext, Tracer
 from runtime._program import Instr, Op, Program, Value, dis
+from runtime._vm import execute
 
 __all__ = (
     "Clock",
@@ -31,8 +33,10 @@ __all__ = (
     "Records",
     "RunContext",
     "RunError",
+    "RunFailed",
     "ThrownError",
     "Tracer",
     "Value",
     "dis",
+    "execute",
 )

@@ -16,6 +16,7 @@ __all__ = (
     "LimitExceeded",
     "ThrownError",
     "InternalError",
+    "RunFailed",
 )
 
 
@@ -70,3 +71,27 @@ class InternalError(CronstackError):
     """A defect in cronstack itself; the message says what to report."""
 
     error_type = "InternalError"
+
+
+class RunFailed(CronstackError):
+    """A stack ended on an error no ``try_catch`` caught.
+
+    ``error`` is the error object (``message``, ``type``, ``step``...) the run
+    records and a caller can inspect.
+    """
+
+    error_type = "RunFailed"
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.error = error
+        step = error.get("step")
+        super().__init__(f"{step}: {error.get('message')}" if step else str(error.get("message")))
+        self.error_type = str(error.get("type") or "RunError")
+
+
+def error_from_object(obj: dict[str, Any]) -> RunError:
+    """Rebuild a raisable error from an error object (to re-raise after ``finally``)."""
+    extra = {k: v for k, v in obj.items() if k not in ("message", "type", "step")}
+    err = RunError(str(obj.get("message")), error_type=str(obj.get("type") or "RunError"), **extra)
+    err.step = obj.get("step")  # type: ignore[attr-defined]
+    return err

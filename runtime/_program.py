@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ("Op", "Instr", "Value", "Program", "dis")
 
@@ -55,12 +55,12 @@ class Value:
         return f"Value({self.source!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Instr:
+class Instr(NamedTuple):
     """One instruction: opcode, argument, and the JSON path of its step.
 
     ``kind`` is the step's ``function`` name for the instruction that starts a
     step (traced), or ``None`` for bookkeeping instructions the lowering added.
+    A named tuple, so that the VM unpacks it in one go.
     """
 
     op: Op

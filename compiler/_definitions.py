@@ -1,0 +1,223 @@
+"""Task and function definitions: decoded, validated and compiled.
+
+Settings are checked field by field with msgspec so that every problem of a
+file is reported together; the stack is lowered by ``compiler._lower``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from compiler._errors import CompileError, Diagnostic, did_you_mean
+from compiler._lower import lower_stack
+from runtime import Program
+
+__all__ = (
+    "Task",
+    "Function",
+    "RetryPolicy",
+    "RequestHistory",
+    "compile_definition",
+    "compile_task",
+    "compile_function",
+    "TASK_FIELDS",
+    "FUNCTION_FIELDS",
+)
+
+NAME = re.compile(r"[a-z0-9_]+\Z")
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a failed or timed-out attempt is retried: ``retry_delay * backoff**(attempt-1)``, capped."""
+
+    max_retries: int = 0
+    retry_delay: float = 60.0
+    backoff: float = 2.0
+    max_delay: float = 3600.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before the attempt after ``attempt`` (1-based)."""
+        return min(self.retry_delay * self.backoff ** max(attempt - 1, 0), self.max_delay)
+
+
+class RequestHistory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    retention_days: float = 30.0
+
+
+Overlap = Literal["skip", "queue", "allow", "cancel_previous"]
+Misfire = Literal["run_once", "skip", "run_all"]
+DayMatch = Literal["and", "or"]
+
+#: field name -> (type, default); `name` and `stack` are handled apart.
+TASK_FIELDS: dict[str, tuple[Any, Any]] = {
+    "type": (Literal["task"], "task"),
+    "description": (str, ""),
+    "tags": (list[str], []),
+    "schedule": (str | None, None),
+    "timezone": (str, "UTC"),
+    "active": (bool, True),
+    "data_source": (str | None, None),
+    "request_history": (RequestHistory, RequestHistory()),
+    "timeout": (float, 300.0),
+    "retry_policy": (RetryPolicy, RetryPolicy()),
+    "overlap": (Overlap, "skip"),
+    "misfire": (Misfire, "run_once"),
+    "misfire_grace": (float, 3600.0),
+    "max_concurrency": (int, 1),
+    "cron_day_match": (DayMatch, "and"),
+}
+FUNCTION_FIELDS: dict[str, tuple[Any, Any]] = {
+    "type": (Literal["function"], "function"),
+    "description": (str, ""),
+    "tags": (list[str], []),
+    "inputs": (dict[str, Any], {}),
+    "data_source": (str | None, None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A compiled background task: its settings and its program."""
+
+    name: str
+    program: Program
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    schedule: str | None = None
+    timezone: str = "UTC"
+    active: bool = True
+    data_source: str | None = None
+    request_history: RequestHistory = RequestHistory()
+    timeout: float = 300.0
+    retry_policy: RetryPolicy = RetryPolicy()
+    overlap: str = "skip"
+    misfire: str = "run_once"
+    misfire_grace: float = 3600.0
+    max_concurrency: int = 1
+    cron_day_match: str = "and"
+    file: str | None = None
+    calls: tuple[tuple[str, str], ...] = ()
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """A compiled function: called by tasks and other functions with ``inputs``."""
+
+    name: str
+    program: Program
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    inputs: dict[str, Any] = field(default_factory=dict)
+    data_source: str | None = None
+    file: str | None = None
+    calls: tuple[tuple[str, str], ...] = ()
+    source: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def _settings(
+    raw: dict[str, Any], fields: dict[str, tuple[Any, Any]], diags: list[Diagnostic]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    allowed = set(fields) | {"name", "stack"}
+    for key, value in raw.items():
+        if key not in allowed:
+            diags.append(
+                Diagnostic(f"unknown field '{key}'", key, hint=did_you_mean(key, allowed) or f"allowed: {', '.join(sorted(allowed))}")
+            )
+            continue
+        if key in ("name", "stack"):
+            continue
+        typ, _default = fields[key]
+        try:
+            out[key] = msgspec.convert(value, typ, strict=False)
+        except msgspec.ValidationError as exc:
+            msg = str(exc)
+            sub = ""
+            if " - at `$" in msg:
+                msg, _, at = msg.partition(" - at `$")
+                sub = at.rstrip("`")
+            diags.append(Diagnostic(msg, f"{key}{sub}"))
+    return out
+
+
+def _name(raw: dict[str, Any], diags: list[Diagnostic]) -> str:
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        diags.append(
+            Diagnostic(
+                f"'name' must be lower-case letters, digits and _ (like daily_report), got {name!r}", "name"
+            )
+        )
+        return name if isinstance(name, str) else "<unnamed>"
+    return name
+
+
+def compile_task(raw: dict[str, Any], file: str | None = None) -> Task:
+    """Compile one task definition; raises ``CompileError`` listing every problem."""
+    diags: list[Diagnostic] = []
+    name = _name(raw, diags)
+    settings = _settings(raw, TASK_FIELDS, diags)
+    settings.pop("type", None)
+    if "stack" not in raw:
+        diags.append(Diagnostic("a task needs a 'stack' (a list of steps)", "stack"))
+    low = lower_stack(raw.get("stack", []), name, file=file)
+    diags.extend(low.diagnostics)
+    for key in ("timeout", "misfire_grace"):
+        if key in settings and settings[key] <= 0:
+            diags.append(Diagnostic(f"'{key}' must be a positive number of seconds", key))
+    if settings.get("max_concurrency", 1) < 1:
+        diags.append(Diagnostic("'max_concurrency' must be at least 1", "max_concurrency"))
+    rp = settings.get("retry_policy")
+    if rp is not None and (rp.max_retries < 0 or rp.retry_delay < 0 or rp.backoff < 1 or rp.max_delay < 0):
+        diags.append(
+            Diagnostic("retry_policy needs max_retries >= 0, retry_delay >= 0, backoff >= 1, max_delay >= 0", "retry_policy")
+        )
+    if diags:
+        raise CompileError(diags).with_file(file) if file else CompileError(diags)
+    if "tags" in settings:
+        settings["tags"] = tuple(settings["tags"])
+    return Task(name=name, program=low.program, file=file, calls=tuple(low.calls), source=raw, **settings)
+
+
+def compile_function(raw: dict[str, Any], file: str | None = None) -> Function:
+    """Compile one function definition; raises ``CompileError`` listing every problem."""
+    diags: list[Diagnostic] = []
+    name = _name(raw, diags)
+    settings = _settings(raw, FUNCTION_FIELDS, diags)
+    settings.pop("type", None)
+    if "stack" not in raw:
+        diags.append(Diagnostic("a function needs a 'stack' (a list of steps)", "stack"))
+    low = lower_stack(raw.get("stack", []), name, file=file)
+    diags.extend(low.diagnostics)
+    if diags:
+        raise CompileError(diags).with_file(file) if file else CompileError(diags)
+    if "tags" in settings:
+        settings["tags"] = tuple(settings["tags"])
+    return Function(name=name, program=low.program, file=file, calls=tuple(low.calls), source=raw, **settings)
+
+
+def is_function(raw: dict[str, Any], file: str | None = None) -> bool:
+    """A definition is a function when it says so, has ``inputs``, or lives in a ``functions`` folder."""
+    kind = raw.get("type")
+    if kind in ("task", "function"):
+        return kind == "function"
+    if "inputs" in raw:
+        return True
+    if file is not None:
+        parts = re.split(r"[\\/]", file)
+        return "functions" in parts[:-1]
+    return False
+
+
+def compile_definition(raw: Any, file: str | None = None) -> Task | Function:
+    """Compile a task or function definition (see ``is_function``)."""
+    if not isinstance(raw, dict):
+        err = CompileError(Diagnostic(f"a definition must be a JSON object, got {type(raw).__name__}"))
+        raise err.with_file(file) if file else err
+    return compile_function(raw, file) if is_function(raw, file) else compile_task(raw, file)

@@ -1,0 +1,136 @@
+"""Loading a project: every definition file of a folder, or a list of dicts.
+
+Problems from all files are gathered into one ``CompileError`` so that a user
+fixes them in one pass. Calls between definitions are checked here, where all
+names are known.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from compiler._definitions import Function, Task, compile_definition
+from compiler._errors import CompileError, Diagnostic, did_you_mean
+
+__all__ = ("Definitions", "load_definitions", "decode_json_file", "check_calls")
+
+_SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".hypothesis"}
+#: the largest definition file accepted (bytes); larger is almost surely a mistake
+MAX_DEFINITION_BYTES = 5 * 1024 * 1024
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass(slots=True)
+class Definitions:
+    """Compiled tasks and functions by name."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    functions: dict[str, Function] = field(default_factory=dict)
+
+    def add(self, item: Task | Function, diags: list[Diagnostic]) -> None:
+        for table in (self.tasks, self.functions):
+            other = table.get(item.name)
+            if other is not None:
+                diags.append(
+                    Diagnostic(
+                        f"the name '{item.name}' is already used by {other.file or 'another definition'}",
+                        "name",
+                        item.file,
+                        hint="names must be unique across tasks and functions",
+                    )
+                )
+                return
+        (self.functions if isinstance(item, Function) else self.tasks)[item.name] = item
+
+
+def _line_col(data: bytes, offset: int) -> tuple[int, int]:
+    before = data[:offset]
+    line = before.count(b"\n") + 1
+    return line, offset - (before.rfind(b"\n") + 1) + 1
+
+
+def decode_json_file(path: Path, shown: str) -> Any:
+    """Read and decode one JSON file, or raise a CompileError saying where it is malformed."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CompileError(Diagnostic(f"cannot read the file: {exc.strerror}", file=shown)) from exc
+    if len(data) > MAX_DEFINITION_BYTES:
+        raise CompileError(
+            Diagnostic(f"the file is {len(data)} bytes; definitions are limited to {MAX_DEFINITION_BYTES}", file=shown)
+        )
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        msg = str(exc)
+        where = ""
+        if "(byte " in msg:
+            try:
+                offset = int(msg.rsplit("(byte ", 1)[1].rstrip(")"))
+                line, col = _line_col(data, offset)
+                msg = msg.rsplit(" (byte ", 1)[0]
+                where = f"line {line}, column {col}"
+            except ValueError:
+                pass
+        raise CompileError(
+            Diagnostic(f"invalid JSON: {msg}", where, shown, hint="definitions are plain JSON: no comments, no trailing commas")
+        ) from None
+
+
+def _files(root: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            if name.endswith(".json"):
+                yield Path(dirpath) / name
+
+
+def check_calls(defs: Definitions, known: Iterable[str] = ()) -> list[Diagnostic]:
+    """Calls of functions that no definition (nor ``known``) provides."""
+    names = set(defs.functions) | set(known)
+    diags = []
+    for item in [*defs.tasks.values(), *defs.functions.values()]:
+        for name, path in item.calls:
+            if name not in names:
+                diags.append(
+                    Diagnostic(
+                        f"calls the function '{name}', which is not defined",
+                        path,
+                        item.file,
+                        hint=did_you_mean(name, names) or "add a function file with that name, or register a Python function",
+                    )
+                )
+    return diags
+
+
+def load_definitions(source: str | os.PathLike[str] | Iterable[dict[str, Any]]) -> Definitions:
+    """Compile a project folder (every ``*.json`` below it) or a list of definition dicts."""
+    defs = Definitions()
+    diags: list[Diagnostic] = []
+    if isinstance(source, str | os.PathLike):
+        root = Path(source)
+        if not root.is_dir():
+            raise CompileError(Diagnostic(f"'{root}' is not a folder of definitions", file=str(root)))
+        items = []
+        for path in _files(root):
+            shown = str(path.relative_to(root))
+            try:
+                items.append((decode_json_file(path, shown), shown))
+            except CompileError as exc:
+                diags.extend(exc.diagnostics)
+    else:
+        items = [(raw, f"definitions[{i}]") for i, raw in enumerate(source)]
+    for raw, shown in items:
+        try:
+            defs.add(compile_definition(raw, shown), diags)
+        except CompileError as exc:
+            diags.extend(exc.diagnostics)
+    if diags:
+        raise CompileError(diags)
+    return defs
