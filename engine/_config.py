@@ -1,0 +1,132 @@
+"""Engine settings: ``cronstack.toml`` in the project folder, then arguments.
+
+Every key is optional. The file is read once when the engine opens; unknown
+keys are refused with the nearest valid name so a typo never silently does
+nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compiler import CompileError, Diagnostic
+from compiler._errors import did_you_mean
+
+__all__ = ("EngineConfig", "load_config", "CONFIG_FILE")
+
+CONFIG_FILE = "cronstack.toml"
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Settings of one engine. Defaults are what ``cronstack run DIR`` uses."""
+
+    database: str | None = None
+    data_sources: dict[str, str] = field(default_factory=dict)
+    #: table -> indexed fields
+    indexes: dict[str, list[str]] = field(default_factory=dict)
+    synchronous: str = "NORMAL"
+    api_host: str = "127.0.0.1"
+    api_port: int = 7600
+    cors_origins: list[str] = field(default_factory=list)
+    token: str | None = None
+    #: environment variables stacks see as `env` (glob patterns); empty = all
+    env_include: list[str] = field(default_factory=list)
+    env_values: dict[str, str] = field(default_factory=dict)
+    max_running: int = 10_000
+    shutdown_grace: float = 30.0
+    prune_interval: float = 3600.0
+    http_max_response_bytes: int = 10 * 1024 * 1024
+
+    def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The mapping stacks read as ``env``."""
+        source = dict(os.environ if base is None else base)
+        if self.env_include:
+            source = {
+                k: v for k, v in source.items() if any(fnmatch.fnmatchcase(k, p) for p in self.env_include)
+            }
+        return {**self.env_values, **source}
+
+
+_SECTIONS: dict[str, set[str]] = {
+    "database": {"url", "synchronous"},
+    "api": {"host", "port", "cors_origins"},
+    "data_sources": set(),
+    "tables": set(),
+    "env": {"include", "values"},
+    "engine": {"max_running", "shutdown_grace", "prune_interval", "http_max_response_bytes"},
+}
+
+
+def _check(cond: bool, message: str, path: str, diags: list[Diagnostic]) -> bool:
+    if not cond:
+        diags.append(Diagnostic(message, path, CONFIG_FILE))
+    return cond
+
+
+def load_config(project_dir: Path | None) -> EngineConfig:
+    """Read ``cronstack.toml`` of ``project_dir`` (when there is one)."""
+    cfg = EngineConfig(token=os.environ.get("CRONSTACK_TOKEN") or None)
+    if project_dir is None or not (project_dir / CONFIG_FILE).is_file():
+        return cfg
+    try:
+        data: dict[str, Any] = tomllib.loads((project_dir / CONFIG_FILE).read_text("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CompileError(Diagnostic(f"invalid TOML: {exc}", "", CONFIG_FILE)) from None
+    diags: list[Diagnostic] = []
+    for section, value in data.items():
+        if section not in _SECTIONS:
+            diags.append(Diagnostic(f"unknown section [{section}]", section, CONFIG_FILE, hint=did_you_mean(section, _SECTIONS)))
+            continue
+        if not _check(isinstance(value, dict), f"[{section}] must be a table", section, diags):
+            continue
+        allowed = _SECTIONS[section]
+        if allowed:
+            for key in value:
+                if key not in allowed:
+                    diags.append(
+                        Diagnostic(f"unknown key '{key}'", f"{section}.{key}", CONFIG_FILE, hint=did_you_mean(key, allowed))
+                    )
+    db = data.get("database", {})
+    if isinstance(db.get("url"), str):
+        cfg.database = db["url"]
+    if "synchronous" in db and _check(db["synchronous"] in ("NORMAL", "FULL"), "synchronous must be NORMAL or FULL", "database.synchronous", diags):
+        cfg.synchronous = db["synchronous"]
+    api = data.get("api", {})
+    if "host" in api and _check(isinstance(api["host"], str), "host must be text", "api.host", diags):
+        cfg.api_host = api["host"]
+    if "port" in api and _check(isinstance(api["port"], int) and 0 <= api["port"] < 65536, "port must be 0-65535", "api.port", diags):
+        cfg.api_port = api["port"]
+    if "cors_origins" in api and _check(
+        isinstance(api["cors_origins"], list) and all(isinstance(o, str) for o in api["cors_origins"]),
+        "cors_origins must be a list of origins like \"https://app.example.com\"", "api.cors_origins", diags,
+    ):
+        cfg.cors_origins = api["cors_origins"]
+    for name, url in data.get("data_sources", {}).items():
+        if _check(isinstance(url, str), "a data source is a URL text like \"sqlite:///data.db\"", f"data_sources.{name}", diags):
+            cfg.data_sources[name] = url
+    for table, spec in data.get("tables", {}).items():
+        fields = spec.get("indexes") if isinstance(spec, dict) else None
+        if _check(
+            isinstance(fields, list) and all(isinstance(f, str) for f in fields),
+            "declare a table as [tables.NAME] indexes = [\"field\", ...]", f"tables.{table}", diags,
+        ):
+            cfg.indexes[table] = list(fields)  # type: ignore[arg-type]
+    env = data.get("env", {})
+    if "include" in env and _check(isinstance(env["include"], list), "include must be a list of names or patterns", "env.include", diags):
+        cfg.env_include = [str(p) for p in env["include"]]
+    if "values" in env and _check(isinstance(env["values"], dict), "values must be a table of NAME = \"value\"", "env.values", diags):
+        cfg.env_values = {str(k): str(v) for k, v in env["values"].items()}
+    for key, value in data.get("engine", {}).items():
+        if key in _SECTIONS["engine"] and _check(
+            isinstance(value, int | float) and not isinstance(value, bool) and value > 0, f"{key} must be a positive number", f"engine.{key}", diags
+        ):
+            setattr(cfg, key, type(getattr(cfg, key))(value))
+    if diags:
+        raise CompileError(diags)
+    return cfg

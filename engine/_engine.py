@@ -1,0 +1,736 @@
+"""The engine: turns compiled tasks into runs, records them, and serves them.
+
+One ``Engine`` owns a store (its runs and the stacks' tables), an HTTP client,
+the function table and, while serving, the scheduler. Every run goes through
+``_launch``: admission by the fair gate, a durable row, the VM under a cancel
+scope (timeout, cancel, shutdown), then a shielded final write and, when the
+policy says so, a stored retry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from compiler import (
+    CompileError,
+    Definitions,
+    Diagnostic,
+    Function,
+    Task,
+    check_calls,
+    load_definitions,
+)
+from compiler._lower import lower_stack
+from engine._config import EngineConfig, load_config
+from engine._functions import FunctionTable, PyFunction
+from engine._gate import FairGate
+from engine._http import HttpClient
+from engine._schedule import RealClock, Schedule, ScheduleError
+from engine._store import open_store
+from engine._trace import RunTrace
+from runtime import RunContext, RunFailed
+from runtime._vm import execute
+
+__all__ = ("Engine", "UnknownTask", "RunStatus", "new_run_id")
+
+FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
+RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
+
+
+class RunStatus:
+    QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
+    TIMED_OUT, CANCELLED, SKIPPED, CRASHED = "timed_out", "cancelled", "skipped", "crashed"
+
+
+class UnknownTask(LookupError):
+    """No task of that name is loaded."""
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        from compiler._errors import did_you_mean
+
+        hint = did_you_mean(name, known)
+        super().__init__(f"no task named '{name}'" + (f"; {hint}" if hint else ""))
+        self.name = name
+
+
+def new_run_id(now: float | None = None) -> str:
+    """Run ids sort by creation time: 12 hex digits of milliseconds, then 8 random ones."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(4)}"
+
+
+@dataclass(slots=True)
+class _Active:
+    """A run that is executing: its cancel scope and why it was cancelled."""
+
+    task: str
+    scope: anyio.CancelScope
+    done: anyio.Event = field(default_factory=anyio.Event)
+    reason: str | None = None
+    row: dict[str, Any] | None = None
+    watchdog: anyio.CancelScope | None = None
+
+
+def _sqlite_default(project_dir: Path | None) -> str:
+    if project_dir is not None:
+        return f"sqlite:///{project_dir / 'cronstack.db'}"
+    return "sqlite:///:memory:"
+
+
+class Engine:
+    """Runs background tasks. Open it with ``Engine.open(...)``; see the README."""
+
+    def __init__(
+        self,
+        defs: Definitions,
+        config: EngineConfig,
+        *,
+        project_dir: Path | None,
+        clock: Any,
+        env: dict[str, str],
+    ) -> None:
+        self.definitions = defs
+        self.config = config
+        self.project_dir = project_dir
+        self.clock = clock
+        self.env = env
+        self.engine_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.functions = FunctionTable(self, defs.functions)
+        self.schedules: dict[str, Schedule] = {}
+        self.store: Any = None
+        self._sources: dict[str, Any] = {}
+        self.http: HttpClient | None = None
+        self._tg: TaskGroup | None = None
+        self._gate = FairGate(config.max_running)
+        self._active: dict[str, _Active] = {}
+        self._running: dict[str, set[str]] = {name: set() for name in defs.tasks}
+        self._pending: dict[str, tuple[float, str]] = {}
+        self._paused: set[str] = set()
+        self._serving: anyio.CancelScope | None = None
+        self._wake: anyio.Event = anyio.Event()
+        self._queue_wake: anyio.Event = anyio.Event()
+        self._queued_due: dict[str, float] = {}
+        self._next_fire: dict[str, float] = {}
+        self._secrets = [v for v in env.values() if isinstance(v, str) and len(v) >= 4]
+        self.api: Any = None
+        self.api_url: str | None = None
+        self.lag = 0.0
+        self.runs_total: dict[tuple[str, str], int] = {}
+        self.duration_sum: dict[str, float] = {}
+        self._stopping = False
+
+    # -- opening and closing ------------------------------------------------------------
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        source: str | os.PathLike[str] | Iterable[dict[str, Any]],
+        *,
+        database: str | None = None,
+        env: dict[str, str] | None = None,
+        clock: Any = None,
+        config: EngineConfig | None = None,
+    ) -> AsyncIterator[Engine]:
+        """Compile ``source`` (a project folder or definition dicts), open the store, recover.
+
+        ``database`` overrides the configured URL (default
+        ``sqlite:///DIR/cronstack.db``, or an in-memory database for a list of
+        definitions). Raises ``CompileError`` listing every problem.
+        """
+        project_dir = Path(source) if isinstance(source, str | os.PathLike) else None
+        if project_dir is not None and not project_dir.is_dir():
+            raise CompileError(Diagnostic(f"'{project_dir}' is not a folder of definitions", file=str(project_dir)))
+        cfg = config or load_config(project_dir)
+        defs = load_definitions(project_dir if project_dir is not None else list(source))  # type: ignore[arg-type]
+        engine = cls(defs, cfg, project_dir=project_dir, clock=clock or RealClock(), env=cfg.environment(env))
+        engine._compile_schedules()
+        url = database or cfg.database or _sqlite_default(project_dir)
+        engine.store = await open_store(url, indexes=cfg.indexes, synchronous=cfg.synchronous, clock=engine.clock.time)
+        try:
+            for name, src_url in cfg.data_sources.items():
+                engine._sources[name] = await open_store(src_url, indexes=cfg.indexes, synchronous=cfg.synchronous, clock=engine.clock.time)
+            engine.http = HttpClient(max_response_bytes=cfg.http_max_response_bytes)
+            async with anyio.create_task_group() as tg:
+                engine._tg = tg
+                await engine._load_state()
+                await engine._recover()
+                try:
+                    yield engine
+                finally:
+                    await engine.stop()
+                    tg.cancel_scope.cancel()
+        finally:
+            if engine.http is not None:
+                await engine.http.close()
+            for store in engine._sources.values():
+                await store.close()
+            await engine.store.close()
+
+    def _compile_schedules(self) -> None:
+        diags = []
+        for task in self.definitions.tasks.values():
+            if task.schedule is None:
+                continue
+            try:
+                self.schedules[task.name] = Schedule(task.schedule, task.timezone, task.cron_day_match)
+            except ScheduleError as exc:
+                diags.append(Diagnostic(str(exc), "schedule", task.file))
+        if diags:
+            raise CompileError(diags)
+
+    async def _load_state(self) -> None:
+        for name in self.definitions.tasks:
+            state = await self.store.get_task_state(name)
+            if state and state.get("paused"):
+                self._paused.add(name)
+
+    async def _recover(self) -> None:
+        """Runs a dead engine left ``running`` become ``crashed`` and retry under their policy."""
+        for row in await self.store.recover_running(self.engine_id):
+            task = self.definitions.tasks.get(row["task"])
+            if task is not None and row.get("kind", "task") == "task":
+                await self._maybe_retry(task, row, "crashed")
+
+    def records_for(self, data_source: str | None) -> Any:
+        if data_source is None or data_source not in self._sources:
+            return self.store
+        return self._sources[data_source]
+
+    # -- public API -----------------------------------------------------------------------
+    def task_names(self) -> list[str]:
+        return sorted(self.definitions.tasks)
+
+    def _task(self, name: str) -> Task:
+        task = self.definitions.tasks.get(name)
+        if task is None:
+            raise UnknownTask(name, self.definitions.tasks)
+        return task
+
+    def register_function(self, name: str, fn: PyFunction) -> None:
+        """Make a Python callable (async or sync; sync ones run in a thread) callable from stacks."""
+        self.functions.register(name, fn)
+
+    async def trigger(
+        self, name: str, *, wait: bool = False, trigger: str = "manual", source: str | None = None
+    ) -> str | dict[str, Any]:
+        """Start a run of task ``name`` now; its id, or with ``wait`` the finished run."""
+        task = self._task(name)
+        now = self.clock.time()
+        row = self._row(task.name, "task", trigger, scheduled_at=now, attempt=1)
+        if source:
+            row["inputs"] = {"trigger_source": source}
+        active = await self._launch(task, row)
+        if not wait:
+            return row["id"]
+        await active.done.wait()
+        run = await self.store.get_run(row["id"])
+        return self._public(run)
+
+    async def run_stack(self, stack: list[Any], variables: dict[str, Any] | None = None) -> Any:
+        """Compile and run ``stack`` once, outside any task; its ``return`` value or None."""
+        low = lower_stack(stack, "stack", extra_names=frozenset(variables or ()))
+        diags = low.diagnostics + [d for d in check_calls(_calls_only(low.calls), self.functions.names())]
+        if diags:
+            raise CompileError(diags)
+        ctx = RunContext(records=self.store, http=self.http, functions=self.functions, clock=self.clock,
+                         env=self.env, task={"name": None, "run_id": None, "attempt": 1, "scheduled_at": None, "trigger": "manual"})
+        return await execute(low.program, ctx, variables)
+
+    async def runs(
+        self, task: str | None = None, *, status: str | None = None, limit: int = 50, offset: int = 0,
+        newest_first: bool = True,
+    ) -> list[dict[str, Any]]:
+        if task is not None:
+            self._task(task)
+        rows = await self.store.list_runs(task, status=status, limit=limit, offset=offset, newest_first=newest_first)
+        return [self._public(r) for r in rows]
+
+    async def run(self, run_id: str, *, trace: bool = True) -> dict[str, Any] | None:
+        row = await self.store.get_run(run_id)
+        if row is None:
+            return None
+        out = self._public(row)
+        if trace:
+            entries = await self.store.get_trace(run_id)
+            out["trace"] = [e for e in entries if e.get("kind") != "log"]
+            out["logs"] = [e for e in entries if e.get("kind") == "log"]
+        return out
+
+    async def pause(self, name: str) -> None:
+        self._task(name)
+        self._paused.add(name)
+        await self.store.set_task_state(name, paused=True)
+
+    async def resume(self, name: str) -> None:
+        self._task(name)
+        self._paused.discard(name)
+        await self.store.set_task_state(name, paused=False)
+        self._wake.set()
+
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel a running or queued run; False when it already finished or is unknown."""
+        active = self._active.get(run_id)
+        if active is not None:
+            active.reason = "cancel"
+            active.scope.cancel()
+            await active.done.wait()
+            return True
+        row = await self.store.get_run(run_id)
+        if row is None or row["status"] != "queued":
+            return False
+        now = self.clock.time()
+        self._queued_due.pop(run_id, None)
+        await self.store.update_run(run_id, {"status": "cancelled", "finished_at": now,
+                                             "error": {"message": "cancelled before it started", "type": "Cancelled", "step": None}})
+        return True
+
+    def next_execution(self, name: str) -> float | None:
+        task = self.definitions.tasks[name]
+        sched = self.schedules.get(name)
+        if sched is None or not task.active or name in self._paused:
+            return None
+        return self._next_fire.get(name) or sched.next_after(self.clock.time())
+
+    def task_status(self, name: str) -> str:
+        task = self.definitions.tasks[name]
+        if not task.active:
+            return "inactive"
+        if self._running.get(name):
+            return "running"
+        if name in self._paused:
+            return "paused"
+        return "idle"
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        last = await self.store.last_runs()
+        return [self._task_info(name, last.get(name)) for name in self.task_names()]
+
+    async def task(self, name: str) -> dict[str, Any]:
+        task = self._task(name)
+        last = await self.store.list_runs(name, limit=10)
+        info = self._task_info(name, last[0] if last else None)
+        sched = self.schedules.get(name)
+        from datetime import UTC, datetime
+
+        info["next_fires"] = [
+            d.astimezone(UTC).isoformat() for d in (sched.next_fires(datetime.fromtimestamp(self.clock.time(), UTC), 5) if sched else [])
+        ]
+        info["definition"] = task.source
+        info["recent_runs"] = [self._public(r) for r in last]
+        return info
+
+    def _task_info(self, name: str, last: dict[str, Any] | None) -> dict[str, Any]:
+        task = self.definitions.tasks[name]
+        nxt = self.next_execution(name)
+        return {
+            "name": name,
+            "description": task.description,
+            "tags": list(task.tags),
+            "schedule": task.schedule,
+            "timezone": task.timezone,
+            "active": task.active,
+            "paused": name in self._paused,
+            "status": self.task_status(name),
+            "next_execution": _iso(nxt),
+            "last_run": self._public(last) if last else None,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "running": len(self._active),
+            "queued": self._gate.queued + len(self._queued_due),
+            "scheduler_lag_seconds": self.lag,
+            "runs_total": dict(self.runs_total),
+            "duration_sum": dict(self.duration_sum),
+            "tasks": len(self.definitions.tasks),
+            "serving": self._serving is not None,
+        }
+
+    # -- runs -----------------------------------------------------------------------------
+    def _row(self, task: str, kind: str, trigger: str, *, scheduled_at: float | None, attempt: int,
+             parent_id: str | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        now = self.clock.time()
+        return {
+            "id": new_run_id(now),
+            "task": task,
+            "kind": kind,
+            "trigger": trigger,
+            "scheduled_at": scheduled_at,
+            "not_before": None,
+            "started_at": None,
+            "finished_at": None,
+            "attempt": attempt,
+            "status": "queued",
+            "result": None,
+            "error": None,
+            "parent_id": parent_id,
+            "inputs": inputs,
+            "engine_id": self.engine_id,
+        }
+
+    async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
+                      claimed: bool = False) -> _Active | None:
+        """Admit, record and start a run. Returns None when a scheduled fire was already claimed."""
+        assert self._tg is not None
+        admitted = self._gate.try_acquire()
+        if admitted:
+            row["status"], row["started_at"] = "running", self.clock.time()
+        if claim_fire:
+            if not await self.store.claim_fire(row["task"], row["scheduled_at"], row):
+                if admitted:
+                    self._gate.release()
+                return None
+        elif claimed:
+            if admitted:
+                await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"], "engine_id": self.engine_id})
+        else:
+            await self.store.insert_run(row)
+        active = _Active(row["task"], anyio.CancelScope(), row=row)
+        self._active[row["id"]] = active
+        if isinstance(defn, Task):
+            self._running.setdefault(defn.name, set()).add(row["id"])
+        self._tg.start_soon(self._execute, defn, row, active, admitted)
+        return active
+
+    async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool) -> None:
+        run_id = row["id"]
+        is_task = isinstance(defn, Task)
+        status, result, error = "completed", None, None
+        trace: RunTrace | None = None
+        try:
+            if not admitted:
+                with active.scope:
+                    await self._gate.acquire(row["task"])
+                    admitted = True
+                    row["started_at"] = self.clock.time()
+                    await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
+                if not admitted:
+                    status, error = "cancelled", {"message": "cancelled before it started", "type": "Cancelled", "step": None}
+                    return
+            history = defn.request_history.enabled if is_task else True
+            trace = RunTrace(self._secrets) if history else None
+            ctx = RunContext(
+                records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
+                tracer=trace, clock=self.clock, env=self.env,
+                task={"name": row["task"], "run_id": run_id, "attempt": row["attempt"],
+                      "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
+            )
+            limit = defn.timeout if is_task else 300.0
+            status, result, error = await self._attempt(defn, ctx, row, active, limit)
+        except anyio.get_cancelled_exc_class():
+            status, error = "cancelled", {"message": "the engine stopped while the run was running", "type": "Cancelled", "step": None}
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish(defn, row, active, admitted, status, result, error, trace)
+
+    async def _attempt(self, defn: Task | Function, ctx: RunContext, row: dict[str, Any], active: _Active,
+                       limit: float) -> tuple[str, Any, Any]:
+        """One attempt under the run's cancel scope; ``limit`` is the timeout in seconds.
+
+        With the real clock the scope's deadline enforces it; with an injected
+        clock a watchdog sleeping on that clock does, so tests run in virtual time.
+        """
+        inputs = row.get("inputs") if isinstance(defn, Function) else None
+        real = isinstance(self.clock, RealClock)
+        with active.scope:
+            if real:
+                active.scope.deadline = anyio.current_time() + limit
+            else:
+                self._tg.start_soon(self._watchdog, active, limit)  # type: ignore[union-attr]
+            try:
+                if isinstance(defn, Function) and defn.name in self.functions.python:
+                    result = await self.functions.call(defn.name, inputs or {}, ctx)
+                else:
+                    result = await execute(defn.program, ctx, inputs=({**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None))
+                return "completed", result, None
+            except RunFailed as exc:
+                return "failed", None, exc.error
+            except Exception as exc:  # a defect outside the VM's own error handling
+                return "failed", None, {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
+        if active.reason == "cancel":
+            return "cancelled", None, {"message": "cancelled", "type": "Cancelled", "step": None}
+        if active.reason == "shutdown":
+            return "cancelled", None, {"message": "the engine stopped before the run finished", "type": "Cancelled", "step": None}
+        if active.reason == "superseded":
+            return "cancelled", None, {"message": "cancelled by a newer fire (overlap: cancel_previous)", "type": "Cancelled", "step": None}
+        return "timed_out", None, {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
+
+    async def _watchdog(self, active: _Active, limit: float) -> None:
+        with anyio.CancelScope() as scope:
+            active.watchdog = scope
+            await self.clock.sleep(limit)
+            if not active.done.is_set() and active.reason is None:
+                active.reason = "timeout"
+                active.scope.cancel()
+
+    async def _finish(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool,
+                      status: str, result: Any, error: Any, trace: RunTrace | None) -> None:
+        run_id = row["id"]
+        now = self.clock.time()
+        try:
+            if trace is not None:
+                error = trace.redact_error(error)
+            started = row.get("started_at")
+            await self.store.update_run(run_id, {"status": status, "finished_at": now, "result": result, "error": error})
+            if trace is not None and (trace.entries or trace.logs):
+                await self.store.add_trace(run_id, trace.export())
+            self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
+            if started is not None:
+                self.duration_sum[row["task"]] = self.duration_sum.get(row["task"], 0.0) + (now - started)
+            if isinstance(defn, Task) and status in RETRYABLE:
+                await self._maybe_retry(defn, row, status)
+        finally:
+            if active.watchdog is not None:
+                active.watchdog.cancel()
+            self._active.pop(run_id, None)
+            if isinstance(defn, Task):
+                self._running.get(defn.name, set()).discard(run_id)
+            if admitted:
+                self._gate.release()
+            active.done.set()
+            if isinstance(defn, Task) and defn.name in self._pending and not self._running.get(defn.name) and not self._stopping:
+                scheduled_at, trigger = self._pending.pop(defn.name)
+                assert self._tg is not None
+                self._tg.start_soon(self._fire, defn.name, scheduled_at, trigger)
+
+    async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> None:
+        policy = task.retry_policy
+        attempt = int(row.get("attempt") or 1)
+        if attempt > policy.max_retries:
+            return
+        retry = self._row(task.name, "task", "retry", scheduled_at=row.get("scheduled_at"), attempt=attempt + 1,
+                          parent_id=row["id"], inputs=row.get("inputs"))
+        retry["not_before"] = self.clock.time() + policy.delay(attempt)
+        await self.store.insert_run(retry)
+        self._queued_due[retry["id"]] = retry["not_before"]
+        self._queue_wake.set()
+
+    async def start_function_run(self, name: str, inputs: dict[str, Any], parent_id: str | None) -> str:
+        """A durable run of function ``name`` (execution_mode async); returns its id at once."""
+        defn = self.functions.stacks.get(name)
+        if defn is None:  # a registered Python function: run it as a function run too
+            defn = Function(name=name, program=lower_stack([], name).program)
+        row = self._row(name, "function", "async_call", scheduled_at=self.clock.time(), attempt=1,
+                        parent_id=parent_id, inputs=inputs)
+        await self._launch(defn, row)
+        return row["id"]
+
+    # -- serving --------------------------------------------------------------------------
+    async def serve(self, *, api: bool = True, host: str | None = None, port: int | None = None) -> None:
+        """Start the scheduler, the queue of stored retries and, with ``api``, the admin API."""
+        if self._serving is not None:
+            return
+        unresolved = check_calls(self.definitions, self.functions.python)
+        if unresolved:
+            raise CompileError(unresolved)
+        assert self._tg is not None
+        self._serving = anyio.CancelScope()
+        self._stopping = False
+        await self._tg.start(self._serve_loops)
+        if api:
+            from engine._api import start_api
+
+            h = host if host is not None else self.config.api_host
+            p = port if port is not None else self.config.api_port
+            self.api, actual = await start_api(self, h, p, token=self.config.token, cors_origins=self.config.cors_origins)
+            self.api_url = f"http://{h}:{actual}"
+
+    async def _serve_loops(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self._serving is not None
+        with self._serving:
+            await self._misfires()
+            for row in await self.store.due_runs(float("inf"), 100_000):
+                self._queued_due[row["id"]] = row.get("not_before") or 0.0
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._schedule_loop)
+                tg.start_soon(self._queue_loop)
+                tg.start_soon(self._prune_loop)
+                task_status.started()
+
+    async def _misfires(self) -> None:
+        now = self.clock.time()
+        for name, sched in self.schedules.items():
+            task = self.definitions.tasks[name]
+            if not task.active:
+                continue
+            state = await self.store.get_task_state(name) or {}
+            last = state.get("last_fire")
+            if last is None:
+                await self.store.set_task_state(name, last_fire=now)
+                continue
+            if task.misfire == "skip":
+                continue
+            missed: list[float] = []
+            t = sched.next_after(last)
+            while t is not None and t <= now and len(missed) < 10_000:
+                if t >= now - task.misfire_grace:
+                    missed.append(t)
+                t = sched.next_after(t)
+            if not missed:
+                continue
+            if task.misfire == "run_once":
+                missed = missed[-1:]
+            for t in missed:
+                row = self._row(name, "task", "catchup", scheduled_at=t, attempt=1)
+                await self._launch(task, row, claim_fire=True)
+            await self.store.set_task_state(name, last_fire=missed[-1])
+
+    async def _schedule_loop(self) -> None:
+        from engine._schedule import Timer, wait_next
+
+        timer = Timer()
+        now = self.clock.time()
+        for name, sched in self.schedules.items():
+            if self.definitions.tasks[name].active:
+                nxt = sched.next_after(now)
+                if nxt is not None:
+                    timer.schedule(name, nxt)
+                    self._next_fire[name] = nxt
+        while True:
+            woken = await wait_next(self.clock, timer, self._wake)
+            if woken:
+                self._wake = anyio.Event()
+                continue
+            now = self.clock.time()
+            for name in timer.pop_due(now):
+                due = self._next_fire.pop(name)
+                self.lag = max(0.0, now - due)
+                assert self._tg is not None
+                self._tg.start_soon(self._fire, name, due, "schedule")
+                nxt = self.schedules[name].next_after(due)
+                if nxt is not None:
+                    timer.schedule(name, nxt)
+                    self._next_fire[name] = nxt
+
+    async def _fire(self, name: str, scheduled_at: float, trigger: str) -> None:
+        task = self.definitions.tasks[name]
+        if self._stopping:
+            return
+        if name in self._paused:
+            await self.store.set_task_state(name, last_fire=scheduled_at)
+            return
+        running = self._running.get(name)
+        if running:
+            policy = task.overlap
+            if policy == "queue" and name not in self._pending:
+                self._pending[name] = (scheduled_at, trigger)
+                return
+            if policy == "cancel_previous":
+                for run_id in list(running):
+                    active = self._active.get(run_id)
+                    if active is not None:
+                        active.reason = "superseded"
+                        active.scope.cancel()
+                        await active.done.wait()
+            elif policy != "allow" or len(running) >= task.max_concurrency:
+                row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
+                row.update(status="skipped", finished_at=self.clock.time(), error={
+                    "message": f"skipped: the previous run was still running (overlap: {policy})", "type": "Skipped", "step": None})
+                await self.store.claim_fire(name, scheduled_at, row)
+                self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
+                await self.store.set_task_state(name, last_fire=scheduled_at)
+                return
+        row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
+        await self._launch(task, row, claim_fire=True)
+        await self.store.set_task_state(name, last_fire=scheduled_at)
+
+    async def _queue_loop(self) -> None:
+        """Start stored queued runs (retries, async calls left by a restart) when due."""
+        while True:
+            now = self.clock.time()
+            due = sorted((t, rid) for rid, t in self._queued_due.items() if t <= now)
+            for _t, run_id in due:
+                self._queued_due.pop(run_id, None)
+                row = await self.store.get_run(run_id)
+                if row is None or row["status"] != "queued":
+                    continue
+                defn: Task | Function | None = (
+                    self.definitions.tasks.get(row["task"]) if row.get("kind", "task") == "task"
+                    else self.functions.stacks.get(row["task"])
+                )
+                if defn is None:
+                    await self.store.update_run(run_id, {"status": "failed", "finished_at": now, "error": {
+                        "message": f"'{row['task']}' is no longer defined", "type": "UnknownTask", "step": None}})
+                    continue
+                if not await self.store.claim_run(run_id, self.engine_id, now):
+                    continue
+                row.update(status="running", started_at=now)
+                await self._launch(defn, row, claimed=True)
+            pending = [t for t in self._queued_due.values()]
+            nxt = min(pending) if pending else None
+            with anyio.move_on_after(3600):
+                if nxt is None:
+                    await self._queue_wake.wait()
+                else:
+                    async with anyio.create_task_group() as tg:
+                        async def sleep_then_cancel(until: float = nxt) -> None:
+                            await self.clock.sleep(max(0.0, until - self.clock.time()))
+                            tg.cancel_scope.cancel()
+
+                        async def woken() -> None:
+                            await self._queue_wake.wait()
+                            tg.cancel_scope.cancel()
+
+                        tg.start_soon(sleep_then_cancel)
+                        tg.start_soon(woken)
+            self._queue_wake = anyio.Event()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            now = self.clock.time()
+            for task in self.definitions.tasks.values():
+                days = task.request_history.retention_days
+                await self.store.prune_history(task.name, now - days * 86400)
+            await self.clock.sleep(self.config.prune_interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop firing; let running runs finish within ``grace`` seconds, then cancel them."""
+        self._stopping = True
+        if self._serving is not None:
+            self._serving.cancel()
+            self._serving = None
+        if self.api is not None:
+            from engine._api import stop_api
+
+            await stop_api(self.api)
+            self.api = None
+        grace = self.config.shutdown_grace if grace is None else grace
+        with anyio.move_on_after(grace):
+            while self._active:
+                await next(iter(self._active.values())).done.wait()
+        for active in list(self._active.values()):
+            active.reason = active.reason or "shutdown"
+            active.scope.cancel()
+        while self._active:
+            await next(iter(self._active.values())).done.wait()
+
+    def _public(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in row.items() if k not in ("engine_id", "not_before") and not k.startswith("_")}
+        started, finished = row.get("started_at"), row.get("finished_at")
+        out["duration"] = (finished - started) if started is not None and finished is not None else None
+        return out
+
+
+def _calls_only(calls: list[tuple[str, str]]) -> Definitions:
+    """A Definitions holding only a stack's calls, to check them with ``check_calls``."""
+    fake = Function(name="stack", program=lower_stack([], "stack").program, calls=tuple(calls))
+    return Definitions(functions={"$stack": fake})
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat()

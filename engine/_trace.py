@@ -1,0 +1,122 @@
+"""Request history: the trace of one run, bounded and with secrets redacted.
+
+Values are encoded the moment a step reports them (later steps may change a
+variable in place), cut to ``MAX_SUMMARY_BYTES``, and scrubbed of every
+``env`` value and of credentials in URLs and headers before they are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from engine._http import redact_headers, redact_text, redact_url
+
+__all__ = ("RunTrace", "MAX_SUMMARY_BYTES", "MAX_TRACE_ENTRIES")
+
+#: the longest JSON summary kept for a step's inputs or output
+MAX_SUMMARY_BYTES = 2048
+#: a run keeps at most this many step entries (a long loop keeps its first ones)
+MAX_TRACE_ENTRIES = 2000
+
+_encode = msgspec.json.encode
+
+
+class RunTrace:
+    """Collects the steps of one run (and of the functions it calls inline)."""
+
+    __slots__ = ("entries", "logs", "_secrets", "_prefix", "dropped")
+
+    def __init__(self, secrets: Iterable[str] = (), prefix: str = "") -> None:
+        self.entries: list[dict[str, Any]] = []
+        self.logs: list[dict[str, Any]] = []
+        self._secrets = sorted(
+            {s for s in secrets if isinstance(s, str) and len(s) >= 4}
+            | {_encode(s).decode()[1:-1] for s in secrets if isinstance(s, str) and len(s) >= 4},
+            key=len,
+            reverse=True,
+        )
+        self._prefix = prefix
+        self.dropped = 0
+
+    def child(self, prefix: str) -> RunTrace:
+        """A view for a function called inline: same entries, paths under ``prefix``."""
+        view = RunTrace.__new__(RunTrace)
+        view.entries, view.logs, view._secrets = self.entries, self.logs, self._secrets
+        view._prefix = f"{self._prefix}{prefix} > "
+        view.dropped = 0
+        return view
+
+    def summary(self, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            data = _encode(value)
+        except (TypeError, msgspec.EncodeError, OverflowError):
+            return redact_text(repr(value)[:MAX_SUMMARY_BYTES], self._secrets)
+        text = data.decode("utf-8", "replace")
+        if self._secrets:
+            text = redact_text(text, self._secrets)
+        if len(text) > MAX_SUMMARY_BYTES:
+            return {"$truncated": text[:MAX_SUMMARY_BYTES], "$bytes": len(data)}
+        return msgspec.Raw(text.encode())
+
+    def _request_inputs(self, inputs: Any) -> Any:
+        if not isinstance(inputs, dict):
+            return inputs
+        shown = dict(inputs)
+        if isinstance(shown.get("url"), str):
+            shown["url"] = redact_url(shown["url"], self._secrets)
+        if isinstance(shown.get("headers"), dict):
+            shown["headers"] = redact_headers(shown["headers"], self._secrets)
+        return shown
+
+    def step(
+        self,
+        path: str,
+        kind: str,
+        started: float,
+        duration: float,
+        inputs: Any,
+        output: Any,
+        error: dict[str, Any] | None,
+    ) -> None:
+        if len(self.entries) >= MAX_TRACE_ENTRIES:
+            self.dropped += 1
+            return
+        if kind == "external_api_request":
+            inputs = self._request_inputs(inputs)
+        self.entries.append(
+            {
+                "path": self._prefix + path,
+                "kind": kind,
+                "started": started,
+                "duration": duration,
+                "inputs": self.summary(inputs),
+                "output": self.summary(output),
+                "error": self.summary(error) if error else None,
+            }
+        )
+
+    def log(self, path: str, level: str, message: Any) -> None:
+        if len(self.logs) < MAX_TRACE_ENTRIES:
+            self.logs.append({"path": self._prefix + path, "level": level, "message": self.summary(message)})
+
+    def redact_error(self, error: dict[str, Any] | None) -> dict[str, Any] | None:
+        """An error object fit to store: secrets scrubbed, size bounded."""
+        if error is None or not self._secrets:
+            return error
+        return msgspec.json.decode(redact_text(_encode(error).decode(), self._secrets))
+
+    def export(self) -> list[dict[str, Any]]:
+        """The entries as stored (``msgspec.Raw`` summaries become JSON values)."""
+        out = list(self.entries)
+        for log in self.logs:
+            out.append({"path": log["path"], "kind": "log", "level": log["level"], "output": log["message"],
+                        "started": None, "duration": 0.0, "inputs": None, "error": None})
+        if self.dropped:
+            out.append({"path": "", "kind": "trace_truncated", "started": None, "duration": 0.0,
+                        "inputs": None, "output": {"dropped_steps": self.dropped}, "error": None})
+        return msgspec.json.decode(_encode(out))
