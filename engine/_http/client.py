@@ -165,34 +165,29 @@ class HttpClient:
         ``timeout`` applies to each attempt.
         """
         verb = method.strip().upper() if isinstance(method, str) else method
-        shown_url = redact_url(url) if isinstance(url, str) else repr(url)
-        if verb not in message.METHODS:
-            raise HttpInvalidRequest(
-                f"{verb!r:.40} is not an HTTP method this step can send; "
-                f"use one of {', '.join(sorted(message.METHODS))}",
-                method=str(verb),
-                url=shown_url,
-            )
         try:
-            target = message.build_url(url, None)
-        except message.BadValue as exc:
-            raise HttpInvalidUrl(f"{verb} {shown_url}: {exc}", method=verb, url=shown_url) from exc
-        try:
-            if query:
-                target = message.build_url(url, query)
+            if verb not in message.METHODS:
+                raise message.BadValue(
+                    f"{verb!r:.40} is not an HTTP method this step can send; "
+                    f"use one of {', '.join(sorted(message.METHODS))}"
+                )
+            target = message.build_url(url, query)
             hdrs = message.build_headers(headers)
             payload, content_type = message.encode_body(verb, body, body_format)
         except message.BadValue as exc:
-            raise HttpInvalidRequest(
-                f"{verb} {shown_url}: {exc}", method=verb, url=shown_url
-            ) from exc
+            # The URL is redacted only on this error path: it costs a parse per call.
+            shown_url = redact_url(url) if isinstance(url, str) else repr(url)[:200]
+            cls = HttpInvalidUrl if isinstance(exc, message.BadUrl) else HttpInvalidRequest
+            raise cls(f"{verb} {shown_url}: {exc}", method=str(verb), url=shown_url) from exc
         if content_type is not None and not message.has_header(hdrs, "Content-Type"):
             hdrs["Content-Type"] = content_type
+        given = timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             timeout = math.nan
         if not (0 < timeout < math.inf):
+            shown_url = redact_url(str(target))
             raise HttpInvalidRequest(
-                f"{verb} {shown_url}: timeout must be a positive number of seconds, got {timeout!r}",
+                f"{verb} {shown_url}: timeout must be a positive number of seconds, got {given!r:.40}",
                 method=verb,
                 url=shown_url,
             )
@@ -201,6 +196,7 @@ class HttpClient:
             or not isinstance(retries, int)
             or not 0 <= retries <= MAX_RETRIES
         ):
+            shown_url = redact_url(str(target))
             raise HttpInvalidRequest(
                 f"{verb} {shown_url}: retries must be a whole number from 0 to {MAX_RETRIES}, "
                 f"got {retries!r:.40}",

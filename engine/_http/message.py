@@ -21,6 +21,7 @@ __all__ = (
     "METHODS",
     "BODY_FORMATS",
     "BadValue",
+    "BadUrl",
     "BadJson",
     "to_text",
     "build_url",
@@ -48,6 +49,10 @@ _json_decode = msgspec.json.Decoder().decode
 
 class BadValue(ValueError):
     """A value cannot go into the request; the client reports it with context."""
+
+
+class BadUrl(BadValue):
+    """The URL itself is unusable (as opposed to a query value or the body)."""
 
 
 class BadJson(ValueError):
@@ -99,16 +104,16 @@ def _pairs(values: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
 def build_url(url: Any, query: Mapping[str, Any] | None) -> URL:
     """The absolute http(s) URL to call, with ``query`` appended to any query it has."""
     if not isinstance(url, str) or not url.strip():
-        raise BadValue(f"the URL must be non-empty text, got {url!r:.80}")
+        raise BadUrl(f"the URL must be non-empty text, got {url!r:.80}")
     try:
         target = URL(url.strip())
     except (TypeError, ValueError) as exc:
-        raise BadValue(f"the URL does not parse: {exc}") from exc
+        raise BadUrl(f"the URL does not parse: {exc}") from exc
     if target.scheme not in ("http", "https"):
         shown = f"'{target.scheme}:'" if target.scheme else "none (a relative URL)"
-        raise BadValue(f"only http:// and https:// URLs can be called; the scheme is {shown}")
+        raise BadUrl(f"only http:// and https:// URLs can be called; the scheme is {shown}")
     if not target.host:
-        raise BadValue("the URL has no host name")
+        raise BadUrl("the URL has no host name")
     if query:
         pairs = _pairs(query, "query")
         if pairs:
