@@ -70,6 +70,7 @@ TASK_FIELDS: dict[str, tuple[Any, Any]] = {
     "misfire_grace": (float, 3600.0),
     "max_concurrency": (int, 1),
     "cron_day_match": (DayMatch, "and"),
+    "requires_env": (list[str], []),
 }
 FUNCTION_FIELDS: dict[str, tuple[Any, Any]] = {
     "type": (Literal["function"], "function"),
@@ -100,6 +101,8 @@ class Task:
     misfire_grace: float = 3600.0
     max_concurrency: int = 1
     cron_day_match: str = "and"
+    #: environment variables that must be set for the task to fire (else it stays inactive)
+    requires_env: tuple[str, ...] = ()
     file: str | None = None
     calls: tuple[tuple[str, str], ...] = ()
     source: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -180,8 +183,9 @@ def compile_task(raw: dict[str, Any], file: str | None = None) -> Task:
         )
     if diags:
         raise CompileError(diags).with_file(file) if file else CompileError(diags)
-    if "tags" in settings:
-        settings["tags"] = tuple(settings["tags"])
+    for key in ("tags", "requires_env"):
+        if key in settings:
+            settings[key] = tuple(settings[key])
     return Task(name=name, program=low.program, file=file, calls=tuple(low.calls), source=raw, **settings)
 
 

@@ -295,15 +295,18 @@ class Engine:
         return True
 
     def next_execution(self, name: str) -> float | None:
-        task = self.definitions.tasks[name]
         sched = self.schedules.get(name)
-        if sched is None or not task.active or name in self._paused:
+        if sched is None or not self.is_active(name) or name in self._paused:
             return None
         return self._next_fire.get(name) or sched.next_after(self.clock.time())
 
-    def task_status(self, name: str) -> str:
+    def is_active(self, name: str) -> bool:
+        """Active in its definition and every variable of ``requires_env`` set."""
         task = self.definitions.tasks[name]
-        if not task.active:
+        return task.active and all(self.env.get(var) for var in task.requires_env)
+
+    def task_status(self, name: str) -> str:
+        if not self.is_active(name):
             return "inactive"
         if self._running.get(name):
             return "running"
@@ -338,7 +341,8 @@ class Engine:
             "tags": list(task.tags),
             "schedule": task.schedule,
             "timezone": task.timezone,
-            "active": task.active,
+            "active": self.is_active(name),
+            "requires_env": [v for v in task.requires_env if not self.env.get(v)],
             "paused": name in self._paused,
             "status": self.task_status(name),
             "next_execution": _iso(nxt),
@@ -562,7 +566,7 @@ class Engine:
         now = self.clock.time()
         for name, sched in self.schedules.items():
             task = self.definitions.tasks[name]
-            if not task.active:
+            if not self.is_active(name):
                 continue
             state = await self.store.get_task_state(name) or {}
             last = state.get("last_fire")
@@ -592,7 +596,7 @@ class Engine:
         timer = Timer()
         now = self.clock.time()
         for name, sched in self.schedules.items():
-            if self.definitions.tasks[name].active:
+            if self.is_active(name):
                 nxt = sched.next_after(now)
                 if nxt is not None:
                     timer.schedule(name, nxt)
