@@ -51,7 +51,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "path": {"type": "string"},
             "kind": {"type": "string"},
-            "started": {"type": "number"},
+            "started": {"type": ["number", "null"]},
             "duration": {"type": ["number", "null"]},
             "inputs": {},
             "output": {},

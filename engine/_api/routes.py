@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from compiler._errors import did_you_mean
 from engine._api.errors import ApiError
 from engine._api.jsonio import (
     get_int,
@@ -64,8 +65,10 @@ def _engine(request: web.Request) -> Any:
 
 
 def _check_task(engine: Any, name: str) -> None:
-    if name not in engine.task_names():
-        raise ApiError(404, f"no task named '{name}'; GET /api/tasks lists the tasks")
+    names = engine.task_names()
+    if name not in names:
+        hint = did_you_mean(name, names) or "GET /api/tasks lists the tasks"
+        raise ApiError(404, f"no task named '{name}'; {hint}")
 
 
 def history_entry(run: dict[str, Any] | None) -> dict[str, Any] | None:
