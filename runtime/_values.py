@@ -11,10 +11,11 @@ naming the operation and the types involved -- never ``KeyError``,
 Decisions (docs/expressions.md repeats them for users):
 
 * ``bool`` is not a number: ``true + 1`` is an error and ``true == 1`` is false.
-* Integer ``+ - *`` stay integers while they fit a signed 64-bit integer and
-  become floats past it (PHP's rule, and what JSON and SQLite can store).
-  ``/`` always gives a float; ``//`` and ``%`` floor, with ints when both sides
-  are ints. A float result that is not finite is an error.
+* Whole numbers are exact integers (as in Python). ``*`` refuses a result
+  beyond ``MAX_INT_BITS`` bits (``LimitExceeded``), so a loop cannot grow a
+  number without bound. ``/`` always gives a float; ``//`` and ``%`` floor,
+  with ints when both sides are ints. A float result that is not finite is an
+  error.
 * ``==`` compares data: ``1 == 1.0`` is true, values of different kinds are
   simply unequal (no error). Ordering works between numbers or between texts
   only.
@@ -57,12 +58,11 @@ __all__ = (
     "ge",
     "contains",
     "not_contains",
-    "INT_MIN",
-    "INT_MAX",
+    "MAX_INT_BITS",
 )
 
-INT_MAX = 2**63 - 1
-INT_MIN = -(2**63)
+#: Largest whole number ``*`` may produce, in bits.
+MAX_INT_BITS = 256
 
 _encoder = msgspec.json.Encoder()
 
@@ -203,10 +203,16 @@ def index(obj: Any, key: Any) -> Any:
 
 def _fit(r: int | float, op: str, a: Any, b: Any) -> int | float:
     if type(r) is int:
-        return r if INT_MIN <= r <= INT_MAX else float(r)
+        if r.bit_length() > MAX_INT_BITS:
+            raise LimitExceeded(f"the result of {show(a)} {op} {show(b)} has more than {MAX_INT_BITS} bits")
+        return r
     if math.isfinite(r):
         return r
     raise ExpressionError(f"the result of {show(a)} {op} {show(b)} is too large for a number")
+
+
+def _big(op: str, a: Any, b: Any) -> ExpressionError:
+    return ExpressionError(f"the result of {show(a)} {op} {show(b)} is too large for a number")
 
 
 def _bad(verb: str, op: str, a: Any, b: Any) -> ExpressionError:
@@ -217,7 +223,11 @@ def add(a: Any, b: Any) -> Any:
     """``a + b``: numbers add; texts concatenate; lists concatenate into a new list."""
     ta, tb = type(a), type(b)
     if (ta is int or ta is float) and (tb is int or tb is float):
-        return _fit(a + b, "+", a, b)
+        try:
+            r = a + b
+        except OverflowError:
+            raise _big("+", a, b) from None
+        return r if ta is int and tb is int else _fit(r, "+", a, b)
     if ta is str and tb is str:
         if len(a) + len(b) > MAX_STRING_LENGTH:
             raise LimitExceeded(f"joining texts would exceed {MAX_STRING_LENGTH:,} characters")
@@ -239,12 +249,21 @@ def _numbers(verb: str, op: str, a: Any, b: Any) -> None:
 
 def sub(a: Any, b: Any) -> Any:
     _numbers("subtract", "-", a, b)
-    return _fit(a - b, "-", a, b)
+    try:
+        r = a - b
+    except OverflowError:
+        raise _big("-", a, b) from None
+    return r if type(r) is int else _fit(r, "-", a, b)
 
 
 def mul(a: Any, b: Any) -> Any:
     _numbers("multiply", "*", a, b)
-    return _fit(a * b, "*", a, b)
+    if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > MAX_INT_BITS + 1:
+        raise LimitExceeded(f"the result of {show(a)} * {show(b)} has more than {MAX_INT_BITS} bits")
+    try:
+        return _fit(a * b, "*", a, b)
+    except OverflowError:
+        raise _big("*", a, b) from None
 
 
 def div(a: Any, b: Any) -> float:
@@ -262,7 +281,10 @@ def floordiv(a: Any, b: Any) -> int | float:
     _numbers("divide", "//", a, b)
     if b == 0:
         raise ExpressionError(f"division by zero ({show(a)} // {show(b)})")
-    return _fit(a // b, "//", a, b)
+    try:
+        return _fit(a // b, "//", a, b)
+    except OverflowError:
+        raise _big("//", a, b) from None
 
 
 def mod(a: Any, b: Any) -> int | float:
@@ -270,13 +292,16 @@ def mod(a: Any, b: Any) -> int | float:
     _numbers("take the remainder of", "%", a, b)
     if b == 0:
         raise ExpressionError(f"modulo by zero ({show(a)} % {show(b)})")
-    return _fit(a % b, "%", a, b)
+    try:
+        return _fit(a % b, "%", a, b)
+    except OverflowError:
+        raise _big("%", a, b) from None
 
 
 def neg(a: Any) -> int | float:
     t = type(a)
     if t is int or t is float:
-        return _fit(-a, "*", a, -1)
+        return -a
     raise ExpressionError(f"cannot negate {type_name(a)} {show(a)}")
 
 

@@ -120,7 +120,7 @@ class _Unit:
             else:
                 code, _ = self.expression(piece[0], text, path)
                 v = self.bind(code, piece[1])
-                parts.append(f"({v} if type({v}) is str else _text({v}))")
+                parts.append(f"({v} if {v}.__class__ is str else _text({v}))")
         t = self.gen.tmp()
         self.stmts.append(f"{t} = {' + '.join(parts)}")
         self.stmts.append(f"if len({t}) > {MAX_STRING_LENGTH}: raise _limit({path!r})")

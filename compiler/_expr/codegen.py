@@ -33,7 +33,8 @@ from runtime.filters import FILTERS
 
 __all__ = ("CodeGen", "literal", "NAMESPACE")
 
-_MIN, _MAX = repr(V.INT_MIN), repr(V.INT_MAX)
+#: ints below this magnitude multiply without exceeding MAX_INT_BITS: no check needed
+_SMALL = repr(2 ** (V.MAX_INT_BITS // 2 - 1))
 
 
 def _uuid() -> str:
@@ -48,9 +49,11 @@ NAMESPACE: dict[str, Any] = {
     "dict": dict,
     "list": list,
     "int": int,
+    "float": float,
     "str": str,
     "bool": bool,
     "_uuid": _uuid,
+    "_NUM": frozenset({int, float}),
     "_member": V.member,
     "_index": V.index,
     "_neg": V.neg,
@@ -120,14 +123,14 @@ class CodeGen:
             value = self.gen(node.value)
             if node.name in ("length", "count") and not node.args:
                 t = self.tmp()
-                return f"(len({t}) if type({t} := {value}) is list else _f_{node.name}({t}))"
+                return f"(len({t}) if ({t} := {value}).__class__ is list else _f_{node.name}({t}))"
             args = "".join(", " + self.gen(a) for a in node.args)
             return f"_f_{node.name}({value}{args})"
         raise AssertionError(f"unknown node {node!r}")  # pragma: no cover
 
     def read(self, obj: str, key: str) -> str:
         t = self.tmp()
-        return f"({t}.get({key!r}) if type({t} := {obj}) is dict else _member({t}, {key!r}))"
+        return f"({t}.get({key!r}) if ({t} := {obj}).__class__ is dict else _member({t}, {key!r}))"
 
     def binary(self, node: Binary) -> str:
         op, ln, rn = node.op, node.left, node.right
@@ -136,23 +139,28 @@ class CodeGen:
         rc = isinstance(rn, Const) and type(rn.value) is int
         if op in ("add", "sub", "mul"):
             sym = {"add": "+", "sub": "-", "mul": "*"}[op]
-            if lc and rc:  # a constant that did not fold (it overflowed): let the helper decide
+            if lc and rc:  # a constant that did not fold: let the helper raise at run time
                 return f"_{op}({left}, {right})"
-            a, b, r = self.tmp(), self.tmp(), self.tmp()
+            a, b = self.tmp(), self.tmp()
             if rc:
-                test, ea, eb = f"type({a} := {left}) is int", a, right
-            elif lc:
-                test, ea, eb = f"type({b} := {right}) is int", left, b
-                # evaluation order: the constant left side has no effects
+                test, ea, eb = f"({a} := {left}).__class__ is int", a, right
+                small = [a]
+            elif lc:  # the constant left side has no effects, so order is kept
+                test, ea, eb = f"({b} := {right}).__class__ is int", left, b
+                small = [b]
             else:
-                test, ea, eb = f"type({a} := {left}) is type({b} := {right}) is int", a, b
-            return f"({r} if {test} and {_MIN} <= ({r} := {ea} {sym} {eb}) <= {_MAX} else _{op}({ea}, {eb}))"
+                test, ea, eb = f"({a} := {left}).__class__ is ({b} := {right}).__class__ is int", a, b
+                small = [a, b]
+            if op == "mul":
+                test += "".join(f" and -{_SMALL} < {x} < {_SMALL}" for x in small)
+            return f"({ea} {sym} {eb} if {test} else _{op}({ea}, {eb}))"
         if op in ("lt", "le", "gt", "ge"):
             sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
             a, b = self.tmp(), self.tmp()
             if isinstance(rn, Const) and type(rn.value) in (int, float):
-                return f"({a} {sym} {right} if type({a} := {left}) is int or type({a}) is float else _{op}({a}, {right}))"
-            return f"({a} {sym} {b} if type({a} := {left}) is type({b} := {right}) is int else _{op}({a}, {b}))"
+                return f"({a} {sym} {right} if ({a} := {left}).__class__ is int or {a}.__class__ is float else _{op}({a}, {right}))"
+            both = f"(({a} := {left}) is not ({b} := {right}) or True)"
+            return f"({a} {sym} {b} if {both} and {a}.__class__ in _NUM and {b}.__class__ in _NUM else _{op}({a}, {b}))"
         if op in ("eq", "ne"):
             return self.equality(op, ln, rn, left, right)
         return f"_{op}({left}, {right})"
@@ -169,7 +177,7 @@ class CodeGen:
                 return f"({left} {'!=' if neg else '=='} {right})"
             if type(c) in (int, float):
                 a = self.tmp()
-                return f"({neg}(type({a} := {left}) is not bool and {a} == {right}))"
+                return f"({neg}(({a} := {left}).__class__ is not bool and {a} == {right}))"
         a, b = self.tmp(), self.tmp()
-        same = f"type({a} := {left}) is type({b} := {right}) and type({a}) is not list and type({a}) is not dict"
+        same = f"({a} := {left}).__class__ is ({b} := {right}).__class__ and {a}.__class__ is not list and {a}.__class__ is not dict"
         return f"({neg}({a} == {b} if {same} else _eq({a}, {b})))"

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from runtime._errors import ExpressionError
-from runtime._values import INT_MAX, INT_MIN, eq, show, type_name
+from runtime._values import eq, show, type_name
 from runtime.filters._registry import (
     ABSENT,
     check_list,
@@ -199,23 +199,24 @@ def _numbers(name: str, value: Any, attribute: Any) -> list[int | float]:
     return items
 
 
-def _fit(total: int | float) -> int | float:
-    if type(total) is int and not INT_MIN <= total <= INT_MAX:
-        return float(total)
-    return total
-
-
 @register("sum")
 def f_sum(value, attribute=None):
     """Sum of a list of numbers (or of a field of objects); 0 for an empty list."""
-    return _fit(sum(_numbers("sum", value, attribute)))
+    nums = _numbers("sum", value, attribute)
+    try:
+        return sum(nums)
+    except OverflowError:
+        raise ExpressionError("filter 'sum' got numbers too large to add") from None
 
 
 @register("average")
 def f_average(value, attribute=None):
     """Mean of a list of numbers (or of a field of objects); null for an empty list."""
     nums = _numbers("average", value, attribute)
-    return sum(nums) / len(nums) if nums else None
+    try:
+        return sum(nums) / len(nums) if nums else None
+    except OverflowError:
+        raise ExpressionError("filter 'average' got numbers too large to average") from None
 
 
 def _extreme(name: str, value: Any, attribute: Any, pick: Any) -> Any:

@@ -10,7 +10,7 @@ import math
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from runtime._errors import ExpressionError
-from runtime._values import INT_MAX, INT_MIN, show, to_text, type_name
+from runtime._values import show, to_text, type_name
 from runtime.filters._registry import need_int, need_number, register
 
 __all__ = ()
@@ -19,8 +19,7 @@ __all__ = ()
 def _int_result(name: str, x: float) -> int | float:
     if not math.isfinite(x):
         raise ExpressionError(f"filter '{name}' cannot make a whole number of {show(x)}")
-    r = int(x)
-    return r if INT_MIN <= r <= INT_MAX else float(r)
+    return int(x)
 
 
 @register("round")
@@ -57,16 +56,16 @@ def f_ceil(value):
 def f_abs(value):
     """The number without its sign."""
     x = need_number("abs", value)
-    r = abs(x)
-    return float(r) if type(r) is int and r > INT_MAX else r
+    return abs(x)
 
 
 def _parse_number(name: str, text: str) -> int | float:
     s = text.strip()
     try:
         if s and (s.lstrip("+-").isdigit()) and s.isascii():
-            r = int(s)
-            return r if INT_MIN <= r <= INT_MAX else float(r)
+            if len(s) > 100:
+                raise ValueError(s)
+            return int(s)
         x = float(s)
     except ValueError:
         x = math.nan

@@ -1,0 +1,110 @@
+"""Expression evaluation speed: cronstack's compiled expressions against two references.
+
+For each expression we measure evaluations per second of
+(1) the ``runtime.Value.fn`` that ``compiler._expr.compile_value`` produces,
+(2) the same logic written by hand as a Python function (the ceiling), and
+(3) Jinja2's ``Environment().compile_expression``, compiled once (the field's
+usual tool). Targets: within 2x of hand-written, at least 20x Jinja2.
+Everything runs in one process, so the ratios are what a target is checked against.
+Run: ``.venv/bin/python -m benchmarks.bench_expressions [--quick] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from benchmarks._harness import Result, parse_args, report, time_call
+from compiler._expr import compile_value
+
+SCOPE: dict[str, Any] = {
+    "a": {"b": 40},
+    "items": [1, 2, 3, 4],
+    "stats": {"done": 7, "failed": 1, "started_at": 1_700_000_000.0},
+    "config": {"max_time": 3600, "batch_size": 25},
+    "user": {"name": "ada", "plan": "pro"},
+    "__now__": time.time,
+}
+
+
+def _hand_ab(s: dict[str, Any]) -> Any:
+    return s["a"]["b"] + len(s["items"]) * 2
+
+
+def _hand_cmp(s: dict[str, Any]) -> Any:
+    return (s["__now__"]() - s["stats"]["started_at"]) > s["config"]["max_time"]
+
+
+def _hand_sum(s: dict[str, Any]) -> Any:
+    return s["stats"]["done"] + s["stats"]["failed"] + 1
+
+
+def _hand_text(s: dict[str, Any]) -> Any:
+    return "user-" + s["user"]["name"]
+
+
+def _hand_ternary(s: dict[str, Any]) -> Any:
+    return "paid" if s["user"]["plan"] == "pro" else "free"
+
+
+# (name, cronstack template, hand-written, jinja2 expression)
+CASES: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
+    ("a.b + (items|length) * 2", "{{ a.b + (items|length) * 2 }}", _hand_ab, "a.b + (items|length) * 2"),
+    ("(now - started) > max", "{{ (now - stats.started_at) > config.max_time }}", _hand_cmp,
+     "(now() - stats.started_at) > config.max_time"),
+    ("x.done + x.failed + 1", "{{ stats.done + stats.failed + 1 }}", _hand_sum, "stats.done + stats.failed + 1"),
+    ("'user-' ~ user.name", "{{ 'user-' ~ user.name }}", _hand_text, "'user-' ~ user.name"),
+    ("plan == 'pro' ? ... : ...", "{{ user.plan == 'pro' ? 'paid' : 'free' }}", _hand_ternary,
+     "'paid' if user.plan == 'pro' else 'free'"),
+]  # fmt: skip
+
+
+def _rate(fn: Callable[[dict[str, Any]], Any], n: int, repeat: int) -> float:
+    scope = SCOPE
+
+    def loop() -> None:
+        for _ in range(n):
+            fn(scope)
+
+    return n / time_call(loop, repeat=repeat).median
+
+
+def run(quick: bool) -> list[Result]:
+    import jinja2
+
+    n, repeat = (20_000, 3) if quick else (200_000, 7)
+    env = jinja2.Environment()
+    results: list[Result] = []
+    for name, template, hand, jexpr in CASES:
+        value, _ = compile_value(template, "bench")
+        if value.fn(SCOPE) != hand(SCOPE) and "now" not in template:
+            raise AssertionError(f"{name}: compiled {value.fn(SCOPE)!r} != hand-written {hand(SCOPE)!r}")
+        jfn = env.compile_expression(jexpr)
+        jscope = dict(SCOPE, now=time.time)
+        ours = _rate(value.fn, n, repeat)
+        theirs_hand = _rate(hand, n, repeat)
+        theirs_jinja = _rate(lambda s, f=jfn, js=jscope: f(**js), max(n // 20, 1000), repeat)
+        results.append(
+            Result("expressions", f"{name} vs hand-written", ours, "evals/s", "hand-written", theirs_hand,
+                   ">= 0.5x", ours / theirs_hand >= 0.5)
+        )  # fmt: skip
+        results.append(
+            Result("expressions", f"{name} vs jinja2", ours, "evals/s", "jinja2 compile_expression", theirs_jinja,
+                   ">= 20x", ours / theirs_jinja >= 20)
+        )  # fmt: skip
+    t0 = time.perf_counter()
+    count = 200 if quick else 2000
+    for i in range(count):
+        compile_value(f"{{{{ a.b + (items|length) * {i} }}}}", "bench")
+    results.append(Result("expressions", "compile a template", count / (time.perf_counter() - t0), "compiles/s"))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv, __doc__.splitlines()[0])
+    report(run(args.quick), args.json)
+
+
+if __name__ == "__main__":
+    main()
