@@ -95,7 +95,7 @@ SCHEMAS: dict[str, Any] = {
             "error": _nullable(_ref("RunError")),
         },
     },
-    "TaskSummary": {
+    "TaskBase": {
         "type": "object",
         "required": ["name", "status", "active", "paused", "next_execution", "last_run"],
         "properties": {
@@ -108,11 +108,14 @@ SCHEMAS: dict[str, Any] = {
             "paused": {"type": "boolean"},
             "status": {"type": "string", "enum": _TASK_STATUSES},
             "next_execution": _ISO,
-            "last_run": _nullable(_ref("Run")),
         },
     },
+    "TaskSummary": {
+        "allOf": [_ref("TaskBase")],
+        "properties": {"last_run": _nullable(_ref("Run"))},
+    },
     "ActiveTask": {
-        "allOf": [_ref("TaskSummary")],
+        "allOf": [_ref("TaskBase")],
         "properties": {"last_run": _nullable(_ref("HistoryEntry"))},
     },
     "TaskDetail": {
