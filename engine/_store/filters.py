@@ -58,8 +58,14 @@ def did_you_mean(name: str, candidates: tuple[str, ...]) -> str | None:
     return f"did you mean {match[0]!r}?" if match else None
 
 
+_checked_tables: dict[str, str] = {}
+
+
 def check_table(name: Any) -> str:
     """The table's key (lower case: SQLite table names ignore case) or ``InvalidName``."""
+    key = _checked_tables.get(name) if isinstance(name, str) else None
+    if key is not None:
+        return key
     if not isinstance(name, str) or not _IDENT.match(name) or len(name) > _MAX_NAME:
         raise InvalidName(
             f"table name {name!r} is not valid: use letters, digits and _ "
@@ -73,6 +79,8 @@ def check_table(name: Any) -> str:
             "belong to the engine); choose another name",
             name=name,
         )
+    if len(_checked_tables) < 10_000:  # names come from definitions: a small set
+        _checked_tables[name] = key
     return key
 
 

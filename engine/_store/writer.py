@@ -33,6 +33,8 @@ __all__ = ("WriteContext", "GroupWriter", "Op")
 Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 
 MAX_BATCH = 20_000
+#: smallest run of futures resolved before the writer yields to their callers
+CHUNK = 128
 
 
 class WriteContext:
@@ -96,8 +98,9 @@ class GroupWriter:
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
         fut = self._loop.create_future()
-        self._queue.append((op, key, arg, fut))
-        if not self._wake.is_set():
+        queue = self._queue
+        queue.append((op, key, arg, fut))
+        if len(queue) == 1:
             self._wake.set()
         return fut
 
@@ -112,37 +115,53 @@ class GroupWriter:
         if self._task is not None:
             await self._task
 
+    def _dispatch(self) -> tuple[list[Any], asyncio.Future[list[Any]]]:
+        """Hand what is queued (up to MAX_BATCH) to the writer thread."""
+        if len(self._queue) <= MAX_BATCH:
+            batch, self._queue = self._queue, []
+        else:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        return batch, self._loop.run_in_executor(self._executor, self._apply, batch)
+
     async def _run(self) -> None:
+        """Commit batches; resolve their futures in chunks, pipelining the next batch.
+
+        Resolving a big batch chunk by chunk (yielding in between) lets the
+        resumed callers queue their next writes, which go to the thread as
+        soon as it is idle: the thread commits while the loop runs callers.
+        """
+        inflight: tuple[list[Any], asyncio.Future[list[Any]]] | None = None
         while True:
-            while not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-            if len(self._queue) <= MAX_BATCH:
-                batch, self._queue = self._queue, []
-            else:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if inflight is None:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    self._wake.clear()
+                    await self._wake.wait()
+                inflight = self._dispatch()
+            batch, done = inflight
             try:
-                results = await self._loop.run_in_executor(self._executor, self._apply, batch)
+                results = await done
             except asyncio.CancelledError:
-                _fail(batch, "the engine stopped before the write was committed")
-                _fail(self._queue, "the engine stopped before the write was committed")
+                why = "the engine stopped before the write was committed"
+                _fail(batch, why)
+                _fail(self._queue, why)
                 self._queue = []
                 raise
             except Exception as exc:  # a defect in _apply: fail the batch, keep serving
-                _fail(batch, f"the write batch failed unexpectedly ({exc!r})")
-                continue
+                results = [WriteFailed(f"the write batch failed unexpectedly ({exc!r})")
+                           for _ in batch]
+            inflight = None
             self.batches += 1
             self.writes += len(batch)
-            for item, result in zip(batch, results):
-                fut = item[3]
-                if fut.done():  # its caller was cancelled; the write committed anyway
-                    continue
-                if isinstance(result, BaseException):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+            n = len(batch)
+            step = max(CHUNK, n // 4)
+            for start in range(0, n, step):
+                _deliver(batch, results, start, min(start + step, n))
+                if start + step < n:
+                    await asyncio.sleep(0)  # let the resumed callers queue writes
+                    if inflight is None and self._queue:
+                        inflight = self._dispatch()
 
     # -- writer thread -------------------------------------------------------
 
@@ -213,6 +232,18 @@ class GroupWriter:
 def _rollback(conn: sqlite3.Connection) -> None:
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+def _deliver(batch: list[Any], results: list[Any], start: int, stop: int) -> None:
+    for i in range(start, stop):
+        fut = batch[i][3]
+        if fut.done():  # its caller was cancelled; the write committed anyway
+            continue
+        result = results[i]
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _fail(items: Iterable[tuple[Any, Any, Any, asyncio.Future[Any]]], why: str) -> None:

@@ -1,0 +1,356 @@
+"""The store contract: what every backend (SQLite today) must do, records and engine state.
+
+A new backend joins the ``store`` fixture's params and passes this file unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine._store import (
+    DuplicateRecord,
+    InvalidName,
+    InvalidRecord,
+    RecordError,
+    RecordNotFound,
+    RunNotFound,
+    Store,
+    StoreError,
+    open_store,
+)
+from runtime import Records, RunError
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    """A hand-driven clock: timestamps the tests can predict."""
+
+    def __init__(self, t: float = 1_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture(params=["sqlite-file"])
+async def store(request, tmp_path, clock):
+    if request.param == "sqlite-file":
+        url = f"sqlite:///{tmp_path}/contract.db"
+    async with open_store(url, clock=clock, indexes={"items": ["status"]}) as s:
+        yield s
+
+
+# -- records --------------------------------------------------------------------
+
+
+async def test_store_is_a_runtime_records(store):
+    assert isinstance(store, Records)
+    assert isinstance(store, Store)
+
+
+async def test_add_assigns_increasing_integer_ids_and_timestamps(store, clock):
+    a = await store.add("items", {"name": "a", "nested": {"x": [1, 2]}})
+    clock.t = 1_001.5
+    b = await store.add("items", {"name": "b"})
+    assert a == {"id": 1, "created_at": 1_000.0, "updated_at": 1_000.0, "name": "a",
+                 "nested": {"x": [1, 2]}}
+    assert b["id"] == 2 and b["created_at"] == 1_001.5
+    assert await store.get("items", id=1) == a
+
+
+async def test_given_ids_text_and_integer(store):
+    await store.add("items", {"id": "abc", "v": 1})
+    await store.add("items", {"id": 10, "v": 2})
+    nxt = await store.add("items", {"v": 3})
+    assert nxt["id"] == 11  # assigned ids never collide with given integers
+    assert (await store.get("items", id="abc"))["v"] == 1
+    assert await store.get("items", id="10") is None  # 10 and "10" are different ids
+    assert (await store.get("items", id=10.0))["v"] == 2  # a whole float is that integer
+
+
+async def test_duplicate_given_id_is_refused(store):
+    await store.add("items", {"id": "k"})
+    with pytest.raises(DuplicateRecord) as err:
+        await store.add("items", {"id": "k"})
+    assert isinstance(err.value, RunError) and err.value.error_type == "DuplicateRecord"
+    assert await store.count("items") == 1
+
+
+@pytest.mark.parametrize("bad", [True, 1.5, [1], {"a": 1}, ""])
+async def test_bad_ids_are_refused(store, bad):
+    with pytest.raises(InvalidRecord):
+        await store.add("items", {"id": bad})
+
+
+async def test_unencodable_value_is_refused_as_record_error(store):
+    with pytest.raises(InvalidRecord, match="cannot be stored as JSON"):
+        await store.add("items", {"v": object()})
+    assert await store.count("items") == 0
+
+
+async def test_never_written_table_reads_empty(store):
+    assert await store.query("ghost") == []
+    assert await store.get("ghost", id=1) is None
+    assert await store.get("ghost", filter={"a": 1}) is None
+    assert await store.count("ghost") == 0
+    assert await store.delete("ghost", 1) is False
+    assert await store.delete_many("ghost", {}) == 0
+    assert await store.edit_many("ghost", {}, {"a": 1}) == 0
+    with pytest.raises(RecordNotFound):
+        await store.edit("ghost", 1, {"a": 1})
+
+
+async def test_edit_merges_shallowly_and_stamps_updated_at(store, clock):
+    rec = await store.add("items", {"a": 1, "obj": {"x": 1, "y": 2}, "keep": True})
+    clock.t = 2_000.0
+    out = await store.edit("items", rec["id"], {"a": None, "obj": {"x": 9}})
+    assert out == {"id": rec["id"], "created_at": 1_000.0, "updated_at": 2_000.0, "a": None,
+                   "obj": {"x": 9}, "keep": True}
+    assert await store.get("items", id=rec["id"]) == out
+
+
+async def test_edit_missing_id_raises_record_not_found(store):
+    await store.add("items", {"a": 1})
+    with pytest.raises(RecordNotFound) as err:
+        await store.edit("items", 99, {"a": 2})
+    assert err.value.error_type == "RecordNotFound"
+    assert "99" in err.value.message and "items" in err.value.message
+    assert err.value.to_object("stack[0]")["type"] == "RecordNotFound"
+
+
+async def test_edit_cannot_change_id(store):
+    rec = await store.add("items", {"a": 1})
+    with pytest.raises(InvalidRecord):
+        await store.edit("items", rec["id"], {"id": 77})
+    assert (await store.edit("items", rec["id"], {"id": rec["id"], "a": 2}))["a"] == 2
+
+
+async def test_delete(store):
+    rec = await store.add("items", {"a": 1})
+    assert await store.delete("items", rec["id"]) is True
+    assert await store.delete("items", rec["id"]) is False
+    assert await store.get("items", id=rec["id"]) is None
+
+
+async def test_ids_are_not_reused_after_delete(store):
+    a = await store.add("items", {})
+    await store.delete("items", a["id"])
+    assert (await store.add("items", {}))["id"] == a["id"] + 1
+
+
+async def test_upsert_inserts_then_merges_on_identifier(store, clock):
+    first = await store.upsert("erp_sync", {"external_id": "E1", "v": 1}, "external_id")
+    clock.t = 1_500.0
+    second = await store.upsert("erp_sync", {"external_id": "E1", "w": 2}, "external_id")
+    assert second == {"id": first["id"], "created_at": 1_000.0, "updated_at": 1_500.0,
+                      "external_id": "E1", "v": 1, "w": 2}
+    other = await store.upsert("erp_sync", {"external_id": 1, "v": 3}, "external_id")
+    assert other["id"] != first["id"]  # 1 is not "E1", and not "1"
+    assert await store.count("erp_sync") == 2
+
+
+async def test_upsert_on_id_and_missing_identifier(store):
+    rec = await store.upsert("items", {"id": "x", "v": 1}, "id")
+    assert rec["id"] == "x"
+    assert (await store.upsert("items", {"id": "x", "v": 2}, "id"))["v"] == 2
+    with pytest.raises(InvalidRecord, match="identifier"):
+        await store.upsert("items", {"v": 1}, "external_id")
+    with pytest.raises(InvalidName):
+        await store.upsert("items", {"v": 1}, "bad name")
+
+
+async def test_bulk_edit_and_delete_return_counts(store):
+    for i in range(6):
+        await store.add("items", {"n": i, "status": "old" if i < 4 else "new"})
+    assert await store.edit_many("items", {"status": "old"}, {"flag": True}) == 4
+    assert await store.count("items", filter={"flag": True}) == 4
+    assert await store.delete_many("items", {"n": {"$lt": 2}}) == 2
+    assert await store.count("items") == 4
+    with pytest.raises(InvalidRecord):
+        await store.edit_many("items", {}, {"id": 5})
+
+
+async def test_given_created_at_is_kept(store):
+    rec = await store.add("logs", {"created_at": 10.0, "m": "old"})
+    assert rec["created_at"] == 10.0
+    assert await store.count("logs", filter={"created_at": {"$lt": 100}}) == 1
+    with pytest.raises(InvalidRecord):
+        await store.add("logs", {"created_at": "yesterday"})
+
+
+async def test_table_names_ignore_case(store):
+    await store.add("Users", {"a": 1})
+    assert await store.count("users") == 1
+
+
+@pytest.mark.parametrize("name", ["t; DROP", "1abc", "", "a.b", "cronstack_runs", "sqlite_master",
+                                  "x" * 65, None, 5])
+async def test_bad_table_names_are_refused(store, name):
+    with pytest.raises(InvalidName) as err:
+        await store.add(name, {"a": 1})
+    assert isinstance(err.value, RecordError) and isinstance(err.value, RunError)
+    with pytest.raises(InvalidName):
+        await store.query(name)
+
+
+async def test_records_read_your_writes_under_concurrency(store):
+    import anyio
+
+    async def one(i: int) -> None:
+        rec = await store.add("items", {"i": i})
+        assert (await store.get("items", id=rec["id"]))["i"] == i
+
+    async with anyio.create_task_group() as tg:
+        for i in range(50):
+            tg.start_soon(one, i)
+    assert await store.count("items") == 50
+
+
+# -- runs -----------------------------------------------------------------------
+
+
+async def test_insert_and_get_run_with_defaults(store, clock):
+    await store.insert_run({"id": "r1", "task": "t", "inputs": {"a": [1]}})
+    run = await store.get_run("r1")
+    assert run["status"] == "queued" and run["trigger"] == "manual" and run["kind"] == "task"
+    assert run["attempt"] == 1 and run["created_at"] == 1_000.0 and run["not_before"] == 1_000.0
+    assert run["inputs"] == {"a": [1]} and run["result"] is None
+    assert await store.get_run("nope") is None
+
+
+async def test_insert_run_refuses_bad_rows(store):
+    with pytest.raises(StoreError):
+        await store.insert_run({"task": "t"})
+    with pytest.raises(StoreError, match="status"):
+        await store.insert_run({"id": "r", "task": "t", "status": "weird"})
+    with pytest.raises(StoreError, match="unknown run fields"):
+        await store.insert_run({"id": "r", "task": "t", "colour": "red"})
+    await store.insert_run({"id": "r", "task": "t"})
+    with pytest.raises(StoreError, match="unique"):
+        await store.insert_run({"id": "r", "task": "t"})
+
+
+async def test_update_run(store, clock):
+    await store.insert_run({"id": "r1", "task": "t"})
+    clock.t = 1_010.0
+    await store.update_run("r1", {"status": "failed", "error": {"message": "boom", "type": "X"},
+                                  "result": [1, 2], "finished_at": 1_009.0})
+    run = await store.get_run("r1")
+    assert run["status"] == "failed" and run["error"]["message"] == "boom"
+    assert run["result"] == [1, 2] and run["updated_at"] == 1_010.0
+    with pytest.raises(RunNotFound):
+        await store.update_run("missing", {"status": "failed"})
+    with pytest.raises(StoreError):
+        await store.update_run("r1", {"status": "bogus"})
+
+
+async def test_claim_fire_runs_each_fire_once(store):
+    assert await store.claim_fire("t", 60.0, {"id": "a"}) is True
+    assert await store.claim_fire("t", 60.0, {"id": "b"}) is False
+    assert await store.claim_fire("t", 120.0, {"id": "c"}) is True
+    assert await store.claim_fire("u", 60.0, {"id": "d", "trigger": "catchup"}) is True
+    assert await store.get_run("b") is None
+    assert (await store.get_run("a"))["scheduled_at"] == 60.0
+    # manual and retry runs are not fires: any number may share a time
+    await store.insert_run({"id": "m1", "task": "t", "scheduled_at": 60.0, "trigger": "retry"})
+    with pytest.raises(StoreError):
+        await store.claim_fire("t", 180.0, {"id": "x", "trigger": "manual"})
+
+
+async def test_due_and_claim_run(store):
+    await store.insert_run({"id": "later", "task": "t", "not_before": 2_000.0})
+    await store.insert_run({"id": "soon", "task": "t", "not_before": 500.0})
+    await store.insert_run({"id": "now", "task": "t"})
+    due = await store.due_runs(1_000.0)
+    assert [r["id"] for r in due] == ["soon", "now"]
+    assert [r["id"] for r in await store.due_runs(1_000.0, limit=1)] == ["soon"]
+    assert await store.claim_run("soon", "e1", 1_000.5) is True
+    assert await store.claim_run("soon", "e2", 1_000.6) is False
+    run = await store.get_run("soon")
+    assert run["status"] == "running" and run["engine_id"] == "e1" and run["started_at"] == 1_000.5
+    assert [r["id"] for r in await store.due_runs(3_000.0)] == ["now", "later"]
+
+
+async def test_recover_running_marks_dead_engines_runs_crashed(store):
+    for rid in ("a", "b", "mine"):
+        await store.insert_run({"id": rid, "task": "t"})
+    await store.claim_run("a", "dead", 1.0)
+    await store.claim_run("b", "dead", 2.0)
+    await store.claim_run("mine", "me", 3.0)
+    crashed = await store.recover_running("me")
+    assert sorted(r["id"] for r in crashed) == ["a", "b"]
+    assert all(r["status"] == "crashed" and r["error"]["type"] == "EngineCrashed" for r in crashed)
+    assert (await store.get_run("a"))["status"] == "crashed"
+    assert (await store.get_run("mine"))["status"] == "running"
+    assert await store.recover_running("me") == []
+
+
+async def test_list_count_and_last_runs(store, clock):
+    for i in range(5):
+        clock.t = 1_000.0 + i
+        await store.insert_run({"id": f"t{i}", "task": "t", "status": "completed" if i % 2 else "failed"})
+    clock.t = 1_100.0
+    await store.insert_run({"id": "u0", "task": "u"})
+    assert [r["id"] for r in await store.list_runs("t")] == ["t4", "t3", "t2", "t1", "t0"]
+    assert [r["id"] for r in await store.list_runs("t", limit=2, offset=1)] == ["t3", "t2"]
+    assert [r["id"] for r in await store.list_runs("t", newest_first=False, limit=2)] == ["t0", "t1"]
+    assert [r["id"] for r in await store.list_runs(status="completed")] == ["t3", "t1"]
+    assert len(await store.list_runs(status=["completed", "queued"])) == 3
+    assert await store.count_runs() == 6
+    assert await store.count_runs("t", "failed") == 3
+    last = await store.last_runs()
+    assert set(last) == {"t", "u"} and last["t"]["id"] == "t4" and last["u"]["id"] == "u0"
+
+
+async def test_traces_keep_order_and_survive_odd_values(store):
+    await store.insert_run({"id": "r", "task": "t"})
+    e1 = {"path": "stack[0]", "kind": "create_variable", "started": 1.0, "duration": 0.1,
+          "inputs": {"v": 1}, "output": 1, "error": None}
+    await store.add_trace("r", [e1])
+    await store.add_trace("r", [{"path": "stack[1]", "kind": "log", "output": {1, 2}.__class__}])
+    await store.add_trace("r", [])
+    trace = await store.get_trace("r")
+    assert trace[0] == e1 and trace[1]["path"] == "stack[1]"
+    assert isinstance(trace[1]["output"], str)  # stored as its repr, never failing the run
+    assert await store.get_trace("other") == []
+
+
+async def test_task_state(store, clock):
+    assert await store.get_task_state("t") is None
+    await store.set_task_state("t", last_fire=60.0)
+    await store.set_task_state("t", paused=True, note="maintenance")
+    state = await store.get_task_state("t")
+    assert state == {"task": "t", "last_fire": 60.0, "paused": True, "note": "maintenance",
+                     "updated_at": 1_000.0}
+    await store.set_task_state("t", paused=False)
+    assert (await store.get_task_state("t"))["last_fire"] == 60.0
+    assert set(await store.all_task_states()) == {"t"}
+    with pytest.raises(StoreError):
+        await store.set_task_state("t", updated_at=5.0)
+
+
+async def test_prune_history_keeps_unfinished_and_recent(store, clock):
+    clock.t = 100.0
+    await store.insert_run({"id": "old_done", "task": "t", "status": "completed"})
+    await store.insert_run({"id": "old_other_task", "task": "u", "status": "completed"})
+    await store.insert_run({"id": "old_queued", "task": "t"})
+    await store.add_trace("old_done", [{"path": "stack[0]"}])
+    clock.t = 900.0
+    await store.insert_run({"id": "new_done", "task": "t", "status": "completed"})
+    assert await store.prune_history("t", 500.0) == 1
+    assert await store.get_run("old_done") is None and await store.get_trace("old_done") == []
+    assert await store.get_run("old_queued") is not None
+    assert await store.get_run("old_other_task") is not None
+    assert await store.prune_history(None, 500.0) == 1
+    assert await store.count_runs() == 2
