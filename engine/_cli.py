@@ -1,0 +1,493 @@
+"""The ``cronstack`` command: run an engine, check a project, and talk to a running engine.
+
+Local commands (``run``, ``check``, ``exec``, ``next``) work on definition
+files; remote ones (``tasks``, ``trigger``, ``runs``, ``show``, ``pause``,
+``resume``, ``cancel``) call the admin API of a running engine over HTTP.
+Exit codes are part of the interface: 0 ok, 1 failure (a failed run, compile
+errors, a refused request), 2 usage, 3 the engine cannot be reached, 4 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from compiler import CompileError, Definitions, Diagnostic, check_calls, load_definitions
+from compiler._errors import did_you_mean
+from compiler._load import decode_json_file
+from runtime import CronstackError, dis
+
+__all__ = ("main", "CliError", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_NOT_FOUND")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+DEFAULT_URL = "http://127.0.0.1:7600"
+_EXEC_TASK = "cronstack_exec"
+
+
+class CliError(CronstackError):
+    """A command failed; ``code`` is the process exit code."""
+
+    error_type = "CliError"
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _run_async(make: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a coroutine on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(make())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(make())
+
+
+def _dump(value: Any) -> str:
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _when(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _secs(d: float | None) -> str | None:
+    if d is None:
+        return None
+    return f"{d * 1e6:.0f}µs" if d < 0.001 else f"{d * 1000:.1f}ms" if d < 1 else f"{d:.2f}s"
+
+
+# --- local commands ----------------------------------------------------------------------
+
+
+def _schedule_diags(defs: Definitions) -> list[Diagnostic]:
+    from engine._schedule import Schedule, ScheduleError
+
+    diags = []
+    for task in defs.tasks.values():
+        if task.schedule is not None:
+            try:
+                Schedule(task.schedule, task.timezone, task.cron_day_match)
+            except ScheduleError as exc:
+                diags.append(Diagnostic(exc.message, "schedule", task.file))
+    return diags
+
+
+def _next_fires(task: Any, after: datetime, count: int) -> list[str]:
+    from engine._schedule import Schedule
+
+    if task.schedule is None:
+        return []
+    return [d.isoformat() for d in Schedule(task.schedule, task.timezone, task.cron_day_match).next_fires(after, count)]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        defs = load_definitions(args.dir)
+    except CompileError as exc:
+        defs, diags = None, list(exc.diagnostics)
+    else:
+        diags = check_calls(defs) + _schedule_diags(defs)
+    if diags:
+        if args.json:
+            print(_dump({"ok": False, "errors": [{"file": d.file, "path": d.path, "message": str(d)} for d in diags]}))
+        else:
+            for d in diags:
+                print(d)
+            print(f"{len(diags)} error{'s' * (len(diags) != 1)}", file=sys.stderr)
+        return EXIT_FAILURE
+    assert defs is not None
+    if args.dis:
+        return _print_dis(defs, args.dis)
+    now = datetime.now(UTC)
+    tasks = [
+        {"name": t.name, "file": t.file, "schedule": t.schedule, "timezone": t.timezone, "active": t.active,
+         "next_fires": _next_fires(t, now, 3)}
+        for t in sorted(defs.tasks.values(), key=lambda t: t.name)
+    ]
+    if args.json:
+        print(_dump({"ok": True, "tasks": tasks, "functions": sorted(defs.functions)}))
+        return EXIT_OK
+    rows = [[t["name"], t["schedule"] or "(manual)", t["timezone"], "yes" if t["active"] else "no",
+             ", ".join(t["next_fires"]) or None] for t in tasks]
+    print(_table(rows, ["TASK", "SCHEDULE", "TIMEZONE", "ACTIVE", "NEXT 3 FIRES"]))
+    print(f"\nok: {len(defs.tasks)} tasks, {len(defs.functions)} functions")
+    return EXIT_OK
+
+
+def _print_dis(defs: Definitions, which: str) -> int:
+    items = {**defs.functions, **defs.tasks}
+    item = items.get(which)
+    if item is None:
+        wanted = Path(which)
+        for candidate in items.values():
+            if candidate.file and (candidate.file == which or Path(candidate.file).name == wanted.name):
+                item = candidate
+                break
+    if item is None:
+        hint = did_you_mean(which, items) or "give a task or function name, or its file"
+        raise CliError(EXIT_NOT_FOUND, f"no task, function or file '{which}'; {hint}")
+    print(dis(item.program))
+    return EXIT_OK
+
+
+def _load_one(path: str) -> Definitions:
+    """A project folder, or one definition file on its own."""
+    p = Path(path)
+    if p.is_dir():
+        return load_definitions(p)
+    if not p.is_file():
+        raise CliError(EXIT_NOT_FOUND, f"'{path}' is neither a definition file nor a folder")
+    raw = decode_json_file(p, str(p))
+    try:
+        return load_definitions([raw])
+    except CompileError as exc:
+        raise exc.with_file(str(p)) from None
+
+
+def _parse_after(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        after = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(EXIT_USAGE, f"--after {text!r} is not an ISO-8601 time like 2024-05-01T06:00:00Z") from None
+    return after if after.tzinfo else after.replace(tzinfo=UTC)
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    after = _parse_after(args.after)
+    defs = _load_one(args.path)
+    task = defs.tasks.get(args.task)
+    if task is None:
+        hint = did_you_mean(args.task, defs.tasks) or f"tasks there: {', '.join(sorted(defs.tasks)) or 'none'}"
+        raise CliError(EXIT_NOT_FOUND, f"no task named '{args.task}' in {args.path}; {hint}")
+    if task.schedule is None:
+        raise CliError(EXIT_FAILURE, f"task '{task.name}' has no schedule: it runs only when triggered")
+    if _schedule_diags(defs):
+        raise CompileError(_schedule_diags(defs))
+    for fire in _next_fires(task, after, args.count):
+        print(fire)
+    return EXIT_OK
+
+
+def _exec_definitions(path: Path) -> list[dict[str, Any]]:
+    raw = decode_json_file(path, str(path))
+    if isinstance(raw, list):
+        return [{"name": _EXEC_TASK, "stack": raw}]
+    if isinstance(raw, dict) and raw.get("type") != "task" and ("inputs" in raw or raw.get("type") == "function"):
+        call = {"function": "custom_function", "name": raw.get("name"), "inputs": {}, "return_as": "result"}
+        return [raw, {"name": _EXEC_TASK, "stack": [call, {"function": "return", "value": "{{ result }}"}]}]
+    return [raw]
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(EXIT_NOT_FOUND, f"no file '{args.file}'")
+    defs = _exec_definitions(path)
+    return _run_async(lambda: _exec(defs, args, str(path)))
+
+
+async def _exec(defs: list[dict[str, Any]], args: argparse.Namespace, shown: str) -> int:
+    from engine import Engine
+
+    name = defs[-1].get("name")
+    try:
+        async with Engine.open(defs, database=args.database) as engine:
+            done = await engine.trigger(name, wait=True)  # type: ignore[arg-type]
+            run = await engine.run(done["id"], trace=True) or done  # type: ignore[index]
+    except CompileError as exc:
+        raise CompileError(Diagnostic(d.message, d.path, shown if d.file and d.file.startswith("definitions[") else d.file,
+                                      d.column, d.hint) for d in exc.diagnostics) from None
+    if args.json:
+        print(_dump(run))
+    else:
+        _print_run(run)
+    return EXIT_OK if run.get("status") == "completed" else EXIT_FAILURE
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    print(f"run {run.get('id')}  task {run.get('task')}  {run.get('status')}  "
+          f"trigger {run.get('trigger')}  attempt {run.get('attempt')}  {_secs(run.get('duration')) or ''}".rstrip())
+    if run.get("error"):
+        err = run["error"]
+        print(f"error: {err.get('step') or '-'}: {err.get('type')}: {err.get('message')}")
+    print(f"result: {_dump(run.get('result'))}")
+    trace = run.get("trace") or []
+    if trace:
+        print("\ntrace:")
+        rows = [[t.get("path"), t.get("kind"), _secs(t.get("duration")),
+                 ("ERROR " + str((t.get("error") or {}).get("message"))) if t.get("error") else _short(t.get("output"))]
+                for t in trace]
+        print(_table(rows, ["STEP", "KIND", "TIME", "OUTPUT"]))
+    logs = run.get("logs") or []
+    logs = [entry for entry in logs if entry.get("level")] or logs  # the leveled entries, when the engine gives them
+    if logs:
+        print("\nlogs:")
+        for entry in logs:
+            print(f"  {entry.get('path')} [{entry.get('level') or 'info'}] {_short(entry.get('output'), 200)}")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return _run_async(lambda: _serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from engine import Engine
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Engine.open(args.dir, database=args.database) as engine:
+            await engine.serve(host=args.host, port=args.port)
+            print(f"cronstack: serving {len(engine.task_names())} tasks from {args.dir}; "
+                  f"admin API on {engine.api_url}; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
+            await stop.wait()
+            print("cronstack: stopping: no new fires, letting running runs finish", file=sys.stderr, flush=True)
+            await engine.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print("cronstack: stopped", file=sys.stderr, flush=True)
+    return EXIT_OK
+
+
+# --- remote commands (admin API) -----------------------------------------------------------
+
+
+async def _request(args: argparse.Namespace, method: str, path: str, *, params: dict[str, Any] | None = None,
+                   body: Any = None) -> Any:
+    """Call the admin API; map failures to exit codes (3 unreachable, 4 not found, 1 refused)."""
+    import aiohttp
+
+    url = args.url.rstrip("/") + path
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (params or {}).items() if v is not None}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session:
+            async with session.request(method, url, params=query, json=body, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+    except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, TimeoutError) as exc:
+        raise CliError(EXIT_UNREACHABLE, f"cannot reach the engine at {args.url}: {exc or type(exc).__name__}; "
+                                         "is `cronstack run` running there? (see --url)") from None
+    try:
+        data = msgspec.json.decode(raw) if raw else None
+    except msgspec.DecodeError:
+        raise CliError(EXIT_FAILURE, f"{method} {url} answered {status} with a body that is not JSON") from None
+    if status >= 400:
+        message = data.get("message") if isinstance(data, dict) else None
+        message = message or f"{method} {path} answered {status}"
+        if status in (401, 403):
+            message += "; set CRONSTACK_TOKEN (or --token) to the engine's token"
+        raise CliError(EXIT_NOT_FOUND if status == 404 else EXIT_FAILURE, message)
+    return data
+
+
+def _remote(coro: Callable[[argparse.Namespace], Coroutine[Any, Any, int]]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return _run_async(lambda: coro(args))
+
+    return run
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> str:
+    rows = [[r.get("id"), r.get("task"), r.get("status"), r.get("trigger"), r.get("attempt"),
+             _when(r.get("started_at") or r.get("scheduled_at")), _secs(r.get("duration")),
+             _short((r.get("error") or {}).get("message"), 50) if r.get("error") else None] for r in runs]
+    return _table(rows, ["RUN", "TASK", "STATUS", "TRIGGER", "ATTEMPT", "STARTED (UTC)", "DURATION", "ERROR"])
+
+
+async def cmd_tasks(args: argparse.Namespace) -> int:
+    tasks = await _request(args, "GET", "/api/tasks")
+    if args.json:
+        print(_dump(tasks))
+        return EXIT_OK
+    rows = [[t["name"], t["status"], t.get("schedule") or "(manual)", t.get("next_execution"),
+             (t.get("last_run") or {}).get("status")] for t in tasks]
+    print(_table(rows, ["TASK", "STATUS", "SCHEDULE", "NEXT EXECUTION", "LAST RUN"]))
+    return EXIT_OK
+
+
+async def cmd_trigger(args: argparse.Namespace) -> int:
+    out = await _request(args, "POST", f"/api/tasks/{args.task}/trigger", params={"wait": args.wait or None},
+                         body={"source": args.source} if args.source else None)
+    if args.json:
+        print(_dump(out))
+    elif args.wait:
+        _print_run(out)
+    else:
+        print(out["run_id"])
+    if args.wait:
+        return EXIT_OK if out.get("status") == "completed" else EXIT_FAILURE
+    return EXIT_OK
+
+
+async def cmd_runs(args: argparse.Namespace) -> int:
+    params = {"task": args.task, "status": args.status, "limit": args.limit, "offset": args.offset}
+    runs = await _request(args, "GET", "/api/runs", params=params)
+    print(_dump(runs) if args.json else _runs_table(runs))
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    run = await _request(args, "GET", f"/api/runs/{args.run_id}", params={"trace": not args.no_trace})
+    if args.json:
+        print(_dump(run))
+    else:
+        _print_run(run)
+    return EXIT_OK
+
+
+def _simple(method_path: Callable[[argparse.Namespace], str]) -> Callable[[argparse.Namespace], Coroutine[Any, Any, int]]:
+    async def cmd(args: argparse.Namespace) -> int:
+        out = await _request(args, "POST", method_path(args))
+        print(_dump(out) if args.json else out.get("message", ""))
+        return EXIT_OK
+
+    return cmd
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+_EPILOG = """exit codes: 0 ok, 1 failure (failed run, compile errors, refused request),
+2 usage, 3 cannot reach the engine, 4 not found"""
+
+
+def _add(sub: Any, name: str, help: str, example: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}\n\n{_EPILOG}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _remote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=os.environ.get("CRONSTACK_URL", DEFAULT_URL),
+                   help=f"the engine's admin API (default: $CRONSTACK_URL or {DEFAULT_URL})")
+    p.add_argument("--token", default=os.environ.get("CRONSTACK_TOKEN"),
+                   help="bearer token (default: $CRONSTACK_TOKEN)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cronstack", description="Run background tasks: JSON function stacks on cron schedules.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _add(sub, "run", "run an engine (scheduler + admin API) on a project folder until SIGTERM/SIGINT",
+             "CRONSTACK_TOKEN=secret cronstack run tasks/ --host 0.0.0.0 --port 7600", cmd_run)
+    p.add_argument("dir", help="project folder of task and function files")
+    p.add_argument("--database", help="database URL (default: sqlite:///DIR/cronstack.db or cronstack.toml)")
+    p.add_argument("--host", help="admin API address (default 127.0.0.1 or cronstack.toml)")
+    p.add_argument("--port", type=int, help="admin API port, 0 = any free one (default 7600)")
+
+    p = _add(sub, "check", "compile every definition, print every error, show each task's next fires",
+             "cronstack check tasks/ --dis daily_user_analytics", cmd_check)
+    p.add_argument("dir", help="project folder")
+    p.add_argument("--dis", metavar="FILE_OR_TASK", help="print the compiled program of a task or function")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = _add(sub, "exec", "run one stack once and print its result and trace",
+             "cronstack exec tasks/daily_user_analytics.json --database sqlite:///scratch.db", cmd_exec)
+    p.add_argument("file", help="a task or function file, or a JSON list of steps")
+    p.add_argument("--database", help="database URL (default: an in-memory database)")
+    p.add_argument("--json", action="store_true", help="print the run as JSON")
+
+    p = _add(sub, "next", "print the next fire times of a task, one ISO-8601 time per line",
+             "cronstack next tasks/ weekly_report_generation --count 3 --after 2024-01-01T00:00:00Z", cmd_next)
+    p.add_argument("path", metavar="FILE_OR_DIR", help="a task file or a project folder")
+    p.add_argument("task", help="task name")
+    p.add_argument("--count", type=int, default=5, help="how many fires (default 5)")
+    p.add_argument("--after", metavar="ISO", help="start after this time (default: now; naive = UTC)")
+
+    p = _add(sub, "tasks", "list the tasks of a running engine", "cronstack tasks --url http://127.0.0.1:7600",
+             _remote(cmd_tasks))
+    _remote_options(p)
+    p = _add(sub, "trigger", "start a run of a task on a running engine", "cronstack trigger data_cleanup --wait",
+             _remote(cmd_trigger))
+    p.add_argument("task", help="task name")
+    p.add_argument("--wait", action="store_true", help="wait for the run and print it (exit 1 unless it completed)")
+    p.add_argument("--source", help="who asked, recorded with the run")
+    _remote_options(p)
+    p = _add(sub, "runs", "list runs of a running engine, newest first", "cronstack runs data_cleanup --status failed",
+             _remote(cmd_runs))
+    p.add_argument("task", nargs="?", help="only this task's runs")
+    p.add_argument("--status", help="only runs with this status (completed, failed, running...)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many")
+    _remote_options(p)
+    p = _add(sub, "show", "show one run with its trace and logs", "cronstack show 018f2a1b3c4d9e8f7a6b", _remote(cmd_show))
+    p.add_argument("run_id", help="run id")
+    p.add_argument("--no-trace", action="store_true", help="leave out the trace and logs")
+    _remote_options(p)
+    for name, help, example, make in (
+        ("pause", "stop a task's scheduled fires until resumed", "cronstack pause backup_database",
+         lambda a: f"/api/tasks/{a.task}/pause"),
+        ("resume", "let a paused task fire again", "cronstack resume backup_database",
+         lambda a: f"/api/tasks/{a.task}/resume"),
+    ):
+        p = _add(sub, name, help, example, _remote(_simple(make)))
+        p.add_argument("task", help="task name")
+        _remote_options(p)
+    p = _add(sub, "cancel", "cancel a queued or running run", "cronstack cancel 018f2a1b3c4d9e8f7a6b",
+             _remote(_simple(lambda a: f"/api/runs/{a.run_id}/cancel")))
+    p.add_argument("run_id", help="run id")
+    _remote_options(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cronstack`` command; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"cronstack {args.command}: {exc.message}", file=sys.stderr)
+        return exc.code
+    except CompileError as exc:
+        for d in exc.diagnostics:
+            print(d, file=sys.stderr)
+        return EXIT_FAILURE
+    except CronstackError as exc:
+        print(f"cronstack {args.command}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
