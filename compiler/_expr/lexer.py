@@ -26,6 +26,10 @@ _OPERATORS = (
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0", "\\": "\\", "'": "'", '"': '"', "/": "/"}
 
 
+def _digit(c: str) -> bool:
+    return "0" <= c <= "9"
+
+
 @dataclass(frozen=True, slots=True)
 class Token:
     """One token: ``kind`` is "num", "str", "name", "op" or "end"; ``col`` is 0-based in the whole text."""
@@ -81,22 +85,22 @@ def _string(text: str, i: int, path: str) -> tuple[str, int]:
 def _number(text: str, i: int, path: str) -> tuple[int | float, int]:
     n = len(text)
     j = i
-    while j < n and text[j].isdigit():
+    while j < n and _digit(text[j]):
         j += 1
     is_float = False
-    if j + 1 < n and text[j] == "." and text[j + 1].isdigit():
+    if j + 1 < n and text[j] == "." and _digit(text[j + 1]):
         is_float = True
         j += 1
-        while j < n and text[j].isdigit():
+        while j < n and _digit(text[j]):
             j += 1
     if j < n and text[j] in "eE":
         k = j + 1
         if k < n and text[k] in "+-":
             k += 1
-        if k < n and text[k].isdigit():
+        if k < n and _digit(text[k]):
             is_float = True
             j = k
-            while j < n and text[j].isdigit():
+            while j < n and _digit(text[j]):
                 j += 1
     if j < n and (text[j].isalpha() or text[j] == "_"):
         raise syntax_error(text, j, f"unexpected '{text[j]}' right after the number {text[i:j]}", path)
@@ -138,7 +142,7 @@ def tokenize(text: str, path: str, start: int = 0, template: bool = False) -> tu
             toks.append(Token("str", value, i))
             i = j
             continue
-        if c.isdigit():
+        if _digit(c):
             num, j = _number(text, i, path)
             toks.append(Token("num", num, i))
             i = j

@@ -287,7 +287,6 @@ class Parser:
 
     def list_literal(self) -> Node:
         start = self.next()
-        self.enter()
         items: list[Node] = []
         while not self.at_op("]"):
             items.append(self.expression())
@@ -295,12 +294,10 @@ class Parser:
                 break
             self.next()
         self.expect("]", "to close the list")
-        self.depth -= 1
         return ListLit(start.col, tuple(items))
 
     def object_literal(self) -> Node:
         start = self.next()
-        self.enter()
         pairs: list[tuple[str, Node]] = []
         seen: set[str] = set()
         while not self.at_op("}"):
@@ -318,7 +315,6 @@ class Parser:
                 break
             self.next()
         self.expect("}", "to close the object")
-        self.depth -= 1
         return ObjLit(start.col, tuple(pairs))
 
 

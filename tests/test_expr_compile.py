@@ -1,0 +1,268 @@
+"""Compile errors (column, caret, hints), limits, the seed's expressions, and sandbox escapes."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from compiler._errors import CompileError
+from compiler._expr import MAX_EXPRESSION_DEPTH, compile_condition, compile_expression, compile_value
+from runtime import ExpressionError, LimitExceeded
+from runtime._limits import MAX_EXPRESSION_LENGTH, MAX_LIST_LENGTH, MAX_NESTING_DEPTH
+
+SEED = Path("/work/shared/seed/background-tasks.md")
+
+
+def diag(fn, *args):
+    with pytest.raises(CompileError) as info:
+        fn(*args)
+    return info.value.diagnostics[0]
+
+
+@pytest.mark.parametrize(
+    "src, column, message",
+    [
+        ("a +", 4, "ends too early"),
+        ("a b", 3, "unexpected 'b' after a complete expression"),
+        ("(a", 3, "expected ')'"),
+        ("[1, 2", 6, "expected ']'"),
+        ("{a 1}", 4, "expected ':'"),
+        ("'abc", 1, "never closed"),
+        ("a = 1", 3, "after a complete expression"),
+        ("a.", 3, "expected a field name"),
+        ("a.0", 3, "expected a field name"),
+        ("f(1)", 2, "cannot call functions"),
+        ("a ? b", 6, "expected ':'"),
+        ("1 < 2 < 3", 7, "do not chain"),
+        ("'\\q'", 2, "unknown escape"),
+        ("a # b", 3, "unexpected character '#'"),
+        ("12abc", 3, "right after the number"),
+        ("99999999999999999999", 1, "does not fit"),
+        ("+1", 1, "unary '+'"),
+        ("{a: 1, a: 2}", 8, "appears twice"),
+        ("", 1, "empty expression"),
+    ],
+)
+def test_syntax_errors_carry_column_and_caret(src, column, message):
+    d = diag(compile_expression, src, "stack[0].value")
+    assert message in d.message
+    assert d.column == column
+    assert d.path == "stack[0].value"
+    lines = d.message.splitlines()
+    assert lines[-1].strip() == "^" and len(lines) == 3
+
+
+def test_template_errors_point_into_the_field_text():
+    d = diag(compile_value, "Hello {{ user. }}", "p")
+    assert d.column == 16
+    d = diag(compile_value, "x {{ a ", "p")
+    assert "never closed" in d.message and d.column == 3
+    d = diag(compile_value, "{{ }}", "p")
+    assert "empty expression" in d.message
+    d = diag(compile_value, {"a": [1, "{{ 1 + }}"]}, "stack[2].body")
+    assert d.path == "stack[2].body.a[1]"
+
+
+def test_unknown_filter_has_a_hint():
+    d = diag(compile_expression, "items|lenght", "p")
+    assert d.message.startswith("unknown filter 'lenght'")
+    assert d.hint == "did you mean 'length'?"
+    assert d.column == 7
+    d = diag(compile_expression, "items|zzzzzz", "p")
+    assert "docs/filters.md" in d.hint
+
+
+@pytest.mark.parametrize(
+    "src, message, hint",
+    [
+        ("x|batch", "needs its argument 'size'", "signature: batch(size)"),
+        ("x|upper(1)", "at most 0 argument", "signature: upper"),
+        ("x|sort(atribute='a')", "has no argument 'atribute'", "did you mean 'attribute'?"),
+        ("x|sort('a', attribute='b')", "given twice", "signature"),
+        ("x|map(attribute='a', attribute='b')", "given twice", None),
+        ("x|slice(a=1, 2)", "positional argument cannot follow", None),
+    ],
+)
+def test_filter_arity_is_checked_at_compile_time(src, message, hint):
+    d = diag(compile_expression, src, "p")
+    assert message in d.message
+    if hint:
+        assert hint in d.hint
+
+
+def test_keyword_arguments_fill_gaps_with_defaults():
+    fn = compile_expression("x|sort(reverse=true)", "p")[0].fn
+    assert fn({"x": [2, 3, 1]}) == [3, 2, 1]
+    fn = compile_expression("x|date(timezone='Asia/Tokyo')", "p")[0].fn
+    assert fn({"x": 0}) == "1970-01-01 09:00:00"
+    fn = compile_expression("x|filter(value=2, attribute='a')", "p")[0].fn
+    assert fn({"x": [{"a": 1}, {"a": 2}]}) == [{"a": 2}]
+
+
+def test_expression_length_limit():
+    long_src = "1" + " + 1" * (MAX_EXPRESSION_LENGTH // 4)
+    d = diag(compile_expression, long_src, "p")
+    assert "limit" in d.message
+    # long literal text around a short template is fine
+    v, _ = compile_value("x" * (MAX_EXPRESSION_LENGTH + 10) + "{{ 1 }}", "p")
+    assert v.fn({}).endswith("x1")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n: "(" * n + "1" + ")" * n,
+        lambda n: "[" * n + "]" * n,
+        lambda n: "-" * n + "x",
+        lambda n: "not " * n + "x",
+        lambda n: "x" + " + x" * n,
+        lambda n: "x" + ".a" * n,
+        lambda n: "x" + "|first" * n,
+        lambda n: "x" + " ?? x" * n,
+        lambda n: "{a: " * n + "1" + "}" * n,
+    ],
+)
+def test_nesting_limit_is_a_compile_error_never_a_recursion_error(make):
+    compile_expression(make(MAX_EXPRESSION_DEPTH - 2), "p")
+    for n in (MAX_EXPRESSION_DEPTH + 1, 3000):
+        d = diag(compile_expression, make(n), "p")
+        assert "nests deeper" in d.message
+
+
+def test_value_nesting_limit():
+    deep: dict = {}
+    cur = deep
+    for _ in range(MAX_NESTING_DEPTH + 5):
+        cur["a"] = {}
+        cur = cur["a"]
+    assert "nests deeper" in diag(compile_value, deep, "p").message
+    ok: list = []
+    cur2 = ok
+    for _ in range(MAX_NESTING_DEPTH - 2):
+        cur2.append([])
+        cur2 = cur2[0]
+    assert compile_value(ok, "p")[0].fn({}) == ok
+
+
+def test_non_json_values_are_refused():
+    assert "not JSON" in diag(compile_value, {"a": {1, 2}}, "p").message
+    assert "not a JSON number" in diag(compile_value, float("nan"), "p").message
+    assert "keys must be text" in diag(compile_value, {1: "a"}, "p").message
+
+
+# -- the seed ------------------------------------------------------------------------------
+
+
+def _seed_strings():
+    text = SEED.read_text()
+    strings = re.findall(r'"((?:[^"\\\n]|\\.)*\{\{(?:[^"\\\n]|\\.)*)"', text)
+    conditions = re.findall(r'"condition":\s*"((?:[^"\\]|\\.)*)"', text)
+    return strings, conditions
+
+
+def test_every_seed_expression_compiles():
+    strings, conditions = _seed_strings()
+    assert len(strings) >= 100 and len(conditions) == 5
+    names = set()
+    for s in strings:
+        _, refs = compile_value(s, "seed")
+        names.update(r.name for r in refs)
+    for c in conditions:
+        compile_condition(c, "seed")
+    assert {"now", "uuid", "env", "item", "item_parent"} <= names
+
+
+def test_seed_item_parent_name_on_text_fails_clearly():
+    v, _ = compile_value("{{ item_parent.name }}_sync", "stack[3].operations[0].table")
+    with pytest.raises(ExpressionError, match=re.escape("cannot read .name of text 'crm'")):
+        v.fn({"item_parent": "crm"})
+    v, _ = compile_value("{{ env[item|upper + '_API_URL'] }}", "p")
+    assert v.fn({"env": {"CRM_API_URL": "https://crm"}, "item": "crm"}) == "https://crm"
+    v, _ = compile_value("{{ now|date('Y-m-d') }}", "p")
+    assert v.fn({"__now__": lambda: 86400 * 365}) == "1971-01-01"
+    v, _ = compile_value("{{ daily_sessions|map(attribute='user_id')|unique|length }}", "p")
+    assert v.fn({"daily_sessions": [{"user_id": 1}, {"user_id": 2}, {"user_id": 1}]}) == 2
+
+
+# -- sandbox --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "src",
+    [
+        "x.__class__",
+        "x.__class__.__mro__",
+        "x['__class__']",
+        "x.mro",
+        "x.keys",
+        "x.get",
+        "x.__globals__",
+        "x['__init__']['__globals__']",
+        "scope",
+        "__builtins__",
+        "x.format",
+    ],
+)
+def test_attribute_escapes_see_data_only(src):
+    try:
+        fn = compile_expression(src, "p")[0].fn
+    except CompileError:
+        return
+    for value in ({}, {"a": 1}, None):
+        try:
+            result = fn({"x": value})
+        except KeyError as exc:  # a name that is not set, like any variable
+            assert exc.args[0] in ("scope", "__builtins__")
+            continue
+        assert result is None
+    for value in ("text {0.__class__}", 1, [1], True):
+        with pytest.raises((ExpressionError, KeyError)):
+            fn({"x": value})
+
+
+def test_format_strings_stay_text():
+    assert compile_value("{{ x ~ '{0.__class__}' }}", "p")[0].fn({"x": "{x}"}) == "{x}{0.__class__}"
+    assert compile_expression("'{0}'|replace('{0}', '{__class__}')", "p")[0].fn({}) == "{__class__}"
+
+
+def test_names_cannot_inject_code():
+    evil = "a'] or __import__('os').system('true') or scope['"
+    v, refs = compile_value({"k": "{{ x }}"}, evil)
+    assert v.fn({"x": 1}) == {"k": 1}
+    with pytest.raises(CompileError):
+        compile_expression("x['a'] ; __import__('os')", "p")
+
+
+@pytest.mark.parametrize(
+    "src, scope",
+    [
+        ("x|split('')", {"x": "a" * (MAX_LIST_LENGTH + 1)}),
+        ("0|range(n)", {"n": MAX_LIST_LENGTH + 5}),
+        ("x|join('y' ~ s)", {"x": [""] * 1000, "s": "z" * 20_000}),
+        ("x|replace('a', s)", {"x": "a" * 100_000, "s": "b" * 200}),
+        ("x|regex_replace('a', s)", {"x": "a" * 100_000, "s": "b" * 200}),
+        ("x + x", {"x": "a" * 6_000_000}),
+        ("x ~ x", {"x": "a" * 6_000_000}),
+        ("x + x", {"x": list(range(600_000))}),
+        ("x|merge(x)", {"x": list(range(600_000))}),
+        ("x|flatten", {"x": [list(range(600_000))] * 2}),
+        ("x * x", {"x": 2**200}),
+    ],
+)
+def test_resource_bombs_hit_limits(src, scope):
+    fn = compile_expression(src, "p")[0].fn
+    with pytest.raises(LimitExceeded):
+        fn(scope)
+    assert compile_expression("1 + 1", "p")[0].fn({}) == 2  # the process is healthy
+
+
+def test_catastrophic_regex_is_refused():
+    fn = compile_expression("x|regex_match(p)", "p")[0].fn
+    for pattern in ("(a+)+$", "(a*)*b", "((ab)*)+", "(?:x+y*)+z"):
+        with pytest.raises(ExpressionError, match="nested quantifiers"):
+            fn({"x": "a" * 40, "p": pattern})
+    with pytest.raises(ExpressionError, match="at most"):
+        fn({"x": "a", "p": "a" * 501})
+    with pytest.raises(ExpressionError, match="invalid regular expression"):
+        fn({"x": "a", "p": "(unclosed"})
+    assert fn({"x": "order-123", "p": r"\d+$"}) is True
