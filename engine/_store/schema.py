@@ -23,6 +23,7 @@ __all__ = (
     "MIGRATIONS",
     "ENGINE_TABLES",
     "migrate",
+    "check_version",
     "record_table_ddl",
     "index_ddl",
 )
@@ -82,14 +83,7 @@ def migrate(conn: sqlite3.Connection, where: str, migrations=MIGRATIONS) -> int:
     so an interrupted migration resumes at the step that did not finish.
     """
     target = len(migrations)
-    found = conn.execute("PRAGMA user_version").fetchone()[0]
-    if found > target:
-        raise SchemaTooNew(
-            f"{where} has schema version {found}, newer than this cronstack supports "
-            f"({target}); upgrade cronstack or use another database",
-            version=found,
-            supported=target,
-        )
+    found = check_version(conn, where, target)
     for version in range(found, target):
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -100,6 +94,19 @@ def migrate(conn: sqlite3.Connection, where: str, migrations=MIGRATIONS) -> int:
         except Exception:
             conn.execute("ROLLBACK")
             raise
+    return found
+
+
+def check_version(conn: sqlite3.Connection, where: str, target: int = CURRENT_VERSION) -> int:
+    """The database's schema version; ``SchemaTooNew`` (touching nothing) above ``target``."""
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found > target:
+        raise SchemaTooNew(
+            f"{where} has schema version {found}, newer than this cronstack supports "
+            f"({target}); upgrade cronstack or use another database",
+            version=found,
+            supported=target,
+        )
     return found
 
 

@@ -32,7 +32,7 @@ from engine._store.base import Store
 from engine._store.errors import StoreCorrupt, StoreError, StoreLocked, translate
 from engine._store.filters import check_field, check_table
 from engine._store.records import RecordsMixin
-from engine._store.schema import index_ddl, migrate
+from engine._store.schema import check_version, index_ddl, migrate
 from engine._store.state import StateMixin
 from engine._store.writer import GroupWriter, WriteContext
 
@@ -197,6 +197,7 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
         conn = None
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            check_version(conn, where)  # before WAL mode rewrites the header of a newer file
             if self.path != MEMORY:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
