@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from compiler._errors import CompileError
-from compiler._expr import MAX_EXPRESSION_DEPTH, compile_condition, compile_expression, compile_value
+from compiler._expr import (
+    MAX_EXPRESSION_DEPTH,
+    compile_condition,
+    compile_expression,
+    compile_value,
+)
 from runtime import ExpressionError, LimitExceeded
 from runtime._limits import MAX_EXPRESSION_LENGTH, MAX_LIST_LENGTH, MAX_NESTING_DEPTH
 

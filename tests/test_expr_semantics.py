@@ -7,7 +7,13 @@ import uuid
 import pytest
 
 from compiler._errors import CompileError
-from compiler._expr import BUILTIN_NAMES, NameRef, compile_condition, compile_expression, compile_value
+from compiler._expr import (
+    BUILTIN_NAMES,
+    NameRef,
+    compile_condition,
+    compile_expression,
+    compile_value,
+)
 from runtime import ExpressionError, LimitExceeded
 from runtime._values import check_limits, json_dumps, to_text, truthy, type_name
 

@@ -160,7 +160,12 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 def _pattern(name: str, pattern: Any) -> re.Pattern[str]:
-    return _compile(need_text(name, pattern, "its pattern"))
+    try:
+        return _compile(need_text(name, pattern, "its pattern"))
+    except ExpressionError as exc:
+        if exc.message.startswith("filter"):
+            raise
+        raise ExpressionError(f"filter '{name}': {exc.message}") from None
 
 
 @register("regex_match")
