@@ -9,6 +9,7 @@ policy says so, a stored retry.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -160,21 +161,44 @@ class Engine:
             for name, src_url in cfg.data_sources.items():
                 engine._sources[name] = await open_store(src_url, indexes=cfg.indexes, synchronous=cfg.synchronous, clock=engine.clock.time)
             engine.http = HttpClient(max_response_bytes=cfg.http_max_response_bytes)
-            async with anyio.create_task_group() as tg:
-                engine._tg = tg
+            async with engine._background():
                 await engine._load_state()
                 await engine._recover()
                 try:
                     yield engine
                 finally:
                     await engine.stop()
-                    tg.cancel_scope.cancel()
         finally:
             if engine.http is not None:
                 await engine.http.close()
             for store in engine._sources.values():
                 await store.close()
             await engine.store.close()
+
+    @asynccontextmanager
+    async def _background(self) -> AsyncIterator[None]:
+        """The engine's task group, hosted in a task of its own.
+
+        Exceptions raised by the code inside ``Engine.open`` then reach the
+        caller as they are, not wrapped in an exception group.
+        """
+        ready, done = anyio.Event(), anyio.Event()
+
+        async def host() -> None:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                ready.set()
+                await done.wait()
+                tg.cancel_scope.cancel()
+
+        hosting = asyncio.get_running_loop().create_task(host())
+        await ready.wait()
+        try:
+            yield
+        finally:
+            done.set()
+            with anyio.CancelScope(shield=True):
+                await hosting
 
     def _compile_schedules(self) -> None:
         diags = []

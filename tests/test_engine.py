@@ -1,0 +1,330 @@
+"""The engine end to end with virtual time: fires, overlap, retries, timeouts, misfires."""
+
+import anyio
+import pytest
+
+from engine import CompileError, Engine, FakeClock, RunFailed, UnknownTask
+from engine._store import StoreLocked
+
+pytestmark = pytest.mark.anyio
+
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+async def eventually(predicate, seconds=10.0):
+    """Wait (in real time) until ``predicate()`` holds; the engine's I/O runs in threads."""
+    with anyio.fail_after(seconds):
+        while True:
+            result = predicate()
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return result
+            await anyio.sleep(0.005)
+
+
+async def settle(clock, engine):
+    """Let every run that can make progress at the current virtual time do so."""
+    for _ in range(3):
+        await clock.run_until_idle()
+        await anyio.sleep(0.003)
+
+
+async def advance(clock, engine, seconds, step=1.0):
+    t = 0.0
+    while t < seconds:
+        d = min(step, seconds - t)
+        await clock.advance(d)
+        await settle(clock, engine)
+        t += d
+
+
+@pytest.fixture(autouse=True)
+def quick_shutdown(monkeypatch):
+    """Runs still waiting on a virtual clock at the end of a test are cancelled at once."""
+    from engine import EngineConfig
+
+    monkeypatch.setattr("engine._engine.load_config", lambda _dir: EngineConfig(shutdown_grace=0.05))
+
+
+def task(name, stack, **settings):
+    return {"name": name, "stack": stack, **settings}
+
+
+WAIT = lambda s: {"function": "wait", "duration": s}  # noqa: E731
+RET = lambda v: {"function": "return", "value": v}  # noqa: E731
+FAIL = {"function": "throw_error", "message": "nope", "type": "Boom"}
+
+
+async def by_status(engine, name):
+    return sorted((r["trigger"], r["status"], r["attempt"]) for r in await engine.runs(name))
+
+
+async def test_trigger_wait_returns_the_run_and_unknown_task_is_lookup_error():
+    async with Engine.open([task("alpha", [RET("{{ 6 * 7 }}")])]) as engine:
+        run = await engine.trigger("alpha", wait=True)
+        assert run["status"] == "completed" and run["result"] == 42 and run["trigger"] == "manual"
+        assert run["duration"] is not None and run["attempt"] == 1
+        with pytest.raises(UnknownTask, match="did you mean 'alpha'"):
+            await engine.trigger("alpah")
+        assert (await engine.run(run["id"]))["trace"][0]["kind"] == "return"
+
+
+async def test_run_stack_results_and_errors():
+    async with Engine.open([]) as engine:
+        assert await engine.run_stack([RET("{{ x + 1 }}")], {"x": 1}) == 2
+        with pytest.raises(CompileError, match="unknown step kind"):
+            await engine.run_stack([{"function": "nope"}])
+        with pytest.raises(RunFailed) as info:
+            await engine.run_stack([FAIL])
+        assert info.value.error["type"] == "Boom"
+        with pytest.raises(CompileError, match="not defined"):
+            await engine.run_stack([{"function": "custom_function", "name": "missing"}])
+
+
+async def test_schedule_fires_on_time_in_virtual_time():
+    clock = FakeClock(T0)
+    async with Engine.open([task("tick", [RET(1)], schedule="* * * * *")], clock=clock) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        await advance(clock, engine, 130, step=10)
+        runs = await eventually(lambda: engine.runs("tick"))
+        fires = sorted(r["scheduled_at"] for r in runs)
+        assert fires == [1_700_000_040.0, 1_700_000_100.0]
+        assert {r["trigger"] for r in runs} == {"schedule"} and {r["status"] for r in runs} == {"completed"}
+
+
+@pytest.mark.parametrize(
+    ("overlap", "expected"),
+    [
+        ("skip", [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "skipped", 1)]),
+        ("queue", [("schedule", "completed", 1), ("schedule", "running", 1)]),  # the third fire waits in memory
+        ("allow", [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "running", 1)]),
+        ("cancel_previous", [("schedule", "cancelled", 1), ("schedule", "cancelled", 1), ("schedule", "running", 1)]),
+    ],
+)
+async def test_overlap_policies(overlap, expected):
+    clock = FakeClock(T0 - 20)  # fires at T0+40, +100, +160; each run waits 90 s
+    defs = [task("slow", [WAIT(90)], schedule="* * * * *", overlap=overlap, max_concurrency=3)]
+    async with Engine.open(defs, clock=clock) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        if overlap == "queue":  # the fire at +100 waits and starts when the first run ends at +130
+            await advance(clock, engine, 60 + 60 + 35, step=5)
+            runs = sorted(await engine.runs("slow"), key=lambda r: r["scheduled_at"])
+            assert runs[1]["scheduled_at"] == T0 + 100 and runs[1]["started_at"] == T0 + 130
+        else:
+            await advance(clock, engine, 60 + 60 + 60 + 5, step=5)  # just past the third fire
+        assert await by_status(engine, "slow") == expected
+
+
+async def test_retries_with_backoff_are_stored_rows():
+    clock = FakeClock(T0)
+    defs = [task("flaky", [FAIL], retry_policy={"max_retries": 2, "retry_delay": 10, "backoff": 2})]
+    async with Engine.open(defs, clock=clock) as engine:
+        await engine.serve(api=False)
+        await engine.trigger("flaky", wait=True)
+        await advance(clock, engine, 40, step=1)
+        runs = sorted(await engine.runs("flaky"), key=lambda r: r["attempt"])
+        assert [(r["trigger"], r["status"], r["attempt"]) for r in runs] == [
+            ("manual", "failed", 1), ("retry", "failed", 2), ("retry", "failed", 3)]
+        assert runs[1]["started_at"] - runs[0]["finished_at"] == pytest.approx(10, abs=1)
+        assert runs[2]["started_at"] - runs[1]["finished_at"] == pytest.approx(20, abs=1)
+        assert runs[1]["parent_id"] == runs[0]["id"]
+
+
+async def test_timeout_of_a_wait_in_virtual_time():
+    clock = FakeClock(T0)
+    async with Engine.open([task("w", [WAIT(100)], timeout=5)], clock=clock) as engine:
+        run_id = await engine.trigger("w")
+        await settle(clock, engine)
+        await advance(clock, engine, 6)
+        run = await eventually(lambda: _finished(engine, run_id))
+        assert run["status"] == "timed_out" and run["error"]["type"] == "Timeout"
+        assert run["finished_at"] - run["started_at"] == pytest.approx(5, abs=1)
+
+
+async def _finished(engine, run_id):
+    run = await engine.run(run_id, trace=False)
+    return run if run and run["status"] not in ("queued", "running") else None
+
+
+async def test_timeout_of_a_compute_loop_with_the_real_clock():
+    stack = [{"function": "create_variable", "name": "i", "value": 0},
+             {"function": "loop", "condition": "true", "operations": [
+                 {"function": "update_variable", "name": "i", "operation": "increment"}]}]
+    async with Engine.open([task("spin", stack, timeout=0.2)]) as engine:
+        run = await engine.trigger("spin", wait=True)
+        assert run["status"] == "timed_out"
+
+
+async def test_cancel_and_shutdown_record_cancelled_runs():
+    clock = FakeClock(T0)
+    async with Engine.open([task("w", [WAIT(1000)])], clock=clock) as engine:
+        a = await engine.trigger("w")
+        b = await engine.trigger("w")
+        await settle(clock, engine)
+        assert await engine.cancel(a) is True
+        assert (await engine.run(a))["status"] == "cancelled"
+        assert await engine.cancel(a) is False
+        await engine.stop(grace=0.05)
+        run = await engine.run(b)
+        assert run["status"] == "cancelled" and "stopped" in run["error"]["message"]
+
+
+async def test_paused_task_does_not_fire_until_resumed():
+    clock = FakeClock(T0 - 20)
+    async with Engine.open([task("p", [RET(1)], schedule="* * * * *")], clock=clock) as engine:
+        await engine.pause("p")
+        await engine.serve(api=False)
+        await advance(clock, engine, 70, step=10)
+        assert await engine.runs("p") == []
+        assert (await engine.tasks())[0]["status"] == "paused"
+        await engine.resume("p")
+        await advance(clock, engine, 60, step=10)
+        assert len(await engine.runs("p")) == 1
+
+
+async def test_inactive_and_requires_env_tasks_never_fire():
+    clock = FakeClock(T0 - 20)
+    defs = [task("off", [RET(1)], schedule="* * * * *", active=False),
+            task("needs", [RET(1)], schedule="* * * * *", requires_env=["HOOK_URL_FOR_TEST"])]
+    async with Engine.open(defs, clock=clock, env={}) as engine:
+        await engine.serve(api=False)
+        await advance(clock, engine, 70, step=10)
+        assert await engine.runs() == []
+        info = {t["name"]: t for t in await engine.tasks()}
+        assert info["needs"]["status"] == "inactive" and info["needs"]["requires_env"] == ["HOOK_URL_FOR_TEST"]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("run_once", 1), ("run_all", 6), ("skip", 0)])
+async def test_misfires_after_downtime(tmp_path, policy, expected):
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    defs = [task("m", [RET(1)], schedule="*/10 * * * *", misfire=policy, misfire_grace=3600)]
+    clock = FakeClock(T0)
+    async with Engine.open(defs, database=db, clock=clock) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+    # down from 22:13:20 to 23:43:20: nine fires missed (22:20 ... 23:40), six within the hour of grace
+    later = FakeClock(T0 + 5400)
+    async with Engine.open(defs, database=db, clock=later) as engine:
+        await engine.serve(api=False)
+        await settle(later, engine)
+        runs = await eventually(lambda: _all_done(engine, "m", expected)) if expected else await engine.runs("m")
+        assert [r["trigger"] for r in runs] == ["catchup"] * expected
+        if policy == "run_once":
+            assert runs[0]["scheduled_at"] == 1_700_005_200.0  # 23:40, the latest missed fire
+
+
+async def _all_done(engine, name, n):
+    runs = await engine.runs(name)
+    if len(runs) == n and all(r["status"] == "completed" for r in runs):
+        return runs
+    return None
+
+
+async def test_misfire_grace_drops_old_fires(tmp_path):
+    db = f"sqlite:///{tmp_path / 'g.db'}"
+    defs = [task("m", [RET(1)], schedule="*/10 * * * *", misfire="run_all", misfire_grace=1500)]
+    async with Engine.open(defs, database=db, clock=FakeClock(T0)) as engine:
+        await engine.serve(api=False)
+    later = FakeClock(T0 + 5400)
+    async with Engine.open(defs, database=db, clock=later) as engine:
+        await engine.serve(api=False)
+        runs = await eventually(lambda: _all_done(engine, "m", 3))
+        # 25 minutes of grace before 23:43:20 keeps 23:20, 23:30 and 23:40
+        assert sorted(r["scheduled_at"] for r in runs) == [1_700_004_000.0, 1_700_004_600.0, 1_700_005_200.0]
+
+
+async def test_crashed_runs_are_marked_and_retried(tmp_path):
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    defs = [task("c", [RET(1)], retry_policy={"max_retries": 1, "retry_delay": 0})]
+    async with Engine.open(defs, database=db) as engine:
+        await engine.store.insert_run({"id": "dead1", "task": "c", "kind": "task", "trigger": "manual",
+                                       "status": "running", "attempt": 1, "started_at": 1.0,
+                                       "engine_id": "someone-else"})
+    async with Engine.open(defs, database=db) as engine:
+        assert (await engine.run("dead1"))["status"] == "crashed"
+        await engine.serve(api=False)
+        runs = await eventually(lambda: _retry_done(engine))
+        assert runs["trigger"] == "retry" and runs["attempt"] == 2 and runs["parent_id"] == "dead1"
+
+
+async def _retry_done(engine):
+    for r in await engine.runs("c"):
+        if r["trigger"] == "retry" and r["status"] == "completed":
+            return r
+    return None
+
+
+async def test_second_engine_on_same_database_is_refused(tmp_path):
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    async with Engine.open([], database=db):
+        with pytest.raises(StoreLocked, match="another cronstack engine"):
+            async with Engine.open([], database=db):
+                pass
+
+
+async def test_async_function_call_is_a_durable_run():
+    defs = [task("parent", [{"function": "custom_function", "name": "child", "inputs": {"x": 2},
+                             "execution_mode": "async", "return_as": "rid"}, RET("{{ rid }}")]),
+            {"name": "child", "inputs": {"x": 0}, "stack": [RET("{{ inputs.x * 10 }}")]}]
+    async with Engine.open(defs) as engine:
+        parent = await engine.trigger("parent", wait=True)
+        child = await eventually(lambda: _finished(engine, parent["result"]))
+        assert child["kind"] == "function" and child["trigger"] == "async_call"
+        assert child["parent_id"] == parent["id"] and child["result"] == 20
+
+
+async def test_registered_python_functions_sync_and_async():
+    async def add(inputs):
+        return inputs["a"] + inputs["b"]
+
+    def boom(inputs):
+        raise ValueError("bad input")
+
+    defs = [task("t", [{"function": "custom_function", "name": "add", "inputs": {"a": 1, "b": 2}, "return_as": "s"},
+                       {"function": "try_catch", "try_block": [{"function": "custom_function", "name": "boom"}],
+                        "catch_block": [{"function": "update_variable", "name": "s", "value": "{{ s }}:{{ error.type }}"}]},
+                       RET("{{ s }}")])]
+    async with Engine.open(defs) as engine:
+        engine.register_function("add", add)
+        engine.register_function("boom", boom)
+        run = await engine.trigger("t", wait=True)
+        assert run["result"] == "3:FunctionError"
+
+
+async def test_serve_refuses_unresolved_function_calls():
+    async with Engine.open([task("t", [{"function": "custom_function", "name": "later"}])]) as engine:
+        with pytest.raises(CompileError, match="later"):
+            await engine.serve(api=False)
+
+
+async def test_history_redacts_env_and_can_be_disabled():
+    stack = [{"function": "create_variable", "name": "k", "value": "key={{ env.SECRET_KEY_X }}"}, RET("{{ k }}")]
+    defs = [task("on", stack), task("off", stack, request_history={"enabled": False})]
+    async with Engine.open(defs, env={"SECRET_KEY_X": "hunter2hunter2"}) as engine:
+        on = await engine.run((await engine.trigger("on", wait=True))["id"])
+        assert on["result"] == "key=hunter2hunter2"  # the run's own result is the user's data
+        assert "hunter2" not in str(on["trace"]) and "***" in str(on["trace"])
+        off = await engine.run((await engine.trigger("off", wait=True))["id"])
+        assert off["trace"] == []
+
+
+async def test_fair_admission_under_a_global_limit():
+    from engine import EngineConfig
+
+    clock = FakeClock(T0)
+    cfg = EngineConfig(max_running=2, shutdown_grace=0.05)
+    defs = [task("busy", [WAIT(10)]), task("other", [RET(1)])]
+    async with Engine.open(defs, clock=clock, config=cfg) as engine:
+        for _ in range(6):
+            await engine.trigger("busy")
+        other = await engine.trigger("other")
+        await settle(clock, engine)
+        assert engine.stats()["running"] == 7 and engine.stats()["queued"] >= 5
+        await advance(clock, engine, 10)
+        # after the first two busy runs finish, 'other' gets the next slot before the busy backlog
+        assert (await engine.run(other))["status"] == "completed"
+        statuses = [r["status"] for r in await engine.runs("busy")]
+        assert statuses.count("completed") == 2
