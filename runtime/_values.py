@@ -59,6 +59,7 @@ __all__ = (
     "contains",
     "not_contains",
     "MAX_INT_BITS",
+    "MAX_STRING_LENGTH",
 )
 
 #: Largest whole number ``*`` may produce, in bits.

@@ -163,6 +163,10 @@ class CodeGen:
             return f"({a} {sym} {b} if {both} and {a}.__class__ in _NUM and {b}.__class__ in _NUM else _{op}({a}, {b}))"
         if op in ("eq", "ne"):
             return self.equality(op, ln, rn, left, right)
+        if op == "concat" and isinstance(ln, Const) and type(ln.value) is str:
+            b = self.tmp()
+            room = V.MAX_STRING_LENGTH - len(ln.value)
+            return f"({left} + {b} if ({b} := {right}).__class__ is str and len({b}) <= {room} else _concat({left}, {b}))"
         return f"_{op}({left}, {right})"
 
     def equality(self, op: str, ln: Node, rn: Node, left: str, right: str) -> str:
