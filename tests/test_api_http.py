@@ -378,3 +378,24 @@ async def test_cors(tmp_path):
         assert denied.status == 401 and denied.headers["Access-Control-Allow-Origin"] == DASH
         other = await client.get("/api/admin/active-tasks", headers={**AUTH, "Origin": "https://evil.example"})
         assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_engine_failures_become_json(tmp_path, caplog):
+    from runtime import CronstackError
+
+    async with api(tmp_path) as (client, engine):
+
+        async def broken():
+            raise KeyError("oops")
+
+        async def refuse(name, **kwargs):
+            raise CronstackError("the engine is stopping; try again once it restarted")
+
+        engine.tasks = broken
+        engine.trigger = refuse
+        resp = await client.get("/api/tasks", headers=AUTH)
+        assert resp.status == 500
+        assert "internal error while serving GET /api/tasks" in (await resp.json())["message"]
+        assert "KeyError" in caplog.text
+        refused = await client.post("/api/admin/trigger-task", json={"task_name": "hello"}, headers=AUTH)
+        assert refused.status == 409 and "stopping" in (await refused.json())["message"]

@@ -103,14 +103,19 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return _error(exc.status, _http_message(request, exc), headers)
-    except LookupError as exc:  # engine.UnknownTask and friends
-        message = exc.args[0] if exc.args else str(exc)
-        return _error(404, str(message))
+    except LookupError as exc:
+        if isinstance(exc, KeyError | IndexError):  # a defect, not an unknown name
+            return _internal(request)
+        return _error(404, str(exc.args[0] if exc.args else exc))  # engine.UnknownTask
     except CronstackError as exc:
         return _error(409, exc.message)
     except Exception:
-        log.exception("admin API: %s %s failed", request.method, request.path)
-        return _error(500, f"internal error while serving {request.method} {request.path}; see the engine log")
+        return _internal(request)
+
+
+def _internal(request: web.Request) -> web.Response:
+    log.exception("admin API: %s %s failed", request.method, request.path)
+    return _error(500, f"internal error while serving {request.method} {request.path}; see the engine log")
 
 
 @web.middleware
