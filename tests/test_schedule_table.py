@@ -537,16 +537,20 @@ def test_count_zero_and_end_of_calendar():
 
 
 def test_every_zone_fires_at_most_once_per_instant_and_in_order():
-    """Over two years, in zones with odd offsets and shifts, fires strictly increase."""
+    """Over a year, in zones with odd offsets and shifts, fires strictly increase."""
     for zone in (NY, BER, LHI, "Asia/Kolkata", "America/St_Johns", "Pacific/Chatham"):
-        for expr in ("*/30 * * * *", "30 2 * * *", "0 1-3 * * *"):
+        for expr in ("0 * * * *", "30 2 * * *", "0 1-3 * * *"):
             s = Schedule(expr, zone)
             ts = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
-            end = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+            end = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+            count = 0
             while ts < end:
                 nxt = s.next_after(ts)
                 assert nxt is not None and nxt > ts
-                ts = nxt
+                ts, count = nxt, count + 1
+            # 8784 hours in 2024, give or take a repeated or skipped hour
+            expected = {"0 * * * *": 8784, "30 2 * * *": 366, "0 1-3 * * *": 3 * 366}[expr]
+            assert abs(count - expected) <= 3, (zone, expr, count)
 
 
 def test_schedule_value_semantics():

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from engine._schedule.errors import ScheduleError
 
-__all__ = ("CronSpec", "parse_cron", "ALIASES")
+__all__ = ("CronSpec", "DayRule", "parse_cron", "ALIASES")
 
 #: ``@name`` shorthands, as in Vixie cron.
 ALIASES = {
@@ -60,37 +60,43 @@ class _FieldError(Exception):
     """A problem inside one field; ``parse_cron`` adds which field it was."""
 
 
-class CronSpec:
-    """A parsed cron expression: one bit mask per field plus special day rules.
+class DayRule:
+    """Which days of a month match: the month, day-of-month and day-of-week fields together.
 
-    ``dom_rules`` holds ``("L", n)`` (n days before the last), ``("W", n)``
-    (nearest weekday to day n) and ``("LW", 0)``; ``dow_rules`` holds
-    ``("#", weekday, n)`` and ``("L", weekday, 0)`` (last such weekday).
+    Shared by every schedule with the same three day fields (cached by their
+    text), so the month-by-month day masks it memoises and the ``never``
+    verdict of a 400-year search are paid for once. ``dom_rules`` holds
+    ``("L", n)`` (n days before the last), ``("W", n)`` (nearest weekday to
+    day n) and ``("LW", 0)``; ``dow_rules`` holds ``("#", weekday, n)`` and
+    ``("L", weekday, 0)`` (last such weekday of the month).
     """
 
     __slots__ = (
-        "second", "minute", "hour", "dom", "month", "dow",
-        "dom_rules", "dow_rules", "dom_any", "dow_any", "use_and", "never",
+        "month", "dom", "dow", "dom_rules", "dow_rules",
+        "dom_any", "dow_any", "use_and", "never", "_memo",
     )  # fmt: skip
 
-    def __init__(
-        self, fields: list[tuple[int, tuple]], dom_any: bool, dow_any: bool, use_and: bool
-    ):
-        (self.second, _), (self.minute, _), (self.hour, _) = fields[0], fields[1], fields[2]
-        self.dom, self.dom_rules = fields[_DOM]
-        self.month = fields[_MON][0]
-        dow, self.dow_rules = fields[_DOW]
-        self.dow = (dow | (dow >> 7)) & 0x7F  # 7 is Sunday too
-        self.dom_any, self.dow_any, self.use_and = dom_any, dow_any, use_and
-        self.never = False  # set once a search proves the expression never fires
-
-    @property
-    def every_hour(self) -> bool:
-        """True when every hour matches: such schedules fire in both passes of a repeated hour."""
-        return self.hour == 0xFFFFFF
+    def __init__(self, month: tuple, dom: tuple, dow: tuple, flags: tuple[bool, bool, bool]):
+        self.month = month[0]
+        self.dom, self.dom_rules = dom
+        self.dow = (dow[0] | (dow[0] >> 7)) & 0x7F  # 7 is Sunday too
+        self.dow_rules = dow[1]
+        self.dom_any, self.dow_any, self.use_and = flags
+        self.never = False  # set once a search proves these days never come
+        self._memo: dict[int, int] = {}
 
     def days(self, y: int, mo: int) -> int:
         """The matching days of month ``mo`` of year ``y``, as bits 1..31."""
+        memo = self._memo
+        key = y * 16 + mo
+        found = memo.get(key)
+        if found is None:
+            if len(memo) >= 512:
+                memo.clear()
+            found = memo[key] = self._compute(y, mo)
+        return found
+
+    def _compute(self, y: int, mo: int) -> int:
         last = _LEAP_DAYS[mo] if mo != 2 or calendar.isleap(y) else 28
         month_mask = (1 << (last + 1)) - 2
         dom_any, dow_any = self.dom_any, self.dow_any
@@ -117,11 +123,26 @@ class CronSpec:
                 return dow
         return dom & dow if self.use_and else dom | dow
 
+
+class CronSpec:
+    """A parsed cron expression: bit masks for second, minute and hour, and its ``DayRule``."""
+
+    __slots__ = ("second", "minute", "hour", "day")
+
+    def __init__(self, second: int, minute: int, hour: int, day: DayRule):
+        self.second, self.minute, self.hour, self.day = second, minute, hour, day
+
+    @property
+    def every_hour(self) -> bool:
+        """True when every hour matches: such schedules fire in both passes of a repeated hour."""
+        return self.hour == 0xFFFFFF
+
     def next_wall(self, y: int, mo: int, d: int, h: int, mi: int, s: int) -> tuple | None:
         """The first matching wall time at or after the given one, or None within 400 years."""
-        if self.never:
+        day = self.day
+        if day.never:
             return None
-        months, hours, minutes, seconds = self.month, self.hour, self.minute, self.second
+        months, hours, minutes, seconds = day.month, self.hour, self.minute, self.second
         limit = min(y + _MAX_YEARS, 9999)
         while y <= limit:
             v = months >> mo
@@ -131,7 +152,7 @@ class CronSpec:
             nxt = mo + (v & -v).bit_length() - 1
             if nxt != mo:
                 mo, d, h, mi, s = nxt, 1, 0, 0, 0
-            days = self.days(y, mo)
+            days = day.days(y, mo)
             while True:
                 v = days >> d
                 if not v:
@@ -162,7 +183,7 @@ class CronSpec:
             if mo > 12:
                 y, mo = y + 1, 1
         if y <= 9999 - _MAX_YEARS:  # a whole Gregorian cycle searched: it never fires
-            self.never = True
+            day.never = True
         return None
 
 
@@ -225,8 +246,16 @@ def _parse_cron(expr: str, day_match: str) -> CronSpec:
             ) from None
     if day_match not in ("and", "or"):
         raise ScheduleError(f"day_match must be 'and' or 'or', not {day_match!r}", expression=expr)
-    return CronSpec(
-        fields, parts[_DOM] in ("*", "?"), parts[_DOW] in ("*", "?"), day_match == "and"
+    day = _day_rule(parts[_MON].upper(), parts[_DOM].upper(), parts[_DOW].upper(), day_match)
+    return CronSpec(fields[_SEC][0], fields[_MIN][0], fields[_HOUR][0], day)
+
+
+@lru_cache(maxsize=4096)
+def _day_rule(month: str, dom: str, dow: str, day_match: str) -> DayRule:
+    """The shared DayRule of three already validated day fields."""
+    flags = (dom in ("*", "?"), dow in ("*", "?"), day_match == "and")
+    return DayRule(
+        _parse_field(_MON, month), _parse_field(_DOM, dom), _parse_field(_DOW, dow), flags
     )
 
 
