@@ -354,3 +354,15 @@ async def test_prune_history_keeps_unfinished_and_recent(store, clock):
     assert await store.get_run("old_other_task") is not None
     assert await store.prune_history(None, 500.0) == 1
     assert await store.count_runs() == 2
+
+
+async def test_ids_are_not_reused_across_reopen(tmp_path):
+    url = f"sqlite:///{tmp_path}/reopen.db"
+    async with open_store(url) as store:
+        for _ in range(3):
+            last = await store.add("items", {})
+        await store.delete("items", last["id"])
+        await store.add("items", {"id": 50})
+        await store.delete("items", 50)
+    async with open_store(url) as store:
+        assert (await store.add("items", {}))["id"] == 51

@@ -107,6 +107,15 @@ def _op_add(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
                 id=rows[0][0],
             ) from exc
         raise
+    top = max((r[0] for r in rows if type(r[0]) is int), default=None)
+    if top is not None:
+        ctx.conn.execute(_HIGH_WATER, (table, top))
+
+
+_HIGH_WATER = (
+    "INSERT INTO cronstack_counters (tbl, last_id) VALUES (?, ?) "
+    "ON CONFLICT (tbl) DO UPDATE SET last_id = max(last_id, excluded.last_id)"
+)
 
 
 _op_add.what = "adding a record"  # type: ignore[attr-defined]
@@ -284,7 +293,11 @@ class RecordsMixin:
 
             async def load() -> int:
                 rows = await self._read(table, sql, (), "reading the largest id of")
-                return rows[0][0] if rows and isinstance(rows[0][0], int) else 0
+                present = rows[0][0] if rows and isinstance(rows[0][0], int) else 0
+                mark = await self._fetchall(
+                    "SELECT last_id FROM cronstack_counters WHERE tbl = ?", (key,)
+                )
+                return max(present, mark[0][0] if mark else 0)
 
             fut = self._counter_loads[key] = asyncio.ensure_future(load())
         try:

@@ -61,6 +61,12 @@ _V1 = (
         created_at REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS cronstack_traces_run ON cronstack_traces(run_id)",
+    # The highest integer id each record table ever assigned or was given,
+    # so that ids are not reused after the newest records are deleted.
+    """CREATE TABLE IF NOT EXISTS cronstack_counters (
+        tbl TEXT PRIMARY KEY,
+        last_id INTEGER NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS cronstack_task_state (
         task TEXT PRIMARY KEY,
         last_fire REAL,
@@ -73,7 +79,7 @@ _V1 = (
 #: Steps from version i to i + 1.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
 CURRENT_VERSION = len(MIGRATIONS)
-ENGINE_TABLES = ("cronstack_runs", "cronstack_traces", "cronstack_task_state")
+ENGINE_TABLES = ("cronstack_runs", "cronstack_traces", "cronstack_task_state", "cronstack_counters")
 
 
 def migrate(conn: sqlite3.Connection, where: str, migrations=MIGRATIONS) -> int:

@@ -35,6 +35,8 @@ Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 MAX_BATCH = 20_000
 #: smallest run of futures resolved before the writer yields to their callers
 CHUNK = 128
+#: a committed batch is resolved in this many slices (at least CHUNK futures each)
+SLICES = 4
 
 
 class WriteContext:
@@ -155,7 +157,7 @@ class GroupWriter:
             self.batches += 1
             self.writes += len(batch)
             n = len(batch)
-            step = max(CHUNK, n // 4)
+            step = max(CHUNK, n // SLICES)
             for start in range(0, n, step):
                 _deliver(batch, results, start, min(start + step, n))
                 if start + step < n:
@@ -165,7 +167,7 @@ class GroupWriter:
 
     # -- writer thread -------------------------------------------------------
 
-    def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any]:
+    def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         conn = self._ctx.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -182,9 +184,10 @@ class GroupWriter:
         del self._ctx.created[:]
         return results
 
-    def _optimistic(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any]:
+    def _optimistic(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         ctx = self._ctx
         results: list[Any] = []
+        trivial = True  # every result None: the common case of a batch of adds
         i, n = 0, len(batch)
         while i < n:
             op, key, _, _ = batch[i]
@@ -194,9 +197,13 @@ class GroupWriter:
                     j += 1
             args = [item[2] for item in batch[i:j]]
             out = op(ctx, key, args)
-            results.extend(out if out is not None else [None] * len(args))
+            if out is None:
+                results.extend([None] * len(args))
+            else:
+                results.extend(out)
+                trivial = False
             i = j
-        return results
+        return None if trivial else results
 
     def _isolated(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any]:
         ctx = self._ctx
@@ -234,7 +241,14 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _deliver(batch: list[Any], results: list[Any], start: int, stop: int) -> None:
+def _deliver(batch: list[Any], results: list[Any] | None, start: int, stop: int) -> None:
+    """Resolve futures ``start:stop``; ``results`` None means every result is None."""
+    if results is None:
+        for item in batch[start:stop]:
+            fut = item[3]
+            if not fut.done():  # a cancelled caller's write committed anyway
+                fut.set_result(None)
+        return
     for i in range(start, stop):
         fut = batch[i][3]
         if fut.done():  # its caller was cancelled; the write committed anyway
