@@ -123,3 +123,27 @@ async def test_engine_state_and_records_share_batches(store):
     assert await store.count("t") == 200
     assert store.write_stats["writes"] == 600
     assert store.write_stats["batches"] < 600
+
+
+async def test_reads_do_not_wait_behind_a_write_transaction(store):
+    import threading
+
+    await store.add("t", {"v": "committed"})
+    released = threading.Event()
+    conn = store._conn
+
+    def long_write() -> bool:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("""INSERT INTO t (id, created_at, updated_at, data) VALUES (99, 0, 0, '{}')""")
+        seen = released.wait(timeout=30)  # held open until the read below has finished
+        conn.execute("COMMIT")
+        return seen
+
+    writing = asyncio.ensure_future(store._writer.call(long_write))
+    await asyncio.sleep(0.05)
+    assert not writing.done()
+    rows = await store.query("t")  # served by the read connection while the write is open
+    assert [r["v"] for r in rows] == ["committed"]  # the uncommitted row is not visible
+    released.set()
+    assert await writing is True
+    assert await store.count("t") == 2
