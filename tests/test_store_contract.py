@@ -182,8 +182,9 @@ async def test_bulk_edit_and_delete_return_counts(store):
 
 
 async def test_given_created_at_is_kept(store):
-    rec = await store.add("logs", {"created_at": 10.0, "m": "old"})
-    assert rec["created_at"] == 10.0
+    rec = await store.add("logs", {"created_at": 10, "m": "old"})
+    assert rec["created_at"] == 10.0 and isinstance(rec["created_at"], float)
+    assert await store.get("logs", id=rec["id"]) == rec
     assert await store.count("logs", filter={"created_at": {"$lt": 100}}) == 1
     with pytest.raises(InvalidRecord):
         await store.add("logs", {"created_at": "yesterday"})

@@ -69,7 +69,7 @@ def _check_time(value: Any, field: str, table: str) -> float:
         raise InvalidRecord(
             f"table {table!r}: {field} must be Unix seconds (a number), got {value!r}"
         )
-    return value
+    return float(value)
 
 
 def _encode(doc: dict[str, Any], table: str) -> str:
