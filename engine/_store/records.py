@@ -107,15 +107,13 @@ def _op_add(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
                 id=rows[0][0],
             ) from exc
         raise
-    top = max((r[0] for r in rows if type(r[0]) is int), default=None)
-    if top is not None:
-        ctx.conn.execute(_HIGH_WATER, (table, top))
-
-
-_HIGH_WATER = (
-    "INSERT INTO cronstack_counters (tbl, last_id) VALUES (?, ?) "
-    "ON CONFLICT (tbl) DO UPDATE SET last_id = max(last_id, excluded.last_id)"
-)
+    # the table's largest integer id (an index lookup) becomes its high-water mark
+    ctx.conn.execute(
+        "INSERT INTO cronstack_counters (tbl, last_id) "
+        f'SELECT ?, id FROM "{table}" WHERE id < \'\' ORDER BY id DESC LIMIT 1 '
+        "ON CONFLICT (tbl) DO UPDATE SET last_id = max(last_id, excluded.last_id)",
+        (table,),
+    )
 
 
 _op_add.what = "adding a record"  # type: ignore[attr-defined]

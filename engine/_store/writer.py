@@ -20,6 +20,8 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from engine._store.errors import StoreError, WriteFailed, translate
@@ -33,6 +35,8 @@ __all__ = ("WriteContext", "GroupWriter", "Op")
 Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 
 MAX_BATCH = 20_000
+_OP_AND_KEY = itemgetter(0, 1)
+_ARG = itemgetter(2)
 #: smallest run of futures resolved before the writer yields to their callers
 CHUNK = 128
 #: a committed batch is resolved in this many slices (at least CHUNK futures each)
@@ -188,21 +192,19 @@ class GroupWriter:
         ctx = self._ctx
         results: list[Any] = []
         trivial = True  # every result None: the common case of a batch of adds
-        i, n = 0, len(batch)
-        while i < n:
-            op, key, _, _ = batch[i]
-            j = i + 1
-            if key is not None:
-                while j < n and batch[j][0] is op and batch[j][1] == key:
-                    j += 1
-            args = [item[2] for item in batch[i:j]]
-            out = op(ctx, key, args)
-            if out is None:
-                results.extend([None] * len(args))
+        for (op, key), run in groupby(batch, _OP_AND_KEY):
+            items = list(run)
+            if key is None:  # not batchable: one call per write
+                groups = [[item[2]] for item in items]
             else:
-                results.extend(out)
-                trivial = False
-            i = j
+                groups = [list(map(_ARG, items))]
+            for args in groups:
+                out = op(ctx, key, args)
+                if out is None:
+                    results.extend([None] * len(args))
+                else:
+                    results.extend(out)
+                    trivial = False
         return None if trivial else results
 
     def _isolated(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any]:
