@@ -109,3 +109,14 @@ def test_bad_day_match_and_count_and_type():
 )
 def test_valid_expressions_parse(expr):
     Schedule(expr)
+
+
+def test_package_exports_are_complete():
+    import engine._schedule as pkg
+
+    assert isinstance(pkg.__all__, tuple)
+    assert set(pkg.__all__) == {
+        "FakeClock", "RealClock", "Schedule", "ScheduleError", "Timer", "wait_next"
+    }  # fmt: skip
+    for name in pkg.__all__:
+        assert getattr(pkg, name).__module__.startswith("engine._schedule")
