@@ -78,6 +78,9 @@ class Program:
     file: str | None = None
     #: every variable name the stack assigns (for checks and docs)
     variables: frozenset[str] = field(default_factory=frozenset)
+    #: the same stack compiled to a Python coroutine function ``native(frame, ctx)``,
+    #: run instead of the instructions when no tracer watches (see compiler/_native.py)
+    native: Callable[..., Any] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.instrs)

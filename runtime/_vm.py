@@ -270,6 +270,8 @@ async def execute(
             {"message": f"functions nested deeper than {MAX_CALL_DEPTH} calls", "type": "LimitExceeded", "step": None}
         )
     frame = Frame(program, _new_scope(ctx, variables, inputs))
+    if program.native is not None and ctx.tracer is None:
+        return await program.native(frame, ctx)
     return await _run(frame, ctx)
 
 
@@ -277,9 +279,13 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
     code = frame.program.instrs
     scope = frame.scope
     tracer = ctx.tracer
+    sync_table, async_table = (_SYNC if tracer is None else _SYNC_TRACED), _ASYNC
+    # opcodes as locals: an enum attribute lookup costs more than the instruction
+    SET, JUMP, JUMP_IF_NOT, LOOP_NEXT = Op.SET, Op.JUMP, Op.JUMP_IF_NOT, Op.LOOP_NEXT  # noqa: N806
     budget = INSTRUCTIONS_PER_YIELD
     pc = frame.pc
     path = frame.program.name
+    kind = None
     while True:
         try:
             while True:
@@ -295,20 +301,21 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
                     p0 = time.perf_counter()
                     frame.pc = pc
                     frame.t_in = frame.t_out = None
-                    pc = await _slow(frame, ctx, op, arg, path)
+                    handler = sync_table[op]
+                    pc = handler(frame, arg) if handler is not None else await async_table[op](frame, ctx, arg, path)
                     tracer.step(path, kind, t0, time.perf_counter() - p0, frame.t_in, frame.t_out, None)
                     frame.t_in = frame.t_out = None
                     if pc < 0:
                         return frame.result
                     continue
-                if op is Op.SET:
+                if op is SET:
                     scope[arg[0]] = arg[1].fn(scope)
-                elif op is Op.JUMP:
+                elif op is JUMP:
                     pc = arg
-                elif op is Op.JUMP_IF_NOT:
+                elif op is JUMP_IF_NOT:
                     if not truthy(arg[0].fn(scope)):
                         pc = arg[1]
-                elif op is Op.LOOP_NEXT:
+                elif op is LOOP_NEXT:
                     loop = frame.loops[-1]
                     mode = loop[0]
                     i = loop[2]
@@ -336,7 +343,11 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
                         pc = arg
                 else:
                     frame.pc = pc
-                    pc = await _slow(frame, ctx, op, arg, path)
+                    handler = sync_table[op]
+                    if handler is not None:
+                        pc = handler(frame, arg)
+                    else:
+                        pc = await async_table[op](frame, ctx, arg, path)
                     if pc < 0:
                         return frame.result
         except asyncio.CancelledError:
@@ -347,132 +358,184 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
                 tracer.step(path, kind or "", time.time(), 0.0, None, None, obj)
             if not frame.tries:
                 raise RunFailed(obj) from None
-            handler, slot, depth = frame.tries.pop()
+            handler_pc, slot, depth = frame.tries.pop()
             while len(frame.loops) > depth:
                 _pop_loop(frame)
             scope["error"] = obj
             scope[slot] = obj
-            pc = handler
+            pc = handler_pc
 
 
-async def _slow(frame: Frame, ctx: RunContext, op: Op, arg: Any, path: str):  # noqa: C901
-    """Every instruction off the hot path; returns the next pc, or -1 at the end.
+# -- handlers off the hot path -----------------------------------------------------------
+# Each returns the next pc (-1 ends the stack, with the value in ``frame.result``).
+# With a tracer, a step's inputs and output go to ``frame.t_in``/``t_out``; without
+# one nothing else holds a value, so ``_update`` can change a lone list in place.
 
-    With a tracer, the step's inputs and output go to ``frame.t_in``/``t_out``;
-    without one nothing else holds a value (see ``_update``).
-    """
-    tracing = ctx.tracer is not None
+
+def _h_set(frame: Frame, arg: Any) -> int:
+    value = _eval(arg[1], frame.scope)
+    frame.scope[arg[0]] = value
+    frame.t_out = value
+    return frame.pc
+
+
+def _h_update(frame: Frame, arg: Any) -> int:
+    name, operation, value = arg
+    v = _eval(value, frame.scope)
+    _update(frame.scope, name, operation, v)
+    return frame.pc
+
+
+def _h_update_traced(frame: Frame, arg: Any) -> int:
+    name, operation, value = arg
+    v = _eval(value, frame.scope)
+    _update(frame.scope, name, operation, v)
+    frame.t_in, frame.t_out = v, frame.scope[name]
+    return frame.pc
+
+
+def _h_jump(frame: Frame, arg: Any) -> int:
+    return arg
+
+
+def _h_jump_if_not(frame: Frame, arg: Any) -> int:
+    cond = truthy(_eval(arg[0], frame.scope))
+    frame.t_out = cond
+    return frame.pc if cond else arg[1]
+
+
+def _h_loop_start(frame: Frame, arg: Any) -> int:
+    mode, source, end = arg
+    src = source if mode == "while" else _eval(source, frame.scope)
+    if mode != "while":
+        frame.t_in = len(src) if isinstance(src, list) else src
+    return _start_loop(frame, mode, src, end)
+
+
+def _h_loop_next(frame: Frame, arg: Any) -> int:
     scope = frame.scope
-    pc = frame.pc
-    if op is Op.SET:
-        value = _eval(arg[1], scope)
-        scope[arg[0]] = value
-        if tracing:
-            frame.t_out = value
-        return pc
-    if op is Op.JUMP:
-        return arg
-    if op is Op.JUMP_IF_NOT:
-        cond = truthy(_eval(arg[0], scope))
-        frame.t_out = cond
-        return pc if cond else arg[1]
-    if op is Op.UPDATE:
-        name, operation, value = arg
-        v = _eval(value, scope)
-        _update(scope, name, operation, v)
-        if tracing:
-            frame.t_in, frame.t_out = v, scope[name]
-        return pc
-    if op is Op.EFFECT:
-        kind, fields, return_as = arg
-        evaluated = {key: _eval(v, scope) for key, v in fields.items()}
-        result = await EFFECTS[kind](ctx, evaluated)
-        if return_as is not None:
-            scope[return_as] = result
-        if tracing:
-            frame.t_in, frame.t_out = evaluated, result
-        return pc
-    if op is Op.LOOP_START:
-        mode, source, end = arg
-        src = source if mode == "while" else _eval(source, scope)
-        frame.pc = pc
-        if tracing and mode != "while":
-            frame.t_in = len(src) if isinstance(src, list) else src
-        return _start_loop(frame, mode, src, end)
-    if op is Op.LOOP_NEXT:
-        loop = frame.loops[-1]
-        mode, src, i = loop[0], loop[1], loop[2]
-        more = (
-            i < len(src) if mode == "each" else i < src if mode == "times" else truthy(_eval(src, scope))
-        )
-        if not more:
-            _pop_loop(frame)
-            return arg
-        if mode == "each":
-            scope["item"] = src[i]
-        scope["index"] = i
-        loop[2] = i + 1
-        return pc
-    if op is Op.LOOP_POP:
+    loop = frame.loops[-1]
+    mode, src, i = loop[0], loop[1], loop[2]
+    more = i < len(src) if mode == "each" else i < src if mode == "times" else truthy(_eval(src, scope))
+    if not more:
         _pop_loop(frame)
-        return pc
-    if op is Op.SWITCH:
-        value, table, default = arg
-        key = to_text(_eval(value, scope))
-        frame.t_out = key
-        return table.get(key, default)
-    if op is Op.TRY_PUSH:
-        handler, slot = arg
-        frame.tries.append((handler, slot, len(frame.loops)))
-        return pc
-    if op is Op.TRY_POP:
-        frame.tries.pop()
-        return pc
-    if op is Op.RERAISE:
-        raise error_from_object(scope[arg])
-    if op is Op.THROW:
-        message = to_text(_eval(arg[0], scope))
-        etype = to_text(_eval(arg[1], scope)) or "ThrownError"
-        err = ThrownError(message, error_type=etype)
-        raise err
-    if op is Op.RETURN:
-        value = _eval(arg, scope)
-        check_limits(value)
-        frame.result = frame.t_out = value
-        return -1
-    if op is Op.END:
-        frame.result = None
-        return -1
-    if op is Op.WAIT:
-        seconds = _number(_eval(arg, scope), "wait 'duration'")
-        if seconds < 0:
-            raise _fail(f"wait 'duration' must be >= 0, got {seconds}", "InvalidInput")
-        await _Sleep.sleep(ctx, float(seconds))
-        frame.t_in = seconds
-        return pc
-    if op is Op.CALL:
-        name, inputs, return_as, mode = arg
-        values = _eval(inputs, scope)
-        if values is None:
-            values = {}
-        if not isinstance(values, dict):
-            raise _fail(f"'inputs' must be an object, got {type_name(values)}", "InvalidInput")
-        if ctx.functions is None:
-            raise _fail(f"no function '{name}' can be called: this run has no functions", "UnknownFunction")
-        if mode == "async":
-            result = await ctx.functions.start(name, values, ctx)
-        else:
-            result = await ctx.functions.call(name, values, ctx)
-        if return_as is not None:
-            scope[return_as] = result
-        if tracing:
-            frame.t_in, frame.t_out = values, result
-        return pc
-    if op is Op.LOG:
-        message = _eval(arg[0], scope)
-        level = _eval(arg[1], scope)
-        if ctx.tracer is not None:
-            ctx.tracer.log(path, to_text(level), message)
-        frame.t_out = message
-        return pc
-    raise InternalError(f"no handler for opcode {op!r}")  # pragma: no cover
+        return arg
+    if mode == "each":
+        scope["item"] = src[i]
+    scope["index"] = i
+    loop[2] = i + 1
+    return frame.pc
+
+
+def _h_loop_pop(frame: Frame, arg: Any) -> int:
+    _pop_loop(frame)
+    return frame.pc
+
+
+def _h_switch(frame: Frame, arg: Any) -> int:
+    value, table, default = arg
+    key = to_text(_eval(value, frame.scope))
+    frame.t_out = key
+    return table.get(key, default)
+
+
+def _h_try_push(frame: Frame, arg: Any) -> int:
+    handler, slot = arg
+    frame.tries.append((handler, slot, len(frame.loops)))
+    return frame.pc
+
+
+def _h_try_pop(frame: Frame, arg: Any) -> int:
+    frame.tries.pop()
+    return frame.pc
+
+
+def _h_reraise(frame: Frame, arg: Any) -> int:
+    raise error_from_object(frame.scope[arg])
+
+
+def _h_throw(frame: Frame, arg: Any) -> int:
+    message = to_text(_eval(arg[0], frame.scope))
+    etype = to_text(_eval(arg[1], frame.scope)) or "ThrownError"
+    raise ThrownError(message, error_type=etype)
+
+
+def _h_return(frame: Frame, arg: Any) -> int:
+    value = _eval(arg, frame.scope)
+    check_limits(value)
+    frame.result = frame.t_out = value
+    return -1
+
+
+def _h_end(frame: Frame, arg: Any) -> int:
+    frame.result = None
+    return -1
+
+
+async def _a_wait(frame: Frame, ctx: RunContext, arg: Any, path: str) -> int:
+    seconds = _number(_eval(arg, frame.scope), "wait 'duration'")
+    if seconds < 0:
+        raise _fail(f"wait 'duration' must be >= 0, got {seconds}", "InvalidInput")
+    await _Sleep.sleep(ctx, float(seconds))
+    frame.t_in = seconds
+    return frame.pc
+
+
+async def _a_effect(frame: Frame, ctx: RunContext, arg: Any, path: str) -> int:
+    kind, fields, return_as = arg
+    scope = frame.scope
+    evaluated = {key: _eval(v, scope) for key, v in fields.items()}
+    result = await EFFECTS[kind](ctx, evaluated)
+    if return_as is not None:
+        scope[return_as] = result
+    if ctx.tracer is not None:
+        frame.t_in, frame.t_out = evaluated, result
+    return frame.pc
+
+
+async def _a_call(frame: Frame, ctx: RunContext, arg: Any, path: str) -> int:
+    name, inputs, return_as, mode = arg
+    values = _eval(inputs, frame.scope)
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise _fail(f"'inputs' must be an object, got {type_name(values)}", "InvalidInput")
+    if ctx.functions is None:
+        raise _fail(f"no function '{name}' can be called: this run has no functions", "UnknownFunction")
+    if mode == "async":
+        result = await ctx.functions.start(name, values, ctx)
+    else:
+        result = await ctx.functions.call(name, values, ctx)
+    if return_as is not None:
+        frame.scope[return_as] = result
+    if ctx.tracer is not None:
+        frame.t_in, frame.t_out = values, result
+    return frame.pc
+
+
+async def _a_log(frame: Frame, ctx: RunContext, arg: Any, path: str) -> int:
+    message = _eval(arg[0], frame.scope)
+    level = _eval(arg[1], frame.scope)
+    if ctx.tracer is not None:
+        ctx.tracer.log(path, to_text(level), message)
+    frame.t_out = message
+    return frame.pc
+
+
+def _table(entries: dict[Op, Any]) -> list[Any]:
+    table: list[Any] = [None] * (max(Op) + 1)
+    for op, handler in entries.items():
+        table[op] = handler
+    return table
+
+
+_SYNC = _table({
+    Op.SET: _h_set, Op.UPDATE: _h_update, Op.JUMP: _h_jump, Op.JUMP_IF_NOT: _h_jump_if_not,
+    Op.SWITCH: _h_switch, Op.LOOP_START: _h_loop_start, Op.LOOP_NEXT: _h_loop_next, Op.LOOP_POP: _h_loop_pop,
+    Op.TRY_PUSH: _h_try_push, Op.TRY_POP: _h_try_pop, Op.RERAISE: _h_reraise, Op.THROW: _h_throw,
+    Op.RETURN: _h_return, Op.END: _h_end,
+})
+_SYNC_TRACED = list(_SYNC)
+_SYNC_TRACED[Op.UPDATE] = _h_update_traced
+_ASYNC = _table({Op.WAIT: _a_wait, Op.EFFECT: _a_effect, Op.CALL: _a_call, Op.LOG: _a_log})
+assert all((s is None) != (a is None) for s, a in zip(_SYNC[1:], _ASYNC[1:])), "every opcode has one handler"
