@@ -367,3 +367,14 @@ async def test_ids_are_not_reused_across_reopen(tmp_path):
         await store.delete("items", 50)
     async with open_store(url) as store:
         assert (await store.add("items", {}))["id"] == 51
+
+
+async def test_given_timestamps_on_edit_and_upsert_are_floats(store):
+    rec = await store.add("items", {"k": "a"})
+    out = await store.edit("items", rec["id"], {"created_at": 5, "updated_at": 6})
+    assert out["created_at"] == 5.0 and isinstance(out["created_at"], float)
+    assert out["updated_at"] == 6.0 and await store.get("items", id=rec["id"]) == out
+    merged = await store.upsert("items", {"k": "a", "created_at": 7}, "k")
+    assert merged["created_at"] == 7.0 and isinstance(merged["created_at"], float)
+    with pytest.raises(InvalidRecord):
+        await store.edit("items", rec["id"], {"updated_at": "soon"})

@@ -357,7 +357,7 @@ class RecordsMixin:
             )
         _encode(fields, table)
         if created is not None:
-            _check_time(created, "created_at", table)
+            created = _check_time(created, "created_at", table)
         now = self._clock() if updated is None else _check_time(updated, "updated_at", table)
         return fields, created, now
 
@@ -391,10 +391,9 @@ class RecordsMixin:
         text = _encode(fields, table)
         now = self._clock()
         row = await self._row_for_insert(key, table, rid, created, updated, now, text)
-        if created is not None:
-            _check_time(created, "created_at", table)
+        merge_created = None if created is None else row[1]  # checked by _row_for_insert
         return await self._writer.submit(
-            _op_upsert, key, (where, params, fields, row, created, row[2])
+            _op_upsert, key, (where, params, fields, row, merge_created, row[2])
         )
 
     async def delete_many(self, table: str, filter: Mapping[str, Any]) -> int:
@@ -412,7 +411,7 @@ class RecordsMixin:
             raise InvalidRecord(f"edit_records on table {table!r}: data cannot set an id")
         _encode(fields, table)
         if created is not None:
-            _check_time(created, "created_at", table)
+            created = _check_time(created, "created_at", table)
         now = self._clock() if updated is None else _check_time(updated, "updated_at", table)
         return await self._writer.submit(
             _op_edit_many, None, (key, where, params, fields, created, now)
