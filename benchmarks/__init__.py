@@ -8,6 +8,7 @@ event loops to measure on, and percentiles.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -42,5 +43,5 @@ def percentile(samples: Sequence[float], q: float) -> float:
     if not samples:
         raise ValueError("percentile of no samples")
     ordered = sorted(samples)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
