@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from compiler import (
@@ -32,6 +33,7 @@ from compiler import (
     load_definitions,
 )
 from compiler._lower import lower_stack
+from engine._api.metrics import DurationHistogram
 from engine._config import EngineConfig, load_config
 from engine._functions import FunctionTable, PyFunction
 from engine._gate import FairGate
@@ -127,7 +129,8 @@ class Engine:
         self.api_url: str | None = None
         self.lag = 0.0
         self.runs_total: dict[tuple[str, str], int] = {}
-        self.duration_sum: dict[str, float] = {}
+        self.durations = DurationHistogram()
+        self._next_cache: dict[str, float] = {}
         self._stopping = False
 
     # -- opening and closing ------------------------------------------------------------
@@ -322,7 +325,17 @@ class Engine:
         sched = self.schedules.get(name)
         if sched is None or not self.is_active(name) or name in self._paused:
             return None
-        return self._next_fire.get(name) or sched.next_after(self.clock.time())
+        nxt = self._next_fire.get(name)
+        if nxt is not None:
+            return nxt
+        now = self.clock.time()
+        cached = self._next_cache.get(name)
+        if cached is None or cached <= now:
+            cached = sched.next_after(now)
+            if cached is None:
+                return None
+            self._next_cache[name] = cached
+        return cached
 
     def is_active(self, name: str) -> bool:
         """Active in its definition and every variable of ``requires_env`` set."""
@@ -339,8 +352,14 @@ class Engine:
         return "idle"
 
     async def tasks(self) -> list[dict[str, Any]]:
+        """Every task with its status, next fire and last run (yields to the loop as it goes)."""
         last = await self.store.last_runs()
-        return [self._task_info(name, last.get(name)) for name in self.task_names()]
+        out = []
+        for i, name in enumerate(self.task_names()):
+            out.append(self._task_info(name, last.get(name)))
+            if i % 500 == 499:
+                await anyio.lowlevel.checkpoint()
+        return out
 
     async def task(self, name: str) -> dict[str, Any]:
         task = self._task(name)
@@ -379,7 +398,7 @@ class Engine:
             "queued": self._gate.queued + len(self._queued_due),
             "scheduler_lag_seconds": self.lag,
             "runs_total": dict(self.runs_total),
-            "duration_sum": dict(self.duration_sum),
+            "run_durations": self.durations.snapshot(),
             "tasks": len(self.definitions.tasks),
             "serving": self._serving is not None,
         }
@@ -515,7 +534,7 @@ class Engine:
                 await self.store.add_trace(run_id, trace.export())
             self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
             if started is not None:
-                self.duration_sum[row["task"]] = self.duration_sum.get(row["task"], 0.0) + (now - started)
+                self.durations.observe(row["task"], now - started)
             if isinstance(defn, Task) and status in RETRYABLE:
                 await self._maybe_retry(defn, row, status)
         finally:
