@@ -39,3 +39,15 @@ def test_sqlite_store_implements_the_whole_interface():
         assert inspect.signature(getattr(SQLiteStore, name)) == inspect.signature(
             getattr(Records, name)
         ), name
+
+
+def test_database_errors_in_record_calls_are_run_errors():
+    import sqlite3
+
+    from engine._store.errors import RecordError, StoreCorrupt, translate
+
+    damaged = sqlite3.DatabaseError("database disk image is malformed")
+    assert isinstance(translate(damaged, "reading"), StoreCorrupt)
+    as_record = translate(damaged, "reading", record=True)
+    assert isinstance(as_record, RecordError) and isinstance(as_record, RunError)
+    assert as_record.error_type == "StoreCorrupt" and "backup" in as_record.message

@@ -109,12 +109,21 @@ class WriteFailed(RecordError):
     error_type = "WriteFailed"
 
 
-def translate(exc: BaseException, what: str) -> CronstackError:
+def translate(exc: BaseException, what: str, *, record: bool = False) -> CronstackError:
     """The cronstack error for ``exc``, raised while doing ``what``.
 
     Our own errors pass through; sqlite3 errors become store errors whose
     message keeps SQLite's text and says what to do; anything else is a defect.
+    With ``record`` (a record step's call), a database error is always a
+    ``RecordError``, so that a stack's ``try_catch`` can catch it.
     """
+    err = _translate(exc, what)
+    if record and isinstance(exc, sqlite3.Error) and not isinstance(err, RunError):
+        return RecordError(err.message, error_type=err.error_type)
+    return err
+
+
+def _translate(exc: BaseException, what: str) -> CronstackError:
     if isinstance(exc, CronstackError):
         return exc
     if isinstance(exc, sqlite3.Error):

@@ -116,6 +116,7 @@ def _op_add(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
     )
 
 
+_op_add.record = True  # type: ignore[attr-defined]
 _op_add.what = "adding a record"  # type: ignore[attr-defined]
 
 
@@ -155,6 +156,7 @@ def _op_edit(ctx: WriteContext, table: str, args: list[tuple[Any, ...]]) -> list
     return out
 
 
+_op_edit.record = True  # type: ignore[attr-defined]
 _op_edit.what = "editing a record"  # type: ignore[attr-defined]
 
 
@@ -165,6 +167,7 @@ def _op_delete(ctx: WriteContext, table: str, ids: list[Any]) -> list[bool]:
     return [ctx.conn.execute(sql, (rid,)).rowcount > 0 for rid in ids]
 
 
+_op_delete.record = True  # type: ignore[attr-defined]
 _op_delete.what = "deleting a record"  # type: ignore[attr-defined]
 
 
@@ -186,6 +189,7 @@ def _op_upsert(ctx: WriteContext, table: str, args: list[tuple[Any, ...]]) -> li
     return out
 
 
+_op_upsert.record = True  # type: ignore[attr-defined]
 _op_upsert.what = "adding or editing a record"  # type: ignore[attr-defined]
 
 
@@ -199,6 +203,7 @@ def _op_delete_many(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -
     return out
 
 
+_op_delete_many.record = True  # type: ignore[attr-defined]
 _op_delete_many.what = "deleting records"  # type: ignore[attr-defined]
 
 
@@ -217,6 +222,7 @@ def _op_edit_many(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> 
     return out
 
 
+_op_edit_many.record = True  # type: ignore[attr-defined]
 _op_edit_many.what = "editing records"  # type: ignore[attr-defined]
 
 
@@ -239,9 +245,9 @@ class RecordsMixin:
         except sqlite3.OperationalError as exc:
             if str(exc).startswith("no such table"):
                 return None
-            raise translate(exc, f"{what} table {table!r}") from exc
+            raise translate(exc, f"{what} table {table!r}", record=True) from exc
         except sqlite3.Error as exc:
-            raise translate(exc, f"{what} table {table!r}") from exc
+            raise translate(exc, f"{what} table {table!r}", record=True) from exc
 
     async def query(
         self,

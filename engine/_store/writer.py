@@ -176,7 +176,7 @@ class GroupWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            return [translate(exc, "starting a write transaction") for _ in batch]
+            return _failed(batch, exc, "starting a write transaction")
         mark = len(self._ctx.created)
         try:
             results = self._optimistic(batch)
@@ -213,7 +213,7 @@ class GroupWriter:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            return [translate(exc, "starting a write transaction") for _ in batch]
+            return _failed(batch, exc, "starting a write transaction")
         results: list[Any] = []
         for op, key, arg, _ in batch:
             mark = len(ctx.created)
@@ -224,7 +224,8 @@ class GroupWriter:
                 conn.execute("ROLLBACK TO w")
                 conn.execute("RELEASE w")
                 ctx.forget_created(mark)
-                results.append(translate(exc, getattr(op, "what", "writing")))
+                what = getattr(op, "what", "writing")
+                results.append(translate(exc, what, record=getattr(op, "record", False)))
             else:
                 conn.execute("RELEASE w")
                 results.append(out[0] if out is not None else None)
@@ -233,9 +234,14 @@ class GroupWriter:
         except sqlite3.Error as exc:
             _rollback(conn)
             ctx.forget_created(0)
-            return [translate(exc, "committing writes") for _ in batch]
+            return _failed(batch, exc, "committing writes")
         del ctx.created[:]
         return results
+
+
+def _failed(batch: list[Any], exc: Exception, what: str) -> list[Any]:
+    """One error per write of a batch that failed as a whole (each caller its own)."""
+    return [translate(exc, what, record=getattr(item[0], "record", False)) for item in batch]
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
