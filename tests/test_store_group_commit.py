@@ -147,3 +147,20 @@ async def test_reads_do_not_wait_behind_a_write_transaction(store):
     released.set()
     assert await writing is True
     assert await store.count("t") == 2
+
+
+async def test_database_refusing_writes_fails_each_caller_and_recovers(store):
+    from engine._store import RecordError, WriteFailed
+
+    await store.add("t", {"v": 0})
+    conn = store._conn
+    await store._writer.call(lambda: conn.execute("PRAGMA query_only = 1"))
+    results = await asyncio.gather(*(store.add("t", {"v": i}) for i in range(1, 21)),
+                                   store.insert_run({"id": "r", "task": "x"}),
+                                   return_exceptions=True)
+    assert all(isinstance(r, WriteFailed) for r in results[:20])
+    assert all(isinstance(r, RecordError) and "readonly" in r.message for r in results[:20])
+    assert isinstance(results[20], StoreError)
+    await store._writer.call(lambda: conn.execute("PRAGMA query_only = 0"))
+    assert (await store.add("t", {"v": 99}))["v"] == 99
+    assert [r["v"] for r in await store.query("t")] == [0, 99]
