@@ -93,7 +93,7 @@ async def test_memory_database_works():
 
 
 @pytest.mark.parametrize("content", [b"hello, I am a text file\n" * 10,
-                                     b"SQLite format 3\x00" + os.urandom(4096)])
+                                     b"SQLite format 3\x00" + b"\xff" * 4096])
 async def test_non_sqlite_or_corrupt_file_is_refused_and_kept(tmp_path, content):
     path = tmp_path / "precious.db"
     path.write_bytes(content)
