@@ -185,6 +185,8 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
             opened = True
         finally:
             if not opened:
+                if getattr(store, "_writer", None) is not None:
+                    await store._writer.close()
                 await store._abort()
         return store
 
