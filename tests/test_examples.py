@@ -7,14 +7,17 @@ minute of starting (the heartbeat every 10 s, demo data every 30 s).
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from compiler import check_calls, load_definitions
-from engine import Engine, FakeClock, Schedule
+from compiler import check_calls, load_definitions, lower_stack
+from engine import Engine, FakeClock, RunFailed, Schedule
 from engine._config import load_config
 
 pytestmark = pytest.mark.anyio
@@ -130,3 +133,87 @@ async def test_serving_fires_the_heartbeat_on_schedule(tmp_path):
     assert len(done) >= 2
     assert {r["trigger"] for r in done} == {"schedule"}
     assert all(r["scheduled_at"] % 10 == 0 for r in done)
+
+
+# -- docs/steps.md and docs/tasks.md: the examples compile and run ----------------------------
+
+DOCS = EXAMPLES.parent / "docs"
+_JSON_BLOCK = re.compile(r"```json\n(.*?)```(?:\s*\nResult: `(.*?)`)?", re.S)
+
+
+def doc_examples(name: str) -> list[tuple[int, Any, Any]]:
+    """(line, parsed JSON, documented result or _NO_RESULT) of every ```json block of docs/NAME."""
+    text = (DOCS / name).read_text(encoding="utf-8")
+    out = []
+    for m in _JSON_BLOCK.finditer(text):
+        line = text.count("\n", 0, m.start()) + 1
+        result = json.loads(m.group(2)) if m.group(2) is not None else _NO_RESULT
+        out.append((line, json.loads(m.group(1)), result))
+    return out
+
+
+_NO_RESULT = object()
+_STEP_KINDS_NEEDING_NETWORK = {"external_api_request"}
+
+
+def _is_stack(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(s, dict) and "function" in s for s in value)
+
+
+def _kinds(steps: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(steps, list):
+        for step in steps:
+            if isinstance(step, dict):
+                found.add(step.get("function"))
+                for value in step.values():
+                    found |= _kinds(value)
+                    if isinstance(value, dict):
+                        for branch in value.values():
+                            found |= _kinds(branch)
+    return found
+
+
+def test_steps_doc_covers_every_step_kind_with_an_example():
+    from compiler._steps import STEPS
+
+    stacks = [value for _line, value, _r in doc_examples("steps.md") if _is_stack(value)]
+    assert len(stacks) >= 20
+    shown = set().union(*(_kinds(s) for s in stacks))
+    assert set(STEPS) <= shown, f"no example for {sorted(set(STEPS) - shown)}"
+    text = (DOCS / "steps.md").read_text(encoding="utf-8")
+    for kind in STEPS:
+        assert f"### {kind}" in text or f"### {kind} and" in text or f"and {kind}" in text, kind
+
+
+@pytest.mark.parametrize("doc", ["steps.md", "tasks.md"])
+def test_doc_examples_compile(doc):
+    from compiler import compile_definition
+
+    functions = load_definitions(EXAMPLES).functions
+    checked = 0
+    for line, value, _result in doc_examples(doc):
+        if _is_stack(value):
+            low = lower_stack(value, "doc_example")
+            assert low.diagnostics == [], f"docs/{doc} line {line}: {low.diagnostics}"
+            for fn, path in low.calls:
+                assert fn in functions, f"docs/{doc} line {line}: {path} calls unknown function {fn}"
+            checked += 1
+        elif isinstance(value, dict) and "stack" in value:
+            compile_definition(value)
+            checked += 1
+    assert checked >= (20 if doc == "steps.md" else 2)
+
+
+async def test_steps_doc_examples_run_and_give_the_documented_results(tmp_path):
+    """Every example without network access runs; those with a `Result:` line give exactly it."""
+    async with Engine.open(EXAMPLES, database=f"sqlite:///{tmp_path / 'docs.db'}", env={}) as engine:
+        for line, value, expected in doc_examples("steps.md"):
+            if not _is_stack(value) or _kinds(value) & _STEP_KINDS_NEEDING_NETWORK:
+                continue
+            try:
+                result = await engine.run_stack(value)
+            except RunFailed as exc:
+                raise AssertionError(f"docs/steps.md line {line}: {exc.error}") from None
+            if expected is not _NO_RESULT:
+                assert result == expected, f"docs/steps.md line {line}"
