@@ -65,9 +65,9 @@ def _possible(expr: str) -> bool:
 @given(expression(), after_times, st.sampled_from(["and", "or"]))
 def test_agrees_with_croniter(expr, after, day_match):
     dom, dow = expr.split()[2:5:2]
-    # Vixie cron (and croniter) treat a day field starting with '*' ('*/2') as
-    # unrestricted when OR-ing the day fields; we only treat '*' and '?' so.
-    assume(day_match == "and" or not (dom.startswith("*/") or dow.startswith("*/")))
+    # Vixie cron (and croniter) treat a day field holding a '*' anywhere ('*/2',
+    # '0,*/1') as unrestricted when OR-ing the day fields; we only treat '*' and '?' so.
+    assume(day_match == "and" or not any("*" in f and f != "*" for f in (dom, dow)))
     if not _possible(expr) or not Schedule(expr, day_match=day_match).next_fires(after, 1):
         return
     ours = Schedule(expr, day_match=day_match).next_fires(after, 5)
