@@ -161,16 +161,7 @@ def _name(raw: dict[str, Any], diags: list[Diagnostic]) -> str:
     return name
 
 
-def compile_task(raw: dict[str, Any], file: str | None = None) -> Task:
-    """Compile one task definition; raises ``CompileError`` listing every problem."""
-    diags: list[Diagnostic] = []
-    name = _name(raw, diags)
-    settings = _settings(raw, TASK_FIELDS, diags)
-    settings.pop("type", None)
-    if "stack" not in raw:
-        diags.append(Diagnostic("a task needs a 'stack' (a list of steps)", "stack"))
-    low = lower_stack(raw.get("stack", []), name, file=file)
-    diags.extend(low.diagnostics)
+def _task_checks(settings: dict[str, Any], diags: list[Diagnostic]) -> None:
     for key in ("timeout", "misfire_grace"):
         if key in settings and settings[key] <= 0:
             diags.append(Diagnostic(f"'{key}' must be a positive number of seconds", key))
@@ -181,29 +172,36 @@ def compile_task(raw: dict[str, Any], file: str | None = None) -> Task:
         diags.append(
             Diagnostic("retry_policy needs max_retries >= 0, retry_delay >= 0, backoff >= 1, max_delay >= 0", "retry_policy")
         )
+
+
+def _compile(raw: dict[str, Any], file: str | None, what: str, fields: dict[str, tuple[Any, Any]], checks=None):
+    """Name, settings and stack of one definition, with every problem collected."""
+    diags: list[Diagnostic] = []
+    name = _name(raw, diags)
+    settings = _settings(raw, fields, diags)
+    settings.pop("type", None)
+    if "stack" not in raw:
+        diags.append(Diagnostic(f"a {what} needs a 'stack' (a list of steps)", "stack"))
+    low = lower_stack(raw.get("stack", []), name, file=file)
+    diags.extend(low.diagnostics)
+    if checks is not None:
+        checks(settings, diags)
     if diags:
         raise CompileError(diags).with_file(file) if file else CompileError(diags)
     for key in ("tags", "requires_env"):
         if key in settings:
             settings[key] = tuple(settings[key])
-    return Task(name=name, program=low.program, file=file, calls=tuple(low.calls), source=raw, **settings)
+    return dict(name=name, program=low.program, file=file, calls=tuple(low.calls), source=raw, **settings)
+
+
+def compile_task(raw: dict[str, Any], file: str | None = None) -> Task:
+    """Compile one task definition; raises ``CompileError`` listing every problem."""
+    return Task(**_compile(raw, file, "task", TASK_FIELDS, _task_checks))
 
 
 def compile_function(raw: dict[str, Any], file: str | None = None) -> Function:
     """Compile one function definition; raises ``CompileError`` listing every problem."""
-    diags: list[Diagnostic] = []
-    name = _name(raw, diags)
-    settings = _settings(raw, FUNCTION_FIELDS, diags)
-    settings.pop("type", None)
-    if "stack" not in raw:
-        diags.append(Diagnostic("a function needs a 'stack' (a list of steps)", "stack"))
-    low = lower_stack(raw.get("stack", []), name, file=file)
-    diags.extend(low.diagnostics)
-    if diags:
-        raise CompileError(diags).with_file(file) if file else CompileError(diags)
-    if "tags" in settings:
-        settings["tags"] = tuple(settings["tags"])
-    return Function(name=name, program=low.program, file=file, calls=tuple(low.calls), source=raw, **settings)
+    return Function(**_compile(raw, file, "function", FUNCTION_FIELDS))
 
 
 def is_function(raw: dict[str, Any], file: str | None = None) -> bool:
