@@ -101,12 +101,20 @@ def _next_fires(task: Any, after: datetime, count: int) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from engine._config import load_config
+
+    diags = []
+    try:
+        env = load_config(Path(args.dir)).environment()
+    except CompileError as exc:
+        env, diags = {}, list(exc.diagnostics)
     try:
         defs = load_definitions(args.dir)
     except CompileError as exc:
-        defs, diags = None, list(exc.diagnostics)
+        defs = None
+        diags += list(exc.diagnostics)
     else:
-        diags = check_calls(defs) + _schedule_diags(defs)
+        diags += check_calls(defs) + _schedule_diags(defs)
     if diags:
         if args.json:
             print(_dump({"ok": False, "errors": [{"file": d.file, "path": d.path, "message": str(d)} for d in diags]}))
@@ -120,15 +128,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _print_dis(defs, args.dis)
     now = datetime.now(UTC)
     tasks = [
-        {"name": t.name, "file": t.file, "schedule": t.schedule, "timezone": t.timezone, "active": t.active,
+        {"name": t.name, "file": t.file, "schedule": t.schedule, "timezone": t.timezone,
+         "active": t.active and all(env.get(v) for v in t.requires_env),
+         "missing_env": [v for v in t.requires_env if not env.get(v)],
          "next_fires": _next_fires(t, now, 3)}
         for t in sorted(defs.tasks.values(), key=lambda t: t.name)
     ]
     if args.json:
         print(_dump({"ok": True, "tasks": tasks, "functions": sorted(defs.functions)}))
         return EXIT_OK
-    rows = [[t["name"], t["schedule"] or "(manual)", t["timezone"], "yes" if t["active"] else "no",
-             ", ".join(t["next_fires"]) or None] for t in tasks]
+    rows = [[t["name"], t["schedule"] or "(manual)", t["timezone"],
+             "yes" if t["active"] else ("no: needs " + ", ".join(t["missing_env"]) if t["missing_env"] else "no"),
+             ", ".join(t["next_fires"]) or ("never fires" if t["schedule"] else None)] for t in tasks]
     print(_table(rows, ["TASK", "SCHEDULE", "TIMEZONE", "ACTIVE", "NEXT 3 FIRES"]))
     print(f"\nok: {len(defs.tasks)} tasks, {len(defs.functions)} functions")
     return EXIT_OK

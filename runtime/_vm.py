@@ -219,7 +219,7 @@ def _error_object(exc: BaseException, path: str, arg: Any = None) -> dict[str, A
     if isinstance(exc, CronstackError):
         step = getattr(exc, "step", None) or path
         obj = exc.to_object(step)
-        if "expression" in exc.extra and exc.extra["expression"] not in obj["message"]:
+        if "expression" in exc.extra and "(in {{" not in obj["message"] and exc.extra["expression"] not in obj["message"]:
             obj["message"] = f"{obj['message']} (in {exc.extra['expression']})"
         return obj
     if isinstance(exc, KeyError):
