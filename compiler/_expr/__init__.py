@@ -10,6 +10,7 @@ rebuilds fresh containers on every call.
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ __all__ = (
     "compile_value",
     "compile_condition",
     "compile_expression",
+    "field_code",
+    "EXPRESSION_NAMESPACE",
 )
 
 BUILTIN_NAMES: frozenset[str] = frozenset(
@@ -57,6 +60,8 @@ def _limit(path: str) -> LimitExceeded:
 
 
 _NS = dict(NAMESPACE, _annotate=_annotate, _limit=_limit, _Err=CronstackError)
+#: The names the code of ``field_code`` may reference (read-only: copy it before adding names).
+EXPRESSION_NAMESPACE = _NS
 
 
 def _names(node: Node, path: str, out: list[NameRef]) -> None:
@@ -177,13 +182,18 @@ def _source(value: Any) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def compile_value(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]]:
-    """A step field: templates in strings, dicts/lists walked (keys never templates), other JSON as is."""
+def _value_unit(value: Any, path: str) -> tuple[_Unit, str]:
     unit = _Unit(path)
     if type(value) is str:
         result, _ = unit.template(value, path, top=True)
     else:
         result, _ = unit.value(value, path, 0)
+    return unit, result
+
+
+def compile_value(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]]:
+    """A step field: templates in strings, dicts/lists walked (keys never templates), other JSON as is."""
+    unit, result = _value_unit(value, path)
     return unit.build(result, _source(value)), tuple(unit.refs)
 
 
@@ -202,6 +212,11 @@ def compile_condition(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]
     """A ``condition`` field: a boolean, or one expression with or without ``{{ }}``; yields a bool."""
     if value is None or type(value) in (bool, int, float):
         return Value(lambda scope, _v=bool(value): _v, _source(value), True), ()
+    unit, result = _condition_unit(value, path)
+    return unit.build(result, value), tuple(unit.refs)
+
+
+def _condition_unit(value: Any, path: str) -> tuple[_Unit, str]:
     if type(value) is not str:
         raise CompileError(
             Diagnostic(f"a condition must be an expression or true/false, got a {type(value).__name__}", path=path)
@@ -225,4 +240,17 @@ def compile_condition(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]
         _check_length(text, path)
         tokens, _ = tokenize(text, path)
     code, _ = unit.expression(tokens, text, path)
-    return unit.build(f"(True if {code} else False)", value), tuple(unit.refs)
+    return unit, f"(True if {code} else False)"
+
+
+def field_code(value: Any, path: str, *, condition: bool = False) -> tuple[tuple[str, ...], str]:
+    """The Python statements and result expression a field compiles to, for backends that inline them.
+
+    The same code ``compile_value``/``compile_condition`` wrap in a function:
+    it reads variables from a dict named ``scope``, needs the names of
+    ``EXPRESSION_NAMESPACE``, and its statements are dedented to column 0.
+    """
+    if condition and (value is None or type(value) in (bool, int, float)):
+        return (), repr(bool(value))
+    unit, result = (_condition_unit if condition else _value_unit)(value, path)
+    return tuple(textwrap.dedent("    " + s) for s in unit.stmts), result
