@@ -9,12 +9,14 @@ of its step.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from compiler._errors import CompileError, Diagnostic, did_you_mean
 from compiler._expr import BUILTIN_NAMES, NameRef, compile_condition, compile_value
+from compiler._native import generate_native
 from compiler._steps import COMMON_FIELDS, EFFECT_STEPS, STEPS, FieldKind
 from runtime import Instr, Op, Program, Value
 
@@ -383,5 +385,7 @@ def lower_stack(
     low.emit(Op.END, None, path)
     low.check_names(extra_names)
     program = Program(name, low.instructions(), file, frozenset(defined))
+    if not low.diags:
+        program = dataclasses.replace(program, native=generate_native(stack, program, path=path))
     diags = [Diagnostic(d.message, d.path, d.file or file, d.column, d.hint) for d in low.diags]
     return Lowered(program, diags, low.calls)

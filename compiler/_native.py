@@ -1,0 +1,567 @@
+"""Native backend: a JSON stack into the source of ONE Python coroutine function.
+
+The VM (``runtime/_vm.py``) interprets a flat instruction list; this module
+turns the same stack into structured Python -- ``for``/``while``/``if``/``try``
+with every expression's source inlined -- compiled once at load time. The
+VM runs it instead of the instructions when no tracer watches.
+
+Semantics are the VM's, by construction rather than by copy:
+
+* variables live in ``frame.scope`` exactly as in the VM; expressions are the
+  code the expression compiler generates (``field_code``), inlined;
+* loops go through the VM's ``_start_loop``/``_pop_loop`` on ``frame.loops``,
+  variables change through ``_update`` (fast paths only for plain numbers and a
+  ``set`` of an existing name), effects, waits, calls, logs and throws call the
+  VM's own handlers with the instruction arguments the lowering produced;
+* errors become error objects through ``_error_object`` with the path and the
+  argument of the instruction the VM would have been executing: the generated
+  code keeps the index of that "site" in a local (``_at``), a store that costs
+  next to nothing, instead of wrapping every step in ``try``;
+* ``finally`` blocks are copied onto ``break``/``continue``/``return`` exactly
+  as the lowering does (a Python ``finally`` would also run on cancellation,
+  which the VM never does); a flag per ``try`` tells its handler that an error
+  came from such a copy, after the VM would have popped the ``try``.
+
+Every piece of user text reaches the source through ``repr()`` of a str, int
+or float; the code runs in a namespace without builtins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from compiler._expr import EXPRESSION_NAMESPACE, field_code
+from compiler._steps import EFFECT_STEPS
+from runtime import CronstackError, Op, Program, RunFailed, Value
+from runtime._errors import error_from_object
+from runtime._limits import INSTRUCTIONS_PER_YIELD
+from runtime._values import check_limits, to_text
+from runtime._vm import (
+    _a_call,
+    _a_effect,
+    _a_log,
+    _a_wait,
+    _error_object,
+    _h_throw,
+    _pop_loop,
+    _start_loop,
+    _unset,
+    _update,
+)
+
+__all__ = ("generate_native", "native_source", "NativeFunction")
+
+#: ``async def native(frame, ctx) -> result``
+NativeFunction = Callable[..., Any]
+
+#: Python refuses more than 20 nested blocks in one function; deeper stacks stay on the VM.
+_MAX_PY_BLOCKS = 20
+
+
+def _error_at(exc: BaseException, site: tuple[str, Any, Value | None]) -> dict[str, Any]:
+    """The VM's error object for ``exc`` raised at ``site`` = (path, instruction arg, evaluated).
+
+    ``evaluated`` is set where the VM evaluates through ``_eval`` (which names
+    the expression even when it is constant) rather than on its hot path.
+    """
+    path, arg, evaluated = site
+    if evaluated is not None:
+        if isinstance(exc, KeyError):
+            exc = _unset(exc, evaluated)
+        elif isinstance(exc, CronstackError) and "expression" not in exc.extra:
+            exc.extra["expression"] = evaluated.source
+    return _error_object(exc, path, arg)
+
+
+_HELPERS: dict[str, Any] = {
+    "_asyncio": asyncio,  # looked up at each yield: tests patch asyncio.sleep
+    "_BUDGET": INSTRUCTIONS_PER_YIELD,
+    "_Exception": Exception,
+    "_range": range,
+    "_enumerate": enumerate,
+    "_update": _update,
+    "_start_loop": _start_loop,
+    "_pop_loop": _pop_loop,
+    "_error_at": _error_at,
+    "_RunFailed": RunFailed,
+    "_reraise": error_from_object,
+    "_check_limits": check_limits,
+    "_to_text": to_text,
+    "_throw": _h_throw,
+    "_wait": _a_wait,
+    "_effect": _a_effect,
+    "_call": _a_call,
+    "_log": _a_log,
+}
+assert not set(_HELPERS) & set(EXPRESSION_NAMESPACE), "helper names shadow expression names"
+
+
+class _Loop:
+    __slots__ = ()
+
+
+class _Try:
+    """A ``try`` the VM has pushed: its flag local and the finally steps its exits copy."""
+
+    __slots__ = ("flag", "finally_steps", "finally_path")
+
+    def __init__(self, flag: str, finally_steps: list[Any] | None, finally_path: str) -> None:
+        self.flag = flag
+        self.finally_steps = finally_steps
+        self.finally_path = finally_path
+
+
+class _Gen:
+    """Walks a stack the way ``compiler._lower`` does, writing Python instead of instructions."""
+
+    def __init__(self, program: Program, path: str) -> None:
+        self.lines: list[str] = []
+        self.depth = 1
+        self.blocks = 0
+        self.max_blocks = 0
+        self.ns: dict[str, Any] = {}
+        self.sites: list[tuple[str, Any, Value | None]] = []
+        self.site_ids: dict[tuple[str, str], int] = {}
+        self.holders: set[str] = {"_v"}
+        self.ctx: list[_Loop | _Try] = []
+        self.n = 0
+        self.args: dict[str, Any] = {}
+        self.return_values: dict[str, Value] = {}
+        for ins in program.instrs:
+            if ins.kind is not None:
+                self.args.setdefault(ins.path, ins.arg)
+            elif ins.op is Op.RETURN:
+                self.return_values.setdefault(ins.path, ins.arg)
+        self.root = path
+
+    # -- output -------------------------------------------------------------------
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+    def indent(self) -> None:
+        self.depth += 1
+        self.blocks += 1
+        self.max_blocks = max(self.max_blocks, self.blocks)
+
+    def dedent(self) -> None:
+        self.depth -= 1
+        self.blocks -= 1
+
+    def fresh(self, stem: str) -> str:
+        self.n += 1
+        return f"{stem}{self.n}"
+
+    def const(self, value: Any) -> str:
+        """A namespace name holding ``value`` (an instruction argument)."""
+        name = f"_A{len(self.ns)}"
+        self.ns[name] = value
+        return name
+
+    def site(self, path: str, arg: Any, evaluated: Value | None = None, tag: str = "") -> None:
+        key = (path, tag)
+        at = self.site_ids.get(key)
+        if at is None:
+            at = self.site_ids[key] = len(self.sites)
+            self.sites.append((path, arg, evaluated))
+        self.line(f"_at = {at}")
+
+    def evaluate(self, target: str, raw: Any, field: str, site: tuple[str, Any, Value]) -> None:
+        """``target = <field>`` where the VM evaluates through ``_eval`` (``site`` = path, arg, value).
+
+        A constant that evaluates now cannot fail later (constants are pure), so
+        it needs no site of its own; otherwise what follows the evaluation of a
+        constant is named as on the VM's hot path (``_eval`` names constants, the
+        VM's error objects do not).
+        """
+        path, arg, value = site
+        safe = value.constant and _evaluates(value)
+        if not safe:
+            self.site(path, arg, value)
+        self.line(f"{target} = {self.expr(raw, field)}")
+        if value.constant:
+            self.site(path, arg, None, "after")
+
+    def expr(self, raw: Any, path: str, *, condition: bool = False) -> str:
+        """Emit the statements of a field; return its result expression."""
+        stmts, result = field_code(raw, path, condition=condition)
+        for stmt in stmts:
+            for text in stmt.split("\n"):
+                self.line(text)
+        self.holders.update(_temps(stmts, result))
+        return result
+
+    # -- steps --------------------------------------------------------------------
+    def block(self, steps: Any, path: str) -> None:
+        start = len(self.lines)
+        for i, step in enumerate(steps or ()):
+            self.step(step, f"{path}[{i}]")
+        if len(self.lines) == start:
+            self.line("pass")
+
+    def step(self, step: dict[str, Any], path: str) -> None:
+        if step.get("disabled") is True:
+            return
+        kind = step["function"]
+        getattr(self, f"do_{kind}", self.do_effect)(step, path, kind)
+
+    def do_create_variable(self, step: dict, path: str, kind: str) -> None:
+        self.site(path, self.args[path])
+        self.line(f"scope[{step['name']!r}] = {self.expr(step.get('value'), f'{path}.value')}")
+
+    def do_update_variable(self, step: dict, path: str, kind: str) -> None:
+        arg = self.args[path]
+        name, op, value = arg
+        key = repr(name)
+        if op in ("increment", "decrement") and value.constant and _evaluates(value) and value.fn({}) is None:
+            self.site(path, arg, None, "after")
+            sign = "+" if op == "increment" else "-"
+            self.line(f"if ((_c := scope.get({key})).__class__ is int or _c.__class__ is float):")
+            self.line(f"    scope[{key}] = _c {sign} 1")
+            self.line("else:")
+            self.line(f"    _update(scope, {key}, {op!r}, None)")
+            self.holders.add("_c")
+            return
+        self.evaluate("_v", step.get("value"), f"{path}.value", (path, arg, value))
+        if op == "set":
+            self.line(f"if {key} in scope:")
+            self.line(f"    scope[{key}] = _v")
+            self.line("else:")
+            self.line(f"    _update(scope, {key}, 'set', _v)")
+        elif op in ("increment", "decrement"):
+            sign = "+" if op == "increment" else "-"
+            vnum = "(_v.__class__ is int or _v.__class__ is float)"
+            self.line(f"if ((_c := scope.get({key})).__class__ is int or _c.__class__ is float) and {vnum}:")
+            self.line(f"    scope[{key}] = _c {sign} _v")
+            self.line("else:")
+            self.line(f"    _update(scope, {key}, {op!r}, _v)")
+            self.holders.add("_c")
+        else:
+            # a list/object is changed in place only when the scope alone holds it:
+            # drop what this function's locals still hold (expression temporaries)
+            others = sorted(self.holders - {"_v"}, key=_natural)
+            if others:
+                self.line(" = ".join(others) + " = None")
+            self.line(f"_update(scope, {key}, {op!r}, _v)")
+
+    def do_conditional(self, step: dict, path: str, kind: str) -> None:
+        self.site(path, self.args[path])
+        cond = self.expr(step["condition"], f"{path}.condition", condition=True)
+        self.line(f"if {_bare(cond)}:")
+        self.indent()
+        self.block(step.get("true_branch"), f"{path}.true_branch")
+        self.dedent()
+        if step.get("false_branch"):
+            self.line("else:")
+            self.indent()
+            self.block(step.get("false_branch"), f"{path}.false_branch")
+            self.dedent()
+
+    def do_switch(self, step: dict, path: str, kind: str) -> None:
+        arg = self.args[path]
+        self.evaluate("_v", step["value"], f"{path}.value", (path, arg, arg[0]))
+        self.line("_k = _to_text(_v)")
+        word = "if"
+        for key, steps in (step.get("cases") or {}).items():
+            self.line(f"{word} _k == {str(key)!r}:")
+            self.indent()
+            self.block(steps, f"{path}.cases.{key}")
+            self.dedent()
+            word = "elif"
+        if word == "if":
+            self.line("if True:")
+        else:
+            self.line("else:")
+        self.indent()
+        self.block(step.get("default"), f"{path}.default")
+        self.dedent()
+
+    def do_loop(self, step: dict, path: str, kind: str) -> None:
+        arg = self.args[path]
+        mode, source, _end = arg
+        n = self.fresh("")
+        weight = 2 + _weight(step.get("operations"))
+        src, i = f"_s{n}", f"_i{n}"
+        if mode == "while":
+            self.line(f"_start_loop(frame, 'while', {self.const(source)}, -1)")
+            self.line(f"{i} = 0")
+        else:
+            field = "array" if mode == "each" else "times"
+            self.evaluate(src, step[field], f"{path}.{field}", (path, arg, source))
+        if mode == "each":  # _start_loop returns the end (-1 here) for a null array: no loop at all
+            self.line(f"if _start_loop(frame, 'each', {src}, -1) != -1:")
+            self.indent()
+        elif mode == "times":
+            self.line(f"_start_loop(frame, 'times', {src}, -1)")
+        self.line("try:")
+        self.indent()
+        if mode == "each":
+            self.line(f"for {i}, _it in _enumerate({src}):")
+        elif mode == "times":
+            self.line(f"for {i} in _range(frame.loops[-1][1]):")
+        else:
+            self.line("while True:")
+        self.indent()
+        self.line(f"_b -= {weight}")
+        self.line("if _b <= 0:")
+        self.line("    _b = _BUDGET")
+        self.line("    await _asyncio.sleep(0)")
+        if mode == "while":
+            self.site(path, None, None, "condition")
+            cond = self.expr(step["condition"], f"{path}.condition", condition=True)
+            self.line(f"if not {_bare(cond)}:")
+            self.line("    break")
+            self.line(f"scope['index'] = {i}")
+            self.line(f"{i} += 1")
+        else:
+            if mode == "each":
+                self.line("scope['item'] = _it")
+            self.line(f"scope['index'] = {i}")
+        self.ctx.append(_Loop())
+        self.block(step.get("operations"), f"{path}.operations")
+        self.ctx.pop()
+        self.dedent()
+        self.dedent()
+        self.line("except _Exception:  # leaving for a catch: the VM pops the loops in between")
+        self.line("    _pop_loop(frame)")
+        self.line("    raise")
+        self.line("_pop_loop(frame)")
+        if mode == "each":
+            self.line(f"{src} = _it = None")
+            self.dedent()
+
+    def exit_tries(self, down_to: int) -> None:
+        """The finally copies of every try from the innermost down to ``ctx[down_to]``."""
+        saved = self.ctx
+        for i in range(len(saved) - 1, down_to - 1, -1):
+            entry = saved[i]
+            if isinstance(entry, _Try):
+                self.line(f"{entry.flag} = False")
+                if entry.finally_steps:
+                    self.ctx = saved[:i]
+                    self.block(entry.finally_steps, entry.finally_path)
+                    self.ctx = saved
+
+    def innermost_loop(self) -> int:
+        for i in range(len(self.ctx) - 1, -1, -1):
+            if isinstance(self.ctx[i], _Loop):
+                return i
+        raise AssertionError("break/continue outside a loop passed the lowering")  # pragma: no cover
+
+    def do_break_loop(self, step: dict, path: str, kind: str) -> None:
+        self.exit_tries(self.innermost_loop() + 1)
+        self.line("break")
+
+    def do_continue_loop(self, step: dict, path: str, kind: str) -> None:
+        self.exit_tries(self.innermost_loop() + 1)
+        self.line("continue")
+
+    def do_return(self, step: dict, path: str, kind: str) -> None:
+        arg = self.args[path]
+        value = arg[1] if isinstance(arg, tuple) else arg
+        through_finally = any(isinstance(c, _Try) and c.finally_steps for c in self.ctx)
+        if through_finally:  # SET $return on the hot path, the finally copies, RETURN (return value)
+            self.site(path, ("$return", value))
+            self.line(f"_r = {self.expr(step.get('value'), f'{path}.value')}")
+            self.exit_tries(0)
+            slot = self.return_values.get(path) or Value(lambda s: s["$return"], "(return value)")
+            self.site(path, slot, None, "return slot")
+        else:
+            self.evaluate("_r", step.get("value"), f"{path}.value", (path, value, value))
+        self.line("_check_limits(_r)")
+        self.line("return _r")
+
+    def do_try_catch(self, step: dict, path: str, kind: str) -> None:
+        catch, fin = step.get("catch_block"), step.get("finally_block")
+        fin_path = f"{path}.finally_block"
+        n = self.fresh("")
+        flag, err = f"_a{n}", f"_e{n}"
+        self.line(f"{flag} = True")
+        self.line("try:")
+        self.indent()
+        self.ctx.append(_Try(flag, fin, fin_path))
+        self.block(step.get("try_block"), f"{path}.try_block")
+        self.ctx.pop()
+        self.dedent()
+        self.line("except _Exception as _e:")
+        self.indent()
+        self.catch_error(flag, err)
+        if catch and fin:
+            flag2 = f"_a{n}c"
+            self.line(f"{flag2} = True")
+            self.line("try:")
+            self.indent()
+            self.ctx.append(_Try(flag2, fin, fin_path))
+            self.block(catch, f"{path}.catch_block")
+            self.ctx.pop()
+            self.dedent()
+            self.line("except _Exception as _e:")
+            self.indent()
+            self.catch_error(flag2, err)
+            self.reraise(fin, fin_path, path, err)
+            self.dedent()
+            self.line("else:")
+            self.indent()
+            self.block(fin, fin_path)
+            self.dedent()
+        elif catch:
+            self.block(catch, f"{path}.catch_block")
+        elif fin:
+            self.reraise(fin, fin_path, path, err)
+        self.dedent()
+        if fin:
+            self.line("else:")
+            self.indent()
+            self.block(fin, fin_path)
+            self.dedent()
+
+    def catch_error(self, flag: str, err: str) -> None:
+        self.line(f"if not {flag}:  # raised by a finally copy on the way out: not ours")
+        self.line("    raise")
+        self.line(f"{err} = _error_at(_e, _S[_at])")
+        self.line(f"scope['error'] = {err}")
+
+    def reraise(self, fin: list[Any], fin_path: str, path: str, err: str) -> None:
+        self.block(fin, fin_path)
+        self.site(path, None, None, "reraise")
+        self.line(f"raise _reraise({err})")
+
+    def do_throw_error(self, step: dict, path: str, kind: str) -> None:
+        arg = self.args[path]
+        self.site(path, arg)
+        self.line(f"_throw(frame, {self.const(arg)})")
+
+    def do_wait(self, step: dict, path: str, kind: str) -> None:
+        self.call_handler("_wait", path)
+
+    def do_custom_function(self, step: dict, path: str, kind: str) -> None:
+        self.call_handler("_call", path)
+
+    def do_log(self, step: dict, path: str, kind: str) -> None:
+        self.call_handler("_log", path)
+
+    def do_effect(self, step: dict, path: str, kind: str) -> None:
+        if kind not in EFFECT_STEPS:  # pragma: no cover - the lowering refused it first
+            raise AssertionError(f"step kind {kind!r} has no native form")
+        self.call_handler("_effect", path)
+
+    def call_handler(self, handler: str, path: str) -> None:
+        """Steps that await: the VM's own handler, with the instruction's argument."""
+        arg = self.args[path]
+        self.site(path, arg)
+        self.line(f"await {handler}(frame, ctx, {self.const(arg)}, {path!r})")
+
+
+def _evaluates(value: Value) -> bool:
+    """True when a constant value computes without error (it then always will: constants are pure)."""
+    try:
+        value.fn({})
+    except Exception:  # noqa: BLE001 - any failure: keep it for run time, where it is reported
+        return False
+    return True
+
+
+def _bare(cond: str) -> str:
+    """``(True if X else False)`` as ``X`` for an ``if``: the same truth test, one step less."""
+    if cond.startswith("(True if ") and cond.endswith(" else False)"):
+        return cond[len("(True if ") : -len(" else False)")]
+    return cond
+
+
+def _temps(stmts: tuple[str, ...], result: str) -> set[str]:
+    """Names of the walrus/assignment temporaries (``_t1``...) the expression code binds."""
+    found: set[str] = set()
+    for text in (*stmts, result):
+        start = 0
+        while (at := text.find("_t", start)) != -1:
+            end = at + 2
+            while end < len(text) and text[end].isdigit():
+                end += 1
+            if end > at + 2 and (at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_'\"")):
+                found.add(text[at:end])
+            start = end
+    return found
+
+
+def _natural(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else 0, name)
+
+
+def _weight(steps: Any) -> int:
+    """About the instructions the VM runs for ``steps``: the yield countdown's unit."""
+    total = 0
+    for step in steps or ():
+        total += 1
+        for key, val in step.items():
+            if isinstance(val, list) and key != "array" and val and isinstance(val[0], dict):
+                total += 1 + _weight(val)
+            elif key == "cases" and isinstance(val, dict):
+                total += sum(1 + _weight(v) for v in val.values() if isinstance(v, list))
+    return total
+
+
+def _render(gen: _Gen, name: str) -> str:
+    header = [
+        f"async def native(frame, ctx):  # {name}",
+        "    scope = frame.scope",
+        "    _at = 0",
+        "    _b = _BUDGET",
+        "    try:",
+    ]
+    footer = [
+        "    except _Exception as _e:",
+        "        raise _RunFailed(_error_at(_e, _S[_at])) from None",
+        "    return None",
+    ]
+    return "\n".join(header + gen.lines + footer) + "\n"
+
+
+def _generate(stack: list[Any], program: Program, path: str) -> tuple[str, dict[str, Any]] | None:
+    gen = _Gen(program, path)
+    gen.depth = 2
+    gen.block(stack, path)
+    if gen.max_blocks + 2 > _MAX_PY_BLOCKS:
+        return None
+    ns = dict(EXPRESSION_NAMESPACE, **_HELPERS, **gen.ns)
+    ns["_S"] = tuple(gen.sites) or ((path, None, None),)
+    return _render(gen, program.name), ns
+
+
+def generate_native(stack: list[Any], program: Program, *, path: str = "stack") -> NativeFunction | None:
+    """``async def native(frame, ctx)`` running ``stack`` like the VM runs ``program``.
+
+    ``program`` is the lowering of ``stack`` (without diagnostics): the native
+    code reuses its instruction arguments for error objects and handlers.
+    None when the stack nests deeper than Python allows in one function (the
+    VM then runs it).
+    """
+    made = _generate(stack, program, path)
+    if made is None:
+        return None
+    source, ns = made
+    try:
+        code = compile(source, f"<native {program.name}>", "exec")
+    except (SyntaxError, RecursionError, MemoryError):  # a giant stack: the VM runs it
+        return None
+    exec(code, ns)
+    fn = ns["native"]
+    fn.__qualname__ = f"native[{program.name}]"
+    return fn
+
+
+def native_source(stack: list[Any], name: str = "stack") -> str:
+    """The Python source ``generate_native`` compiles for ``stack`` (for ``--native`` dumps)."""
+    from compiler._errors import CompileError
+    from compiler._lower import lower_stack
+
+    low = lower_stack(stack, name)
+    if low.diagnostics:
+        raise CompileError(low.diagnostics)
+    made = _generate(stack, low.program, "stack")
+    if made is None:
+        raise CompileError(
+            f"stack '{name}' nests deeper than {_MAX_PY_BLOCKS} blocks: it has no native form and runs on the VM"
+        )
+    return made[0]
