@@ -90,6 +90,7 @@ class _Lowering:
         self.calls: list[tuple[str, str]] = []
         self.ctx: list[_Loop | _Try] = []
         self.try_count = 0
+        self.labels: list[_Label] = []
 
     # -- emission -----------------------------------------------------------------
     def emit(self, op: Op, arg: Any, path: str, kind: str | None = None) -> None:
@@ -97,6 +98,7 @@ class _Lowering:
 
     def mark(self, label: _Label) -> None:
         label.pc = len(self.code)
+        self.labels.append(label)
 
     def error(self, message: str, path: str, hint: str | None = None) -> None:
         self.diags.append(Diagnostic(message, path, hint=hint))
@@ -357,7 +359,39 @@ class _Lowering:
                     )
                 )
 
+    def _peephole(self) -> None:
+        """Drop bookkeeping jumps to the next instruction; thread jumps that land on jumps.
+
+        Both come from branch ends (a true branch that falls into the loop's
+        back edge) and cost a dispatch per loop iteration.
+        """
+        labels = self.labels
+        targets = {id(lb): lb for lb in labels}
+        keep, new_index = [], []
+        for i, ins in enumerate(self.code):
+            new_index.append(len(keep))
+            op, arg, _path, kind = ins
+            if op is Op.JUMP and kind is None and isinstance(arg, _Label) and arg.pc == i + 1:
+                continue
+            keep.append(ins)
+        new_index.append(len(keep))
+        for lb in targets.values():
+            lb.pc = new_index[lb.pc]
+        self.code = keep
+        for ins in self.code:  # a jump to a jump goes straight to the final target
+            op, arg = ins[0], ins[1]
+            if op is Op.JUMP and isinstance(arg, _Label):
+                seen = 0
+                while seen < 8 and arg.pc < len(self.code):
+                    nxt = self.code[arg.pc]
+                    if nxt[0] is not Op.JUMP or nxt[3] is not None or not isinstance(nxt[1], _Label):
+                        break
+                    arg, seen = nxt[1], seen + 1
+                ins[1] = arg
+
     def instructions(self) -> tuple[Instr, ...]:
+        self._peephole()
+
         def resolve(arg: Any) -> Any:
             if isinstance(arg, _Label):
                 return arg.pc
