@@ -93,12 +93,46 @@ def _split(data: Any, table: str) -> tuple[dict[str, Any], Any, Any, Any]:
 # -- writer-thread half ---------------------------------------------------------
 
 
+#: rows per multi-row INSERT (4 parameters each, well under SQLite's 32,766)
+INSERT_CHUNK = 256
+
+
+def _insert_sql(table: str, n: int) -> str:
+    return f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES ' + ", ".join(
+        ["(?, ?, ?, ?)"] * n
+    )
+
+
+def _insert_rows(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` with few statements: each one is a single ``sqlite3_step``.
+
+    ``executemany`` releases and retakes the GIL around every row's step; while
+    the event loop is busy resuming callers, each retake waits for the loop to
+    let go, so a batch inserted row by row crawls. A multi-row VALUES statement
+    releases the GIL once per INSERT_CHUNK rows. The rest is split into powers
+    of two, so every statement text is one of a few, cached by sqlite3.
+    """
+    conn = ctx.conn
+    n = len(rows)
+    i = 0
+    size = INSERT_CHUNK
+    while i < n:
+        while size > n - i:
+            size //= 2
+        sql = ctx.sql.get((table, size))
+        if sql is None:
+            sql = ctx.sql[(table, size)] = _insert_sql(table, size)
+        if size == 1:
+            conn.execute(sql, rows[i])
+        else:
+            conn.execute(sql, [v for row in rows[i:i + size] for v in row])
+        i += size
+
+
 def _op_add(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
     ctx.ensure_table(table)
     try:
-        ctx.conn.executemany(
-            f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES (?, ?, ?, ?)', rows
-        )
+        _insert_rows(ctx, table, rows)
     except sqlite3.IntegrityError as exc:
         if len(rows) == 1 and "UNIQUE" in str(exc):
             raise DuplicateRecord(

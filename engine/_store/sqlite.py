@@ -176,7 +176,7 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
         opened = False
         try:
             store._conn = await loop.run_in_executor(store._executor, store._open_sync)
-            store._writer = GroupWriter(WriteContext(store._conn, checked), store._executor)
+            store._writer = GroupWriter(WriteContext(store._conn, checked))
             store._writer.start()
             if store.path != MEMORY:
                 store._reader = await aiosqlite.connect(store.path, isolation_level=None)

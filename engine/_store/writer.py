@@ -1,25 +1,27 @@
-"""Group commit: one writer drains every pending write into one transaction.
+"""Group commit: one writer thread drains every pending write into one transaction.
 
 Callers (the runs of a busy engine) each submit a write and await a future;
-the writer task takes everything queued, runs it on the connection's own
-thread in a single transaction and resolves each future after COMMIT, so a
-write is durable when its caller resumes. While one batch commits, the next
-one accumulates: the busier the engine, the bigger the batches.
+the writer thread takes everything queued, runs it in a single transaction
+and hands the batch back to the event loop after COMMIT, which resolves each
+future, so a write is durable when its caller resumes. The thread never waits
+for the loop: as soon as a batch is committed it starts on whatever was
+queued meanwhile, so the busier the engine, the bigger the batches, and the
+loop resumes one batch's callers while the thread commits the next.
 
 Consecutive writes of the same batchable op on the same table (``add``) go to
-SQLite as one ``executemany``. If anything in the optimistic pass fails, the
-transaction is rolled back and the batch replayed with one SAVEPOINT per
-write, so a bad write fails only its own caller and the others still commit.
-Writes that fail without touching the database (``edit`` of a missing id)
-return their error instead of raising, and do not force the replay.
+SQLite together. If anything in the optimistic pass fails, the transaction is
+rolled back and the batch replayed with one SAVEPOINT per write, so a bad
+write fails only its own caller and the others still commit. Writes that
+fail without touching the database (``edit`` of a missing id) return their
+error instead of raising, and do not force the replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -37,10 +39,14 @@ Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 MAX_BATCH = 20_000
 _OP_AND_KEY = itemgetter(0, 1)
 _ARG = itemgetter(2)
-#: smallest run of futures resolved before the writer yields to their callers
-CHUNK = 128
-#: a committed batch is resolved in this many slices (at least CHUNK futures each)
-SLICES = 4
+#: futures resolved per loop callback; the resumed callers run (and queue
+#: their next writes) before the next slice is resolved
+SLICE = 256
+
+
+def _call_op(ctx: WriteContext, fn: Any, args: list[Any]) -> list[Any]:
+    """Marker op of ``GroupWriter.call``: runs ``fn(*args)`` between batches."""
+    return [fn(*args[0])]
 
 
 class WriteContext:
@@ -51,6 +57,7 @@ class WriteContext:
         self.indexes = indexes
         self.tables: set[str] = set()
         self.created: list[str] = []  # tables created by the open transaction
+        self.sql: dict[Any, str] = {}  # statement texts built once, by (table, shape)
 
     def ensure_table(self, table: str) -> None:
         """Create record table ``table`` (and its declared indexes) if it is new."""
@@ -82,94 +89,152 @@ class WriteContext:
 
 
 class GroupWriter:
-    """Owns the write connection's thread and the queue of pending writes."""
+    """Owns the writer thread and the queue of pending writes.
 
-    def __init__(self, ctx: WriteContext, executor: ThreadPoolExecutor) -> None:
+    Loop side: ``submit`` appends to a local list and schedules one flush
+    per loop iteration, which hands everything queued to the thread under a
+    lock (one lock round trip per iteration, not per write). Thread side:
+    take what was handed over, commit it, post the batch back with one
+    ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, ctx: WriteContext) -> None:
         self._ctx = ctx
-        self._executor = executor
-        self._queue: list[tuple[Op, Any, Any, asyncio.Future[Any]]] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
+        self._local: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
+        self._handed: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._idle = False  # the thread waits on _cv (read and written under _lock)
+        self._stop = False  # close() was called: drain, then exit
+        self._closing = False
+        self._thread_done = False
+        self._delivering = 0  # batches handed back whose futures are not all resolved
+        self._stopped: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._main, name="cronstack-store-writer", daemon=True
+        )
         #: batches committed and writes they held, for tests and metrics
         self.batches = 0
         self.writes = 0
 
     def start(self) -> None:
-        self._task = self._loop.create_task(self._run(), name="cronstack-store-writer")
+        self._thread.start()
 
     def submit(self, op: Op, key: Any, arg: Any) -> asyncio.Future[Any]:
         """Queue one write; the future resolves after its batch commits."""
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
         fut = self._loop.create_future()
-        queue = self._queue
-        queue.append((op, key, arg, fut))
-        if len(queue) == 1:
-            self._wake.set()
+        local = self._local
+        local.append((op, key, arg, fut))
+        if len(local) == 1:
+            self._loop.call_soon(self._flush)
         return fut
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the writer thread, between batches."""
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        if self._closing:
+            raise StoreError("the store is closed; open it again to use it")
+        return await self.submit(_call_op, fn, args)
 
     async def close(self) -> None:
-        """Commit everything queued, then stop the writer task."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        """Commit everything queued, then stop the writer thread."""
+        if not self._closing:
+            self._closing = True
+            self._flush()
+            with self._lock:
+                self._stop = True
+                self._cv.notify()
+        await asyncio.shield(self._stopped)
 
-    def _dispatch(self) -> tuple[list[Any], asyncio.Future[list[Any]]]:
-        """Hand what is queued (up to MAX_BATCH) to the writer thread."""
-        if len(self._queue) <= MAX_BATCH:
-            batch, self._queue = self._queue, []
-        else:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-        return batch, self._loop.run_in_executor(self._executor, self._apply, batch)
+    # -- event-loop side -------------------------------------------------------
 
-    async def _run(self) -> None:
-        """Commit batches; resolve their futures in chunks, pipelining the next batch.
+    def _flush(self) -> None:
+        """Hand the writes queued during this loop iteration to the thread."""
+        local = self._local
+        if not local:
+            return
+        self._local = []
+        with self._lock:
+            if self._handed:
+                self._handed.extend(local)
+            else:
+                self._handed = local
+            if self._idle:
+                self._cv.notify()
 
-        Resolving a big batch chunk by chunk (yielding in between) lets the
-        resumed callers queue their next writes, which go to the thread as
-        soon as it is idle: the thread commits while the loop runs callers.
-        """
-        inflight: tuple[list[Any], asyncio.Future[list[Any]]] | None = None
-        while True:
-            if inflight is None:
-                while not self._queue:
-                    if self._closing:
-                        return
-                    self._wake.clear()
-                    await self._wake.wait()
-                inflight = self._dispatch()
-            batch, done = inflight
-            try:
-                results = await done
-            except asyncio.CancelledError:
-                why = "the engine stopped before the write was committed"
-                _fail(batch, why)
-                _fail(self._queue, why)
-                self._queue = []
-                raise
-            except Exception as exc:  # a defect in _apply: fail the batch, keep serving
-                results = [WriteFailed(f"the write batch failed unexpectedly ({exc!r})")
-                           for _ in batch]
-            inflight = None
+    def _deliver(self, batch: list[Any], results: list[Any] | None, start: int) -> None:
+        """Resolve one slice of a committed batch, then schedule the next slice."""
+        if start == 0:
+            self._delivering += 1
             self.batches += 1
             self.writes += len(batch)
-            n = len(batch)
-            step = max(CHUNK, n // SLICES)
-            for start in range(0, n, step):
-                _deliver(batch, results, start, min(start + step, n))
-                if start + step < n:
-                    await asyncio.sleep(0)  # let the resumed callers queue writes
-                    if inflight is None and self._queue:
-                        inflight = self._dispatch()
+        stop = min(start + SLICE, len(batch))
+        _resolve(batch, results, start, stop)
+        if stop < len(batch):
+            self._loop.call_soon(self._deliver, batch, results, stop)
+        else:
+            self._delivering -= 1
+            self._maybe_stopped()
 
-    # -- writer thread -------------------------------------------------------
+    def _exited(self) -> None:
+        self._thread_done = True
+        self._maybe_stopped()
+
+    def _maybe_stopped(self) -> None:
+        if self._thread_done and not self._delivering and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    # -- writer thread ---------------------------------------------------------
+
+    def _main(self) -> None:
+        """Take what was handed over, commit it, post it back; until closed and drained."""
+        loop = self._loop
+        try:
+            while True:
+                with self._lock:
+                    while not self._handed:
+                        if self._stop:
+                            return
+                        self._idle = True
+                        self._cv.wait()
+                        self._idle = False
+                    if len(self._handed) <= MAX_BATCH:
+                        batch, self._handed = self._handed, []
+                    else:
+                        batch = self._handed[:MAX_BATCH]
+                        del self._handed[:MAX_BATCH]
+                results = self._commit(batch)
+                loop.call_soon_threadsafe(self._deliver, batch, results, 0)
+        except RuntimeError:  # the event loop is closed: nobody awaits these writes
+            return
+        finally:
+            try:
+                loop.call_soon_threadsafe(self._exited)
+            except RuntimeError:
+                pass
+
+    def _commit(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
+        """Results of ``batch``: ``call`` items run alone, between transactions."""
+        try:
+            if not any(item[0] is _call_op for item in batch):
+                return self._apply(batch)
+            results: list[Any] = []
+            for is_call, run in groupby(batch, lambda item: item[0] is _call_op):
+                items = list(run)
+                if is_call:
+                    for _, fn, args, _ in items:
+                        try:
+                            results.append(fn(*args))
+                        except Exception as exc:  # the caller gets its own error
+                            results.append(exc)
+                else:
+                    out = self._apply(items)
+                    results.extend([None] * len(items) if out is None else out)
+            return results
+        except Exception as exc:  # a defect in _apply: fail the batch, keep serving
+            return [WriteFailed(f"the write batch failed unexpectedly ({exc!r})") for _ in batch]
 
     def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         conn = self._ctx.conn
@@ -249,7 +314,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _deliver(batch: list[Any], results: list[Any] | None, start: int, stop: int) -> None:
+def _resolve(batch: list[Any], results: list[Any] | None, start: int, stop: int) -> None:
     """Resolve futures ``start:stop``; ``results`` None means every result is None."""
     if results is None:
         for item in batch[start:stop]:
@@ -266,9 +331,3 @@ def _deliver(batch: list[Any], results: list[Any] | None, start: int, stop: int)
             fut.set_exception(result)
         else:
             fut.set_result(result)
-
-
-def _fail(items: Iterable[tuple[Any, Any, Any, asyncio.Future[Any]]], why: str) -> None:
-    for item in items:
-        if not item[3].done():
-            item[3].set_exception(WriteFailed(f"{why}; the write was not stored"))
