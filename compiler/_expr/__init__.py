@@ -1,25 +1,25 @@
 """The expression language (SPEC section 2): templates and expressions compiled to ``runtime.Value``.
 
 Pipeline: lexer (text -> tokens) -> parser (tokens -> AST) -> fold (filter
-checks, constant folding) -> codegen (AST -> Python source) -> ``compile()``
-once per field. ``compile_value`` compiles a whole step field (a template
-string, or a dict/list walked recursively) into ONE Python function that
-rebuilds fresh containers on every call.
+checks, constant folding) -> codegen (AST -> Python source), run once per
+distinct expression text (``cache``). ``compile_value`` turns a whole step
+field (a template string, or a dict/list walked recursively) into the source
+of ONE Python function that rebuilds fresh containers on every call; every
+error is found at load, while ``compile()`` of that source waits for the
+field's first evaluation (``lazy``). A field without templates needs no code.
 """
 
 from __future__ import annotations
 
 import math
-import textwrap
 from dataclasses import dataclass
 from typing import Any
 
 from compiler._errors import CompileError, Diagnostic
-from compiler._expr.codegen import NAMESPACE, CodeGen
-from compiler._expr.fold import Folder
-from compiler._expr.lexer import split_template, tokenize
-from compiler._expr.nodes import Name, Node, children
-from compiler._expr.parser import MAX_EXPRESSION_DEPTH, parse
+from compiler._expr.cache import ExprCode, expression_at, template_pieces
+from compiler._expr.codegen import NAMESPACE
+from compiler._expr.lazy import constant_fn, lazy_value
+from compiler._expr.parser import MAX_EXPRESSION_DEPTH
 from runtime import CronstackError, LimitExceeded, Value
 from runtime._limits import MAX_EXPRESSION_LENGTH, MAX_NESTING_DEPTH, MAX_STRING_LENGTH
 from runtime._values import json_dumps
@@ -64,17 +64,6 @@ _NS = dict(NAMESPACE, _annotate=_annotate, _limit=_limit, _Err=CronstackError)
 EXPRESSION_NAMESPACE = _NS
 
 
-def _names(node: Node, path: str, out: list[NameRef]) -> None:
-    stack = [node]
-    found: list[Name] = []
-    while stack:
-        n = stack.pop()
-        if isinstance(n, Name):
-            found.append(n)
-        stack.extend(children(n))
-    out.extend(NameRef(n.name, path, n.col + 1) for n in sorted(found, key=lambda n: n.col))
-
-
 def _check_length(source: str, path: str) -> None:
     if len(source) > MAX_EXPRESSION_LENGTH:
         raise CompileError(
@@ -87,21 +76,30 @@ def _check_length(source: str, path: str) -> None:
 
 
 class _Unit:
-    """Collects the statements and name reads of one compiled field."""
+    """Collects the statements and name reads of one compiled field.
+
+    Temporaries are numbered across the whole field (``_t1``, ``_t2``...):
+    each expression's cached code is renumbered from where the count stands.
+    """
 
     def __init__(self, path: str) -> None:
-        self.gen = CodeGen()
+        self.n = 0
         self.stmts: list[str] = []
         self.refs: list[NameRef] = []
         self.path = path
-        self.exprs = 0
+        self.single: ExprCode | None = None
 
-    def expression(self, tokens: list[Any], text: str, path: str) -> tuple[str, Node]:
-        ast = parse(tokens, text, path)
-        _names(ast, path, self.refs)
-        folded = Folder(text, path).visit(ast)
-        self.exprs += 1
-        return self.gen.gen(folded), folded
+    def tmp(self) -> str:
+        self.n += 1
+        return f"_t{self.n}"
+
+    def expression(self, text: str, start: int, end: int, path: str, template: bool) -> tuple[str, ExprCode]:
+        """Code of the expression ``text[start:end]``, its names recorded at their columns."""
+        ec = expression_at(text, start, end, path, template=template)
+        self.refs.extend(NameRef(name, path, start + col + 1) for name, col in ec.names)
+        code = ec.at(self.n)
+        self.n += ec.temps
+        return code, ec
 
     def template(self, text: str, path: str, top: bool = False) -> tuple[str, bool]:
         """Source of a string field; True when it holds an expression.
@@ -111,28 +109,31 @@ class _Unit:
         """
         if "{{" not in text:
             return repr(text), False
-        pieces = split_template(text, path)
+        pieces = template_pieces(text, path)
         for piece in pieces:
-            if not isinstance(piece, str):
-                _check_length(piece[1], path)
-        if len(pieces) == 1 and not isinstance(pieces[0], str):
-            code, _ = self.expression(pieces[0][0], text, path)
-            return (code if top else self.bind(code, pieces[0][1])), True
+            if type(piece) is tuple:
+                _check_length(text[piece[0] : piece[1]].strip(), path)
+        if len(pieces) == 1 and type(pieces[0]) is tuple:
+            code, ec = self.expression(text, *pieces[0], path, True)
+            if top:
+                self.single = ec
+                return code, True
+            return self.bind(code, ec.source), True
         parts = []
         for piece in pieces:
-            if isinstance(piece, str):
+            if type(piece) is str:
                 parts.append(repr(piece))
             else:
-                code, _ = self.expression(piece[0], text, path)
-                v = self.bind(code, piece[1])
+                code, ec = self.expression(text, *piece, path, True)  # type: ignore[misc]
+                v = self.bind(code, ec.source)
                 parts.append(f"({v} if {v}.__class__ is str else _text({v}))")
-        t = self.gen.tmp()
+        t = self.tmp()
         self.stmts.append(f"{t} = {' + '.join(parts)}")
         self.stmts.append(f"if len({t}) > {MAX_STRING_LENGTH}: raise _limit({path!r})")
         return t, True
 
     def bind(self, code: str, source: str) -> str:
-        t = self.gen.tmp()
+        t = self.tmp()
         self.stmts.append(f"try:\n        {t} = {code}\n    except _Err as e:\n        raise _annotate(e, {source!r}) from None")
         return t
 
@@ -140,13 +141,13 @@ class _Unit:
         t = type(v)
         if t is str:
             return self.template(v, path)
-        if v is None or t in (bool, int):
+        if v is None or t is bool or t is int:
             return repr(v), False
         if t is float:
             if not math.isfinite(v):
                 raise CompileError(Diagnostic(f"{v!r} is not a JSON number", path=path))
             return repr(v), False
-        if t not in (list, dict):
+        if t is not list and t is not dict:
             raise CompileError(Diagnostic(f"a {t.__name__} is not JSON data", path=path))
         if depth >= MAX_NESTING_DEPTH:
             raise CompileError(Diagnostic(f"this value nests deeper than {MAX_NESTING_DEPTH} lists/objects", path=path))
@@ -164,12 +165,12 @@ class _Unit:
         return "{" + ", ".join(items) + "}", dynamic
 
     def build(self, result: str, source: str) -> Value:
+        """The field's Value: code compiled at its first call; none at all for a folded constant."""
+        single = self.single
+        if single is not None and single.constant is not None and not self.stmts:
+            return Value(constant_fn(single.constant[0]), source, not self.refs)
         body = "".join(f"    {s}\n" for s in self.stmts) + f"    return {result}"
-        src = f"def _value(scope):\n{body}\n"
-        ns = dict(_NS)
-        exec(compile(src, f"<expression at {self.path}>", "exec"), ns)
-        constant = not self.refs
-        return Value(ns["_value"], source, constant)
+        return lazy_value(f"def _value(scope):\n{body}\n", f"<expression at {self.path}>", _NS, source, not self.refs)
 
 
 def _source(value: Any) -> str:
@@ -182,18 +183,21 @@ def _source(value: Any) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
-def _value_unit(value: Any, path: str) -> tuple[_Unit, str]:
+def _value_unit(value: Any, path: str) -> tuple[_Unit, str, bool]:
+    """The unit of a field, its result expression, and whether any template is in it."""
     unit = _Unit(path)
     if type(value) is str:
-        result, _ = unit.template(value, path, top=True)
+        result, dynamic = unit.template(value, path, top=True)
     else:
-        result, _ = unit.value(value, path, 0)
-    return unit, result
+        result, dynamic = unit.value(value, path, 0)
+    return unit, result, dynamic
 
 
 def compile_value(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]]:
     """A step field: templates in strings, dicts/lists walked (keys never templates), other JSON as is."""
-    unit, result = _value_unit(value, path)
+    unit, result, dynamic = _value_unit(value, path)
+    if not dynamic:  # plain JSON data, checked by the walk: no code needed
+        return Value(constant_fn(value), _source(value), True), ()
     return unit.build(result, _source(value)), tuple(unit.refs)
 
 
@@ -203,8 +207,7 @@ def compile_expression(src: str, path: str) -> tuple[Value, tuple[NameRef, ...]]
         raise CompileError(Diagnostic(f"expected an expression (text), got {type(src).__name__}", path=path))
     unit = _Unit(path)
     _check_length(src, path)
-    tokens, _ = tokenize(src, path)
-    code, _ = unit.expression(tokens, src, path)
+    code, unit.single = unit.expression(src, 0, len(src), path, False)
     return unit.build(code, src), tuple(unit.refs)
 
 
@@ -224,9 +227,9 @@ def _condition_unit(value: Any, path: str) -> tuple[_Unit, str]:
     unit = _Unit(path)
     text = value
     if "{{" in text:
-        pieces = split_template(text, path)
-        exprs = [p for p in pieces if not isinstance(p, str)]
-        if len(exprs) != 1 or any(isinstance(p, str) and p.strip() for p in pieces):
+        pieces = template_pieces(text, path)
+        exprs = [p for p in pieces if type(p) is tuple]
+        if len(exprs) != 1 or any(type(p) is str and p.strip() for p in pieces):
             raise CompileError(
                 Diagnostic(
                     "a condition must be a single expression",
@@ -234,12 +237,14 @@ def _condition_unit(value: Any, path: str) -> tuple[_Unit, str]:
                     hint="combine tests inside one {{ }} with 'and' / 'or'",
                 )
             )
-        _check_length(exprs[0][1], path)
-        tokens = exprs[0][0]
+        start, end = exprs[0]  # type: ignore[misc]
+        _check_length(text[start:end].strip(), path)
+        code, ec = unit.expression(text, start, end, path, True)
     else:
         _check_length(text, path)
-        tokens, _ = tokenize(text, path)
-    code, _ = unit.expression(tokens, text, path)
+        code, ec = unit.expression(text, 0, len(text), path, False)
+    if ec.constant is not None:
+        unit.single = ExprCode(ec.source, ec.lits, ec.nums, ec.names, (bool(ec.constant[0]),))
     return unit, f"(True if {code} else False)"
 
 
@@ -252,5 +257,9 @@ def field_code(value: Any, path: str, *, condition: bool = False) -> tuple[tuple
     """
     if condition and (value is None or type(value) in (bool, int, float)):
         return (), repr(bool(value))
-    unit, result = (_condition_unit if condition else _value_unit)(value, path)
-    return tuple(textwrap.dedent("    " + s) for s in unit.stmts), result
+    if condition:
+        unit, result = _condition_unit(value, path)
+    else:
+        unit, result, _ = _value_unit(value, path)
+    # statements start at column 0 and continue at 4 + 4k: drop 4 from those lines
+    return tuple(s.replace("\n    ", "\n") for s in unit.stmts), result

@@ -31,7 +31,7 @@ from compiler._expr.nodes import (
 from runtime import _values as V
 from runtime.filters import FILTERS
 
-__all__ = ("CodeGen", "literal", "NAMESPACE")
+__all__ = ("CodeGen", "literal", "NAMESPACE", "TEMP_MARK")
 
 #: ints below this magnitude multiply without exceeding MAX_INT_BITS: no check needed
 _SMALL = repr(2 ** (V.MAX_INT_BITS // 2 - 1))
@@ -76,15 +76,26 @@ def literal(v: Any) -> str:
     raise TypeError(f"not JSON data: {type(v).__name__}")  # pragma: no cover - callers check first
 
 
+#: Brackets the number of a temporary in generated code. ``repr()`` of user text
+#: never contains a NUL character, so the marks can be found and renumbered.
+TEMP_MARK = "\x00"
+
+
 class CodeGen:
-    """Generates expression source; temporaries are walrus-bound locals ``_t1``, ``_t2``..."""
+    """Generates expression source; temporaries are walrus-bound locals.
+
+    A temporary comes out as a *mark* (``TEMP_MARK`` + number + ``TEMP_MARK``)
+    rather than its final name ``_tN``: the same expression text is generated
+    once and placed into many functions, each numbering its temporaries on
+    from where it stands (see ``compiler._expr.cache``).
+    """
 
     def __init__(self) -> None:
         self.n = 0
 
     def tmp(self) -> str:
         self.n += 1
-        return f"_t{self.n}"
+        return f"{TEMP_MARK}{self.n}{TEMP_MARK}"
 
     def gen(self, node: Node) -> str:
         if isinstance(node, Const):

@@ -8,7 +8,8 @@ outside a string, so ``{{ {a: {b: 1}} }}`` and ``{{ '}}' }}`` both work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from compiler._errors import CompileError, Diagnostic
 
@@ -30,8 +31,7 @@ def _digit(c: str) -> bool:
     return "0" <= c <= "9"
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
     """One token: ``kind`` is "num", "str", "name", "op" or "end"; ``col`` is 0-based in the whole text."""
 
     kind: str
@@ -119,8 +119,66 @@ def tokenize(text: str, path: str, start: int = 0, template: bool = False) -> tu
     """Tokens of ``text`` from ``start``; in template mode stop at the closing ``}}``.
 
     Returns the tokens (ending with an "end" token) and the index just past
-    the last character consumed (past the ``}}`` in template mode).
+    the last character consumed (past the ``}}`` in template mode). A whole
+    expression made of plain tokens goes through one regular expression; the
+    rest (template mode, escapes in strings, exponents, anything wrong) goes
+    through the reference tokenizer, which alone words the errors.
     """
+    if not template:
+        toks = _tokenize_fast(text, start)
+        if toks is not None:
+            return toks, len(text)
+    return _tokenize_slow(text, path, start, template)
+
+
+_FAST = re.compile(
+    r"""[ \t\r\n]*+(?:
+      (?P<name>[A-Za-z_][A-Za-z0-9_]*+)
+    | (?P<num>[0-9]++(?:\.[0-9]++)?+)
+    | (?P<op>\?\?|\|\||&&|==|!=|<=|>=|//|[?:!<>+\-~*/%|.\[\](){},=])
+    | (?P<str>'[^'\\]*+'|"[^"\\]*+")
+    | (?P<end>\Z))""",
+    re.X,
+)
+
+
+def _tokenize_fast(text: str, start: int) -> list[Token] | None:
+    """Tokens of a plain expression, or None when the reference tokenizer must decide."""
+    toks: list[Token] = []
+    append = toks.append
+    match = _FAST.match
+    i = start
+    while True:
+        m = match(text, i)
+        if m is None:
+            return None
+        kind = m.lastgroup
+        col = m.start(kind)  # type: ignore[arg-type]
+        i = m.end()
+        if kind == "name" or kind == "op":
+            append(Token(kind, m.group(kind), col))  # type: ignore[arg-type]
+        elif kind == "str":
+            append(Token("str", text[col + 1 : i - 1], col))
+        elif kind == "num":
+            raw = m.group(kind)  # type: ignore[arg-type]
+            if i < len(text) and (text[i].isalpha() or text[i] == "_"):
+                return None  # an exponent, or the error of a name glued to a number
+            if "." in raw:
+                value: int | float = float(raw)
+                if not math.isfinite(value):
+                    return None
+            else:
+                if len(raw) > 19 or int(raw) > 2**63 - 1:
+                    return None
+                value = int(raw)
+            append(Token("num", value, col))
+        else:
+            append(Token("end", None, col))
+            return toks
+
+
+def _tokenize_slow(text: str, path: str, start: int, template: bool) -> tuple[list[Token], int]:
+    """The reference tokenizer, character by character: template mode, and every error message."""
     toks: list[Token] = []
     n = len(text)
     i = start

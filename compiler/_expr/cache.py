@@ -1,0 +1,154 @@
+"""Expression code cache: the text of one expression into its generated code, worked out once per text.
+
+A project repeats the same expressions over and over (``{{ now }}``,
+``{{ item.id }}``, ``{{ env.API_KEY }}``), so lexing, parsing, folding and
+code generation run once per distinct *text*, not once per field. What is
+kept depends on the text alone:
+
+* the generated code, with its temporaries as marks that ``ExprCode.at``
+  renumbers for the function the code lands in;
+* the free names it reads, with columns relative to the text, which the
+  caller shifts to where the text stands in its field;
+* the folded value, when the whole expression folds to a constant.
+
+Errors are never cached. When a text does not compile, it is compiled again
+in place -- inside its whole field, under the field's JSON path -- by the same
+code path as before caching existed, so the message, the column and the
+quoted snippet are exactly those of an uncached compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from compiler._errors import CompileError, Diagnostic
+from compiler._expr.codegen import TEMP_MARK, CodeGen
+from compiler._expr.fold import Folder
+from compiler._expr.lexer import tokenize
+from compiler._expr.nodes import Const, Name, Node, children
+from compiler._expr.parser import parse
+
+__all__ = ("ExprCode", "expression_code", "expression_at", "template_pieces", "CACHE_SIZE", "CACHED_TEXT_LIMIT")
+
+#: distinct expression texts kept (least recently used dropped first)
+CACHE_SIZE = 8192
+#: longer texts are compiled without caching (they are rare, and the cache holds its keys)
+CACHED_TEXT_LIMIT = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ExprCode:
+    """What one expression text compiles to, independent of where it stands."""
+
+    #: the text without surrounding blanks (quoted in run-time errors)
+    source: str
+    #: the generated code split around its temporaries: lits[0], temp nums[0], lits[1], ...
+    lits: tuple[str, ...]
+    nums: tuple[int, ...]
+    #: free names read, with their 0-based column in the text, in column order
+    names: tuple[tuple[str, int], ...]
+    #: ``(value,)`` when the whole expression folds to a constant, else None
+    constant: tuple[Any] | None
+
+    @property
+    def temps(self) -> int:
+        """How many temporaries the code uses (numbered 1..temps before ``at``)."""
+        return max(self.nums, default=0)
+
+    def at(self, base: int) -> str:
+        """The code with its temporaries named ``_t{base + 1}``, ``_t{base + 2}``..."""
+        lits, nums = self.lits, self.nums
+        if not nums:
+            return lits[0]
+        out = [lits[0]]
+        for n, lit in zip(nums, lits[1:], strict=True):
+            out.append(f"_t{base + n}")
+            out.append(lit)
+        return "".join(out)
+
+
+def _names(node: Node) -> tuple[tuple[str, int], ...]:
+    stack = [node]
+    found: list[Name] = []
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Name):
+            found.append(n)
+        stack.extend(children(n))
+    return tuple((n.name, n.col) for n in sorted(found, key=lambda n: n.col))
+
+
+def _build(text: str) -> ExprCode:
+    """Lex, parse, fold and generate ``text`` on its own; CompileError (worded for no field) on failure."""
+    tokens, _ = tokenize(text, "")
+    ast = parse(tokens, text, "")
+    names = _names(ast)
+    folded = Folder(text, "").visit(ast)
+    parts = CodeGen().gen(folded).split(TEMP_MARK)
+    constant = (folded.value,) if isinstance(folded, Const) else None
+    return ExprCode(text.strip(), tuple(parts[0::2]), tuple(int(p) for p in parts[1::2]), names, constant)
+
+
+_cached_build = functools.lru_cache(maxsize=CACHE_SIZE)(_build)
+
+
+def expression_code(text: str) -> ExprCode:
+    """The code of one expression text (without braces), from the cache when seen before."""
+    if len(text) > CACHED_TEXT_LIMIT:
+        return _build(text)
+    return _cached_build(text)
+
+
+def expression_at(field: str, start: int, end: int, path: str, *, template: bool) -> ExprCode:
+    """The code of ``field[start:end]``; errors point into ``field`` at ``path``.
+
+    ``template``: the text sits between ``{{`` and ``}}`` (tokenized in
+    template mode when compiled again for an error).
+    """
+    try:
+        return expression_code(field[start:end])
+    except CompileError as exc:
+        alone = exc
+    # compile it again where it stands, for the error's own column and quote
+    tokens, _ = tokenize(field, path, start, template)
+    Folder(field, path).visit(parse(tokens, field, path))
+    # unreachable unless the two compiles disagree: keep the error, shifted into place
+    raise CompileError(
+        Diagnostic(d.message, path, column=None if d.column is None else d.column + start, hint=d.hint)
+        for d in alone.diagnostics
+    )
+
+
+# the inside of a {{ }} without braces: anything but quotes and braces, and whole strings
+_BODY = re.compile(r"""(?:[^'"{}]++|'(?:[^'\\]|\\.)*+'|"(?:[^"\\]|\\.)*+")*+""", re.S)
+
+
+def template_pieces(text: str, path: str) -> list[str | tuple[int, int]]:
+    """A template's literal strings and the ``(start, end)`` of each ``{{ }}``'s inside.
+
+    The end of a template is the first ``}}`` outside an object literal and a
+    string. One regular expression finds it when the inside has no braces;
+    otherwise (or when it is malformed) the tokenizer decides and words the
+    error.
+    """
+    pieces: list[str | tuple[int, int]] = []
+    i = 0
+    body = _BODY.match
+    while True:
+        j = text.find("{{", i)
+        if j < 0:
+            if i < len(text):
+                pieces.append(text[i:])
+            return pieces
+        if j > i:
+            pieces.append(text[i:j])
+        start = j + 2
+        end = body(text, start).end()  # type: ignore[union-attr]
+        if not text.startswith("}}", end):
+            _, after = tokenize(text, path, start, template=True)
+            end = after - 2
+        pieces.append((start, end))
+        i = end + 2

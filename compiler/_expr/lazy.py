@@ -1,0 +1,95 @@
+"""Lazy functions: a field's generated Python source into a function, compiled on its first call.
+
+``compile()`` has a fixed cost of tens to hundreds of microseconds a call,
+which made it most of the time of loading a project. Everything that can go
+wrong with a definition is checked at load (syntax, names, filters, limits)
+and the Python source of each field is generated there too; only the last,
+mechanical step -- turning that source into a code object -- waits until the
+field is first evaluated, and then happens once: the ``Value``'s ``fn`` is
+replaced by the compiled function. Fields that never run (a branch never
+taken, a task that never fires) are never compiled.
+
+Code objects are shared between fields with the same source (a cache keyed
+by the source), each function getting its own file name for tracebacks.
+
+Fields without any template compile to no code at all: a closure returning
+the value (or a fresh copy of it when it is a list or object).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from types import CodeType, FunctionType
+from typing import Any
+
+from runtime import InternalError, Value
+
+__all__ = ("lazy_value", "function_from", "constant_fn", "fresh", "CODE_CACHE_SIZE")
+
+#: distinct generated sources whose code objects are kept
+CODE_CACHE_SIZE = 4096
+
+
+def fresh(v: Any) -> Any:
+    """A copy of JSON data ``v`` sharing no list or object with it (scalars are immutable)."""
+    t = type(v)
+    if t is dict:
+        return {k: (fresh(x) if type(x) in (dict, list) else x) for k, x in v.items()}
+    if t is list:
+        return [(fresh(x) if type(x) in (dict, list) else x) for x in v]
+    return v
+
+
+def constant_fn(v: Any) -> Callable[[dict[str, Any]], Any]:
+    """``fn(scope)`` for a value that does not depend on the scope: fresh containers at every call."""
+    if type(v) in (dict, list):
+        snapshot = fresh(v)  # later changes to the definition's dict do not leak in
+        return lambda _scope: fresh(snapshot)
+    return lambda _scope: v
+
+
+@functools.lru_cache(maxsize=CODE_CACHE_SIZE)
+def _function_code(src: str) -> CodeType:
+    """The code object of the one function ``src`` (a ``def``) defines."""
+    module = compile(src, "<expression>", "exec")
+    for const in module.co_consts:
+        if isinstance(const, CodeType):
+            return const
+    raise InternalError(f"generated source defines no function: {src[:200]!r}")  # pragma: no cover
+
+
+def function_from(src: str, filename: str, namespace: dict[str, Any]) -> FunctionType:
+    """Compile ``src`` (one ``def``) into a function whose globals are ``namespace``.
+
+    Raises InternalError when Python refuses the generated source: that is a
+    defect of the code generator, which the load-time checks should prevent.
+    """
+    try:
+        code = _function_code(src)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        raise InternalError(
+            f"the Python generated for {filename} does not compile ({type(exc).__name__}: {exc}); "
+            "please report this with the definition"
+        ) from None
+    return FunctionType(code.replace(co_filename=filename), namespace)
+
+
+def lazy_value(src: str, filename: str, namespace: dict[str, Any], source: str, constant: bool) -> Value:
+    """A ``Value`` whose ``fn`` compiles ``src`` on its first call, then is replaced by the result.
+
+    Callers that kept the first ``fn`` (the stub) go on working: it calls the
+    compiled function from then on. Two first calls at once (threads) both
+    compile; the results are equivalent and either may win.
+    """
+    real: FunctionType | None = None
+
+    def first_call(scope: dict[str, Any]) -> Any:
+        nonlocal real
+        if real is None:
+            real = function_from(src, filename, namespace)
+            object.__setattr__(value, "fn", real)
+        return real(scope)
+
+    value = Value(first_call, source, constant)
+    return value
