@@ -1,0 +1,331 @@
+"""Native backend: explicit cases against the VM, cooperation, the seed's stacks, the source dump."""
+
+import json
+import re
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+from test_native_diff import PRELUDE, compile_stack, cv, same
+
+from compiler import CompileError, lower_stack
+from compiler._native import native_source
+from runtime import RunContext, RunFailed, execute
+
+pytestmark = pytest.mark.anyio
+
+SEED = Path("/work/shared/seed/background-tasks.md")
+
+
+def uv(name, op, value=None):
+    return {"function": "update_variable", "name": name, "operation": op, "value": value}
+
+
+def ret(value):
+    return {"function": "return", "value": value}
+
+
+def throw(message="boom", type_="T"):
+    return {"function": "throw_error", "message": message, "type": type_}
+
+
+def loop(operations, **source):
+    return {"function": "loop", **(source or {"times": 3}), "operations": operations}
+
+
+def try_(try_block, catch=None, fin=None):
+    step = {"function": "try_catch", "try_block": try_block}
+    if catch is not None:
+        step["catch_block"] = catch
+    if fin is not None:
+        step["finally_block"] = fin
+    return step
+
+
+def cond(condition, then, other=None):
+    return {"function": "conditional", "condition": condition, "true_branch": then, "false_branch": other or []}
+
+
+BREAK, CONTINUE = {"function": "break_loop"}, {"function": "continue_loop"}
+
+# (stack, expected outcome) -- each also runs on the VM and must agree
+CASES = {
+    "typed values": ([cv("a", "{{ 1 + 2 }}"), ret({"a": "{{ a }}", "t": "a={{ a }}"})], ("ok", {"a": 3, "t": "a=3"})),
+    "no return": ([cv("a", 1)], ("ok", None)),
+    "aliases unchanged": (
+        [cv("a", [1]), cv("b", "{{ a }}"), uv("a", "append", 2), cv("o", {"x": 1}), cv("p", "{{ o }}"),
+         uv("o", "merge", {"y": 2}), ret(["{{ a }}", "{{ b }}", "{{ o }}", "{{ p }}"])],
+        ("ok", [[1, 2], [1], {"x": 1, "y": 2}, {"x": 1}]),
+    ),
+    "item, item_parent, index restored": (
+        [cv("out", []),
+         loop([loop([uv("out", "append", "{{ item_parent }}{{ item }}{{ index }}")], array="{{ [1, 2] }}"),
+               uv("out", "append", "{{ item }}{{ index }}")], array="{{ ['a', 'b'] }}"),
+         ret(["{{ out }}", "{{ item }}", "{{ index }}"])],
+        ("ok", [["a10", "a21", "a0", "b10", "b21", "b1"], None, None]),
+    ),
+    "while, times, break, continue": (
+        [cv("i", 0), cv("seen", []),
+         loop([uv("i", "increment"), cond("{{ i > 5 }}", [BREAK]), cond("{{ i % 2 == 0 }}", [CONTINUE]),
+               uv("seen", "append", "{{ i }}")], condition="true"),
+         loop([uv("seen", "append", "{{ index * 10 }}")], times=3), ret("{{ seen }}")],
+        ("ok", [1, 3, 5, 0, 10, 20]),
+    ),
+    "catch, then finally": (
+        [cv("log", []), try_([uv("log", "append", "try"), throw("bad {{ 1 }}", "Custom")],
+                             [uv("log", "append", "{{ error.type }}:{{ error.message }}:{{ error.step }}")],
+                             [uv("log", "append", "finally")]), ret("{{ log }}")],
+        ("ok", ["try", "Custom:bad 1:stack[1].try_block[1]", "finally"]),
+    ),
+    "finally on break, continue, return": (
+        [cv("log", []),
+         loop([try_([cond("{{ index == 0 }}", [CONTINUE]), cond("{{ index == 1 }}", [BREAK])],
+                    fin=[uv("log", "append", "f{{ index }}")])]),
+         try_([ret("{{ log }}")], fin=[uv("log", "append", "last")])],
+        ("ok", ["f0", "f1"]),
+    ),
+    "error inside catch still runs finally": (
+        [cv("log", []),
+         try_([try_([throw("one")], [throw("two")], [uv("log", "append", "inner-finally")])],
+              [uv("log", "append", "{{ error.message }}")]), ret("{{ log }}")],
+        ("ok", ["inner-finally", "two"]),
+    ),
+    "finally re-raises the first error": (
+        [cv("log", []), try_([throw("x", "T")], fin=[uv("log", "append", "{{ error.type }}")])],
+        ("failed", {"message": "x", "type": "T", "step": "stack[1].try_block[0]"}),
+    ),
+    "catch restores loop depth": (
+        [cv("n", 0), try_([loop([cond("{{ index == 2 }}", [throw("stop")])], times=5)], [uv("n", "set", "{{ index }}")]),
+         loop([uv("n", "increment")], times=2), ret("{{ n }}")],
+        ("ok", 2),
+    ),
+    # an error in a finally copy on the way out of a try is not caught by that try
+    "finally copy on break raises past its own try": (
+        [cv("log", []),
+         try_([loop([try_([BREAK], [uv("log", "append", "wrong catch")], [throw("from finally")])])],
+              [uv("log", "append", "{{ error.message }} {{ error.step }}")]),
+         ret("{{ log }}")],
+        ("ok", ["from finally stack[1].try_block[0].operations[0].finally_block[0]"]),
+    ),
+    "finally copy on continue raises past two tries": (
+        [cv("log", []),
+         loop([try_([try_([CONTINUE], [uv("log", "append", "inner")], [throw("f1")])],
+                    [uv("log", "append", "outer {{ error.message }} {{ index }}")])], times=2),
+         ret("{{ log }}")],
+        ("ok", ["outer f1 0", "outer f1 1"]),
+    ),
+    "finally copy on return raises to the outer try": (
+        [cv("log", []),
+         try_([try_([ret(1)], [uv("log", "append", "inner")], [throw("f")])],
+              [uv("log", "append", "outer {{ error.message }}")], [uv("log", "append", "outer finally")]),
+         ret("{{ log }}")],
+        ("ok", ["outer f", "outer finally"]),
+    ),
+    "return inside finally wins": (
+        [try_([ret(1)], fin=[ret(2)])], ("ok", 2),
+    ),
+    "break inside a catch of a finally try": (
+        [cv("log", []),
+         loop([try_([throw("x")], [BREAK], [uv("log", "append", "f{{ index }}")]), uv("log", "append", "after")]),
+         ret("{{ log }}")],
+        ("ok", ["f0"]),
+    ),
+    "read before set": (
+        [cond("false", [cv("x", 1)]), ret("{{ x }}")],
+        ("failed", {"message": "'x' is read before it is set, in {{ x }}", "type": "ExpressionError",
+                    "step": "stack[1]", "expression": "{{ x }}"}),
+    ),
+    "read before set in a while condition": (
+        [cond("false", [cv("x", 1)]), loop([], condition="{{ x < 3 }}")],
+        ("failed", {"message": "'x' is read before it is set", "type": "ExpressionError", "step": "stack[1]"}),
+    ),
+    "constant failing on the hot path": (
+        [cv("a", "{{ 1 / 0 }}")],
+        ("failed", {"message": "division by zero (1 / 0)", "type": "ExpressionError", "step": "stack[0]"}),
+    ),
+    "constant failing through _eval": (
+        [cv("a", 0), uv("a", "set", "{{ 1 / 0 }}")],
+        ("failed", {"message": "division by zero (1 / 0) (in {{ 1 / 0 }})", "type": "ExpressionError",
+                    "step": "stack[1]", "expression": "{{ 1 / 0 }}"}),
+    ),
+    "constant value, failing update": (
+        [cv("a", "text"), uv("a", "append", 5)],
+        ("failed", {"message": "cannot append to variable 'a': it is text, not a list", "type": "ExpressionError",
+                    "step": "stack[1]"}),
+    ),
+    "throw type fails": (
+        [cv("a", 1), throw("m {{ a }}", "{{ 1 / 0 }}")],
+        ("failed", {"message": "division by zero (1 / 0) (in {{ 1 / 0 }})", "type": "ExpressionError",
+                    "step": "stack[1]", "expression": "{{ 1 / 0 }}"}),
+    ),
+    "seed bug: member of text": (
+        [loop([loop([cv("t", "{{ item_parent.name }}_sync")], array="{{ [1] }}")], array="{{ ['crm'] }}")],
+        None,
+    ),
+    "for-each over null and over text": (
+        [cv("c", 0), loop([uv("c", "increment")], array="{{ null }}"), loop([], array="abc")], None,
+    ),
+    "times must be whole": ([loop([], times=1.5)], None),
+    "switch on text form": (
+        [cv("r", []), loop([{"function": "switch", "value": "{{ item }}", "cases": {"1": [uv("r", "append", "one")],
+                                                                                   "true": [uv("r", "append", "yes")]},
+                             "default": [uv("r", "append", "other")]}], array=[1, True, 7, "1"]),
+         ret("{{ r }}")],
+        ("ok", ["one", "yes", "other", "one"]),
+    ),
+    "increment of floats, null and text": (
+        [cv("f", 1.5), uv("f", "increment"), uv("f", "decrement", 0.25), cv("z", None), uv("z", "increment", 2),
+         cv("t", "x"), try_([uv("t", "increment")], [ret(["{{ f }}", "{{ z }}", "{{ error.message }}"])])],
+        ("ok", [2.25, 2, "variable 't' must be a number, got text"]),
+    ),
+    "return value over the limits": ([ret("{{ 'x' * 3 }}")], None),
+    "disabled steps are skipped": (
+        [cv("a", 1), {"function": "update_variable", "name": "a", "operation": "set", "value": 9, "disabled": True},
+         ret("{{ a }}")],
+        ("ok", 1),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_case_agrees_with_the_vm(name):
+    stack, expected = CASES[name]
+    got = same(stack)
+    if expected is not None:
+        assert got == expected
+    else:
+        assert got[0] == "failed"
+
+
+def test_random_prelude_compiles_natively():
+    assert compile_stack([*PRELUDE, ret(1)]).native is not None
+
+
+async def test_variables_and_inputs_reach_the_scope():
+    program = compile_stack([ret(["{{ a }}", "{{ inputs.q }}", "{{ task.name }}", "{{ env.E }}"])])
+    ctx = RunContext(env={"E": "e"}, task={"name": "job"})
+    assert await execute(program, ctx, {"a": 1}, inputs={"q": 2}) == [1, 2, "job", "e"]
+
+
+async def test_wait_uses_the_context_clock():
+    class Clock:
+        slept: list[float] = []
+
+        def time(self):
+            return 1000.0
+
+        async def sleep(self, s):
+            self.slept.append(s)
+
+    clock = Clock()
+    program = compile_stack([{"function": "wait", "duration": 2.5}, ret("{{ now }}")])
+    assert await execute(program, RunContext(clock=clock)) == 1000.0
+    assert clock.slept == [2.5]
+
+
+async def test_functions_sync_and_async():
+    class Functions:
+        async def call(self, name, inputs, ctx):
+            if name == "bad":
+                raise RunFailed({"message": "inner", "type": "E", "step": "stack[0]"})
+            return inputs["x"] * 2
+
+        async def start(self, name, inputs, ctx):
+            return "run-1"
+
+    ctx = RunContext(functions=Functions())
+    program = compile_stack([
+        {"function": "custom_function", "name": "f", "inputs": {"x": 21}, "return_as": "r"},
+        {"function": "custom_function", "name": "g", "execution_mode": "async", "return_as": "id"},
+        try_([{"function": "custom_function", "name": "bad"}], [cv("e", "{{ error }}")]),
+        ret(["{{ r }}", "{{ id }}", "{{ e }}"])])
+    assert await execute(program, ctx) == [42, "run-1", {"message": "inner", "type": "E", "step": "stack[2].try_block[0] > stack[0]"}]
+
+
+async def test_record_steps_without_database_fail_like_the_vm():
+    program = compile_stack([{"function": "add_record", "table": "t", "data": {"a": "{{ 1 }}"}}])
+    with pytest.raises(RunFailed) as info:
+        await execute(program)
+    assert info.value.error == {"message": "this run has no database; open the engine with a data source to use record steps",
+                                "type": "NoDatabase", "step": "stack[0]"}
+
+
+async def test_while_true_is_cancelled_and_lets_others_run():
+    program = compile_stack([cv("i", 0), loop([uv("i", "increment")], condition="true")])
+    assert program.native is not None
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.move_on_after(0.2) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await execute(program)
+    assert scope.cancelled_caught
+    assert ticks > 10
+
+
+async def test_cancellation_never_runs_finally_or_catch():
+    """A cancelled run stops where it is: no catch, no finally (as on the VM)."""
+    seen = []
+
+    class Functions:
+        async def call(self, name, inputs, ctx):
+            seen.append(name)
+            return None
+
+    program = compile_stack([try_([loop([uv("i", "increment")], condition="true")],
+                                  [{"function": "custom_function", "name": "catch"}],
+                                  [{"function": "custom_function", "name": "finally"}]), cv("i", 0)])
+    with anyio.move_on_after(0.05):
+        await execute(program, RunContext(functions=Functions()), {"i": 0})
+    assert seen == []
+
+
+def seed_stacks():
+    text = SEED.read_text()
+    out = []
+    for block in re.findall(r"```javascript\n(.*?)```", text, re.S):
+        cleaned = re.sub(r"(?m)^\s*//.*$|(?<=[,\[{\s])//[^\n\"]*$", "", block)
+        try:
+            data = json.loads(cleaned)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, list):
+            out.append(data)
+    return out
+
+
+def test_every_seed_stack_gets_a_native_function():
+    stacks = seed_stacks()
+    assert len(stacks) >= 5
+    for i, stack in enumerate(stacks):
+        low = lower_stack(stack, f"seed{i}", extra_names=frozenset({"inputs"}))
+        assert low.diagnostics == [], (i, low.diagnostics)
+        assert low.program.native is not None, i
+        assert native_source(stack).startswith("async def native(frame, ctx):")
+
+
+def test_native_source_is_readable_and_safe():
+    name = "we'ird\"\\name"
+    src = native_source([cv("a", 0), {"function": "switch", "value": "{{ a }}", "cases": {name: [ret(1)]}}])
+    compile(src, "<test>", "exec")
+    assert repr(name) in src and "async def native(frame, ctx):" in src
+    with pytest.raises(CompileError):
+        native_source([{"function": "nope"}])
+
+
+def test_too_deep_for_python_stays_on_the_vm():
+    stack = [ret(1)]
+    for _ in range(12):
+        stack = [loop(stack, times=1)]
+    low = lower_stack(stack, "deep")
+    assert low.diagnostics == [] and low.program.native is None
+    assert anyio.run(execute, low.program) == 1
+    with pytest.raises(CompileError, match="nests deeper"):
+        native_source(stack)
