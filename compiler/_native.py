@@ -46,6 +46,7 @@ from runtime._vm import (
     _error_object,
     _h_throw,
     _pop_loop,
+    _run,
     _start_loop,
     _unset,
     _update,
@@ -541,13 +542,37 @@ def generate_native(stack: list[Any], program: Program, *, path: str = "stack") 
     if made is None:
         return None
     source, ns = made
+    return _lazy_native(source, ns, program.name)
+
+
+def _lazy_native(source: str, ns: dict[str, Any], name: str) -> NativeFunction:
+    """``native(frame, ctx)`` that compiles ``source`` on the first run, not at load.
+
+    ``compile()`` of a whole stack costs about a millisecond, most of the time
+    of loading a project, and a task may never run; the source is generated
+    (and every check done) at load. The stub returns the compiled coroutine
+    function's awaitable, so a run pays one plain call, no extra await.
+    """
+    real: NativeFunction | None = None
+
+    def native(frame: Any, ctx: Any) -> Any:
+        nonlocal real
+        if real is None:
+            real = _compile_native(source, ns, name)
+        return real(frame, ctx)
+
+    native.__qualname__ = f"native[{name}]"
+    return native
+
+
+def _compile_native(source: str, ns: dict[str, Any], name: str) -> NativeFunction:
     try:
-        code = compile(source, f"<native {program.name}>", "exec")
+        code = compile(source, f"<native {name}>", "exec")
     except (SyntaxError, RecursionError, MemoryError):  # a giant stack: the VM runs it
-        return None
+        return _run
     exec(code, ns)
     fn = ns["native"]
-    fn.__qualname__ = f"native[{program.name}]"
+    fn.__qualname__ = f"native[{name}]"
     return fn
 
 
