@@ -28,6 +28,7 @@ from engine._store.errors import InvalidFilter, InvalidName
 
 __all__ = (
     "COLUMNS",
+    "TABLE_KEYS",
     "check_table",
     "check_field",
     "field_sql",
@@ -58,12 +59,14 @@ def did_you_mean(name: str, candidates: tuple[str, ...]) -> str | None:
     return f"did you mean {match[0]!r}?" if match else None
 
 
-_checked_tables: dict[str, str] = {}
+#: Table names already checked, to their keys: a hit skips ``check_table``
+#: (the hot path of ``add`` reads it directly).
+TABLE_KEYS: dict[str, str] = {}
 
 
 def check_table(name: Any) -> str:
     """The table's key (lower case: SQLite table names ignore case) or ``InvalidName``."""
-    key = _checked_tables.get(name) if isinstance(name, str) else None
+    key = TABLE_KEYS.get(name) if isinstance(name, str) else None
     if key is not None:
         return key
     if not isinstance(name, str) or not _IDENT.match(name) or len(name) > _MAX_NAME:
@@ -79,8 +82,8 @@ def check_table(name: Any) -> str:
             "belong to the engine); choose another name",
             name=name,
         )
-    if len(_checked_tables) < 10_000:  # names come from definitions: a small set
-        _checked_tables[name] = key
+    if len(TABLE_KEYS) < 10_000:  # names come from definitions: a small set
+        TABLE_KEYS[name] = key
     return key
 
 

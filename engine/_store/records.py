@@ -26,6 +26,7 @@ from engine._store.errors import (
     translate,
 )
 from engine._store.filters import (
+    TABLE_KEYS,
     check_count,
     check_field,
     check_table,
@@ -362,7 +363,9 @@ class RecordsMixin:
         return (rid, created, updated, text)
 
     async def add(self, table: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        key = check_table(table)
+        key = TABLE_KEYS.get(table) if type(table) is str else None  # names checked before
+        if key is None:
+            key = check_table(table)
         if type(data) is dict and "id" not in data and "created_at" not in data and (
             "updated_at" not in data
         ):  # the hot path: nothing to split off, an id to assign

@@ -198,7 +198,9 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
                 self._lock.acquire(self.path)
         conn = None
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, cached_statements=512
+            )
             check_version(conn, where)  # before WAL mode rewrites the header of a newer file
             if self.path != MEMORY:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]

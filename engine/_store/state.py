@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
+from functools import lru_cache
 from typing import Any
 
 from engine._store import codec
@@ -59,12 +60,19 @@ def _check_fields(fields: dict[str, Any], what: str) -> dict[str, Any]:
     return out
 
 
-def _insert_sql(cols: Iterable[str], conflict: str = "") -> str:
-    cols = tuple(cols)
+@lru_cache(maxsize=256)
+def _insert_sql(cols: tuple[str, ...], conflict: str = "") -> str:
+    """The INSERT text for these columns (built once per shape: runs repeat few shapes)."""
     return (
         f"INSERT INTO cronstack_runs ({', '.join(cols)}) "
         f"VALUES ({', '.join('?' * len(cols))}){conflict}"
     )
+
+
+@lru_cache(maxsize=256)
+def _update_sql(cols: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{c} = ?" for c in cols)
+    return f"UPDATE cronstack_runs SET {sets} WHERE id = ?"
 
 
 # -- writer-thread half ---------------------------------------------------------
@@ -73,7 +81,7 @@ def _insert_sql(cols: Iterable[str], conflict: str = "") -> str:
 def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> None:
     for row in args:
         try:
-            ctx.conn.execute(_insert_sql(row), tuple(row.values()))
+            ctx.conn.execute(_insert_sql(tuple(row)), tuple(row.values()))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"run {row['id']!r} cannot be stored ({exc}); run ids must be unique") from exc
 
@@ -83,7 +91,7 @@ def _op_claim_fire(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> 
         " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
     )
     return [
-        ctx.conn.execute(_insert_sql(row, conflict), tuple(row.values())).rowcount == 1
+        ctx.conn.execute(_insert_sql(tuple(row), conflict), tuple(row.values())).rowcount == 1
         for row in args
     ]
 
@@ -91,10 +99,7 @@ def _op_claim_fire(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> 
 def _op_update_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[Any]:
     out: list[Any] = []
     for run_id, fields in args:
-        sets = ", ".join(f"{c} = ?" for c in fields)
-        cur = ctx.conn.execute(
-            f"UPDATE cronstack_runs SET {sets} WHERE id = ?", (*fields.values(), run_id)
-        )
+        cur = ctx.conn.execute(_update_sql(tuple(fields)), (*fields.values(), run_id))
         out.append(None if cur.rowcount else RunNotFound(f"no run with id {run_id!r} is stored"))
     return out
 

@@ -22,6 +22,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
+from functools import partial
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -101,6 +102,7 @@ class GroupWriter:
     def __init__(self, ctx: WriteContext) -> None:
         self._ctx = ctx
         self._loop = asyncio.get_running_loop()
+        self._new_future = partial(asyncio.Future, loop=self._loop)
         self._local: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
         self._handed: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
         self._lock = threading.Lock()
@@ -125,7 +127,7 @@ class GroupWriter:
         """Queue one write; the future resolves after its batch commits."""
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
-        fut = self._loop.create_future()
+        fut = self._new_future()
         local = self._local
         local.append((op, key, arg, fut))
         if len(local) == 1:
@@ -318,9 +320,10 @@ def _resolve(batch: list[Any], results: list[Any] | None, start: int, stop: int)
     """Resolve futures ``start:stop``; ``results`` None means every result is None."""
     if results is None:
         for item in batch[start:stop]:
-            fut = item[3]
-            if not fut.done():  # a cancelled caller's write committed anyway
-                fut.set_result(None)
+            try:
+                item[3].set_result(None)
+            except asyncio.InvalidStateError:  # a cancelled caller's write committed anyway
+                pass
         return
     for i in range(start, stop):
         fut = batch[i][3]
