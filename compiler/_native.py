@@ -530,50 +530,53 @@ def _generate(stack: list[Any], program: Program, path: str) -> tuple[str, dict[
     return _render(gen, program.name), ns
 
 
+class _Native:
+    """The native function of one stack, compiled at its first run.
+
+    Generating the source is cheap and happens at load (it is where a too-deep
+    stack is found); ``compile()`` is four times dearer and most loaded tasks
+    run rarely, so it waits. Calling returns the coroutine of the compiled
+    ``native(frame, ctx)`` -- no extra frame per run.
+    """
+
+    __slots__ = ("source", "ns", "name", "fn")
+
+    def __init__(self, source: str, ns: dict[str, Any], name: str) -> None:
+        self.source = source
+        self.ns = ns
+        self.name = name
+        self.fn: NativeFunction | None = None
+
+    def __call__(self, frame: Any, ctx: Any) -> Any:
+        fn = self.fn
+        if fn is None:
+            fn = self.fn = self._compile()
+        return fn(frame, ctx)
+
+    def _compile(self) -> NativeFunction:
+        try:
+            code = compile(self.source, f"<native {self.name}>", "exec")
+        except (SyntaxError, RecursionError, MemoryError):  # past a limit of CPython's compiler
+            return _run  # the VM runs this stack: same semantics, slower
+        exec(code, self.ns)
+        fn = self.ns["native"]
+        fn.__qualname__ = f"native[{self.name}]"
+        return fn
+
+
 def generate_native(stack: list[Any], program: Program, *, path: str = "stack") -> NativeFunction | None:
-    """``async def native(frame, ctx)`` running ``stack`` like the VM runs ``program``.
+    """``native(frame, ctx)``: a coroutine running ``stack`` like the VM runs ``program``.
 
     ``program`` is the lowering of ``stack`` (without diagnostics): the native
     code reuses its instruction arguments for error objects and handlers.
     None when the stack nests deeper than Python allows in one function (the
-    VM then runs it).
+    VM then runs it). The source is compiled at the first call.
     """
     made = _generate(stack, program, path)
     if made is None:
         return None
     source, ns = made
-    return _lazy_native(source, ns, program.name)
-
-
-def _lazy_native(source: str, ns: dict[str, Any], name: str) -> NativeFunction:
-    """``native(frame, ctx)`` that compiles ``source`` on the first run, not at load.
-
-    ``compile()`` of a whole stack costs about a millisecond, most of the time
-    of loading a project, and a task may never run; the source is generated
-    (and every check done) at load. The stub returns the compiled coroutine
-    function's awaitable, so a run pays one plain call, no extra await.
-    """
-    real: NativeFunction | None = None
-
-    def native(frame: Any, ctx: Any) -> Any:
-        nonlocal real
-        if real is None:
-            real = _compile_native(source, ns, name)
-        return real(frame, ctx)
-
-    native.__qualname__ = f"native[{name}]"
-    return native
-
-
-def _compile_native(source: str, ns: dict[str, Any], name: str) -> NativeFunction:
-    try:
-        code = compile(source, f"<native {name}>", "exec")
-    except (SyntaxError, RecursionError, MemoryError):  # a giant stack: the VM runs it
-        return _run
-    exec(code, ns)
-    fn = ns["native"]
-    fn.__qualname__ = f"native[{name}]"
-    return fn
+    return _Native(source, ns, program.name)
 
 
 def native_source(stack: list[Any], name: str = "stack") -> str:

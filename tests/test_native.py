@@ -329,3 +329,11 @@ def test_too_deep_for_python_stays_on_the_vm():
     assert anyio.run(execute, low.program) == 1
     with pytest.raises(CompileError, match="nests deeper"):
         native_source(stack)
+
+
+async def test_source_is_compiled_at_the_first_run_only():
+    program = compile_stack([cv("a", 1), ret("{{ a }}")])
+    assert program.native.fn is None
+    assert await execute(program) == 1
+    fn = program.native.fn
+    assert fn is not None and await execute(program) == 1 and program.native.fn is fn
