@@ -99,8 +99,10 @@ INSERT_CHUNK = 256
 
 
 def _insert_sql(table: str, n: int) -> str:
+    # data may arrive as msgspec's UTF-8 bytes: CAST stores it as TEXT, and
+    # the conversion runs inside SQLite rather than on the event loop
     return f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES ' + ", ".join(
-        ["(?, ?, ?, ?)"] * n
+        ["(?, ?, ?, CAST(? AS TEXT))"] * n
     )
 
 
@@ -370,7 +372,7 @@ class RecordsMixin:
             "updated_at" not in data
         ):  # the hot path: nothing to split off, an id to assign
             try:
-                text = _fast_encode(data).decode()
+                text: str | bytes = _fast_encode(data)
             except (TypeError, ValueError, msgspec.EncodeError):
                 text = _encode(data, table)  # raises InvalidRecord with the reason
             rid = self._counters.get(key)
@@ -381,9 +383,7 @@ class RecordsMixin:
             self._counters[key] = rid
             now = self._clock()
             await self._writer.submit(_op_add, key, (rid, now, now, text))
-            rec = {"id": rid, "created_at": now, "updated_at": now}
-            rec.update(data)
-            return rec
+            return {"id": rid, "created_at": now, "updated_at": now, **data}
         fields, rid, created, updated = _split(data, table)
         text = _encode(fields, table)
         row = await self._row_for_insert(key, table, rid, created, updated, self._clock(), text)
