@@ -164,3 +164,75 @@ async def test_database_refusing_writes_fails_each_caller_and_recovers(store):
     await store._writer.call(lambda: conn.execute("PRAGMA query_only = 0"))
     assert (await store.add("t", {"v": 99}))["v"] == 99
     assert [r["v"] for r in await store.query("t")] == [0, 99]
+
+
+@pytest.mark.parametrize("n", [1, 3, 255, 256, 257, 700])
+async def test_batched_adds_store_text_and_read_back_verbatim(store, n):
+    # adds of one batch go to SQLite as multi-row INSERTs of 256, 128, ... 1 rows
+    await store.add("t", {"warm": True})  # id counter loaded: the adds below queue at once
+    docs = [{"i": i, "name": f"naïve ☃ {i}", "nul": "a\x00b", "nested": {"k": [i, None]}}
+            for i in range(n)]
+    before = store.write_stats["batches"]
+    recs = await asyncio.gather(*(store.add("t", d) for d in docs))
+    assert store.write_stats["batches"] - before <= 2  # they shared transactions
+    assert [r["id"] for r in recs] == list(range(2, n + 2))
+    conn = store._conn
+    kinds = await store._writer.call(
+        lambda: conn.execute("SELECT DISTINCT typeof(data) FROM t").fetchall())
+    assert kinds == [("text",)]
+    rows = await store.query("t", filter={"i": {"$gte": 0}}, sort="i asc")
+    assert [{k: r[k] for k in d} for r, d in zip(rows, docs)] == docs
+    assert [r["id"] for r in rows] == [r["id"] for r in recs]
+    assert await store.count("t", filter={"name": f"naïve ☃ {n - 1}"}) == 1
+
+
+async def test_call_runs_after_the_writes_queued_before_it(store):
+    await store.add("t", {"v": -1})
+    conn = store._conn
+    adds = [store.add("t", {"v": i}) for i in range(50)]
+    counted = store._writer.call(lambda: conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    results = await asyncio.gather(*adds, counted)
+    assert results[-1] == 51
+
+
+async def test_call_error_reaches_its_caller_only(store):
+    import sqlite3
+
+    await store.add("t", {"v": 0})
+    conn = store._conn
+    results = await asyncio.gather(
+        store.add("t", {"v": 1}),
+        store._writer.call(lambda: conn.execute("SELECT * FROM missing_table")),
+        store.add("t", {"v": 2}),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], sqlite3.OperationalError)
+    assert results[0]["v"] == 1 and results[2]["v"] == 2
+    assert await store.count("t") == 3
+
+
+async def test_close_stops_the_writer_thread(tmp_path):
+    store = await open_store(f"sqlite:///{tmp_path}/s.db")
+    thread = store._writer._thread
+    assert thread.is_alive()
+    await store.add("t", {"v": 1})
+    await store.close()
+    assert not thread.is_alive()
+    await store.close()  # a second close is harmless
+    with pytest.raises(StoreError, match="closed"):
+        await store._writer.call(lambda: None)
+
+
+async def test_writes_queued_while_a_batch_commits_form_the_next_batch(store):
+    await store.add("t", {"v": -1})
+
+    async def writer(w: int):
+        for i in range(20):
+            await store.add("t", {"w": w, "i": i})
+
+    before = dict(store.write_stats)
+    await asyncio.gather(*(writer(w) for w in range(200)))
+    batches = store.write_stats["batches"] - before["batches"]
+    assert store.write_stats["writes"] - before["writes"] == 4000
+    assert batches < 400  # ~10 writes per batch at the very least
+    assert await store.count("t") == 4001
