@@ -125,7 +125,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     assert defs is not None
     if args.dis:
-        return _print_dis(defs, args.dis)
+        return _print_dis(defs, args.dis, native=args.native)
     now = datetime.now(UTC)
     tasks = [
         {"name": t.name, "file": t.file, "schedule": t.schedule, "timezone": t.timezone,
@@ -145,7 +145,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_dis(defs: Definitions, which: str) -> int:
+def _print_dis(defs: Definitions, which: str, *, native: bool = False) -> int:
     items = {**defs.functions, **defs.tasks}
     item = items.get(which)
     if item is None:
@@ -157,7 +157,12 @@ def _print_dis(defs: Definitions, which: str) -> int:
     if item is None:
         hint = did_you_mean(which, items) or "give a task or function name, or its file"
         raise CliError(EXIT_NOT_FOUND, f"no task, function or file '{which}'; {hint}")
-    print(dis(item.program))
+    if native:
+        from compiler._native import native_source
+
+        print(native_source(item.source.get("stack", []), item.name))
+    else:
+        print(dis(item.program))
     return EXIT_OK
 
 
@@ -426,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
              "cronstack check tasks/ --dis daily_user_analytics", cmd_check)
     p.add_argument("dir", help="project folder")
     p.add_argument("--dis", metavar="FILE_OR_TASK", help="print the compiled program of a task or function")
+    p.add_argument("--native", action="store_true",
+                   help="with --dis: print the Python coroutine the stack compiles to instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = _add(sub, "exec", "run one stack once and print its result and trace",
