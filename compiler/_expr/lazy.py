@@ -19,13 +19,14 @@ the value (or a fresh copy of it when it is a list or object).
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from types import CodeType, FunctionType
 from typing import Any
 
 from runtime import InternalError, Value
 
-__all__ = ("lazy_value", "function_from", "constant_fn", "fresh", "CODE_CACHE_SIZE")
+__all__ = ("LazyValue", "lazy_value", "function_from", "constant_fn", "fresh", "CODE_CACHE_SIZE")
 
 #: distinct generated sources whose code objects are kept
 CODE_CACHE_SIZE = 4096
@@ -75,6 +76,16 @@ def function_from(src: str, filename: str, namespace: dict[str, Any]) -> Functio
     return FunctionType(code.replace(co_filename=filename), namespace)
 
 
+class LazyValue(Value):
+    """A ``Value`` that can be weakly referenced, so that its compile-on-first-call stub can find it.
+
+    (A strong reference from the stub back to its Value would make every
+    Value a reference cycle, left for the cyclic garbage collector.)
+    """
+
+    __slots__ = ("__weakref__",)
+
+
 def lazy_value(src: str, filename: str, namespace: dict[str, Any], source: str, constant: bool) -> Value:
     """A ``Value`` whose ``fn`` compiles ``src`` on its first call, then is replaced by the result.
 
@@ -88,8 +99,11 @@ def lazy_value(src: str, filename: str, namespace: dict[str, Any], source: str, 
         nonlocal real
         if real is None:
             real = function_from(src, filename, namespace)
-            object.__setattr__(value, "fn", real)
+            value = ref()
+            if value is not None:
+                object.__setattr__(value, "fn", real)
         return real(scope)
 
-    value = Value(first_call, source, constant)
-    return value
+    made = LazyValue(first_call, source, constant)
+    ref = weakref.ref(made)
+    return made
