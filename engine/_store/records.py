@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -94,6 +95,7 @@ def _split(data: Any, table: str) -> tuple[dict[str, Any], Any, Any, Any]:
 # -- writer-thread half ---------------------------------------------------------
 
 
+_flatten = chain.from_iterable
 #: rows per multi-row INSERT (4 parameters each, well under SQLite's 32,766)
 INSERT_CHUNK = 256
 
@@ -109,11 +111,11 @@ def _insert_sql(table: str, n: int) -> str:
 def _insert_rows(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
     """Insert ``rows`` with few statements: each one is a single ``sqlite3_step``.
 
-    ``executemany`` releases and retakes the GIL around every row's step; while
-    the event loop is busy resuming callers, each retake waits for the loop to
-    let go, so a batch inserted row by row crawls. A multi-row VALUES statement
-    releases the GIL once per INSERT_CHUNK rows. The rest is split into powers
-    of two, so every statement text is one of a few, cached by sqlite3.
+    ``executemany`` releases and retakes the GIL around every row's step, and
+    while the event loop is busy resuming callers each retake waits for it. A
+    multi-row VALUES statement releases the GIL once per INSERT_CHUNK rows.
+    The rest is split into powers of two, so every statement text is one of
+    a few, cached by sqlite3 (see docs/store.md for the measurement).
     """
     conn = ctx.conn
     n = len(rows)
@@ -128,7 +130,7 @@ def _insert_rows(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> 
         if size == 1:
             conn.execute(sql, rows[i])
         else:
-            conn.execute(sql, [v for row in rows[i:i + size] for v in row])
+            conn.execute(sql, list(_flatten(rows[i:i + size])))
         i += size
 
 

@@ -30,6 +30,7 @@ RUN_STATUSES = frozenset(
 )
 RUN_TRIGGERS = frozenset({"schedule", "manual", "retry", "catchup", "async_call"})
 RUN_KINDS = frozenset({"task", "function"})
+_COLUMN_SET = frozenset(RUN_COLUMNS)
 _JSON_COLUMNS = frozenset({"result", "error", "inputs"})
 _ALLOWED = {"status": RUN_STATUSES, "trigger": RUN_TRIGGERS, "kind": RUN_KINDS}
 _FINISHED = ("completed", "failed", "timed_out", "cancelled", "skipped", "crashed")
@@ -48,7 +49,7 @@ def _run(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _check_fields(fields: dict[str, Any], what: str) -> dict[str, Any]:
-    unknown = set(fields) - set(RUN_COLUMNS)
+    unknown = fields.keys() - _COLUMN_SET
     if unknown:
         raise StoreError(f"{what}: unknown run fields {sorted(unknown)}; known: {list(RUN_COLUMNS)}")
     for col, allowed in _ALLOWED.items():

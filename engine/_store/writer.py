@@ -106,8 +106,11 @@ class GroupWriter:
         self._local: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
         self._handed: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
         self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
-        self._idle = False  # the thread waits on _cv (read and written under _lock)
+        # released (by the loop, under _lock) to wake the thread when it is idle:
+        # plain lock calls, cheaper than a Condition's Python-level notify
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._idle = False  # the thread waits on _wake (read and written under _lock)
         self._stop = False  # close() was called: drain, then exit
         self._closing = False
         self._thread_done = False
@@ -147,7 +150,7 @@ class GroupWriter:
             self._flush()
             with self._lock:
                 self._stop = True
-                self._cv.notify()
+                self._wake_thread()
         await asyncio.shield(self._stopped)
 
     # -- event-loop side -------------------------------------------------------
@@ -163,8 +166,13 @@ class GroupWriter:
                 self._handed.extend(local)
             else:
                 self._handed = local
-            if self._idle:
-                self._cv.notify()
+            self._wake_thread()
+
+    def _wake_thread(self) -> None:
+        """Called under ``_lock``: let an idle thread go (one release per wait)."""
+        if self._idle:
+            self._idle = False
+            self._wake.release()
 
     def _deliver(self, batch: list[Any], results: list[Any] | None, start: int) -> None:
         """Resolve one slice of a committed batch, then schedule the next slice."""
@@ -196,17 +204,19 @@ class GroupWriter:
         try:
             while True:
                 with self._lock:
-                    while not self._handed:
+                    if not self._handed:
                         if self._stop:
                             return
                         self._idle = True
-                        self._cv.wait()
-                        self._idle = False
-                    if len(self._handed) <= MAX_BATCH:
+                        batch = None
+                    elif len(self._handed) <= MAX_BATCH:
                         batch, self._handed = self._handed, []
                     else:
                         batch = self._handed[:MAX_BATCH]
                         del self._handed[:MAX_BATCH]
+                if batch is None:
+                    self._wake.acquire()  # until _flush or close releases it
+                    continue
                 results = self._commit(batch)
                 loop.call_soon_threadsafe(self._deliver, batch, results, 0)
         except RuntimeError:  # the event loop is closed: nobody awaits these writes
