@@ -10,6 +10,7 @@ policy says so, a stored retry.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import time
@@ -41,11 +42,17 @@ from engine._http import HttpClient
 from engine._schedule import RealClock, Schedule, ScheduleError
 from engine._store import open_store
 from engine._trace import RunTrace
-from runtime import RunContext, RunFailed
+from runtime import CronstackError, RunContext, RunFailed
 from runtime._vm import execute
+
+db_log = logging.getLogger("cronstack.engine")
 
 __all__ = ("Engine", "UnknownTask", "RunStatus", "new_run_id")
 
+#: real seconds between attempts at a run's final write when the database refuses it
+FINAL_WRITE_BACKOFF = (0.05, 0.25, 1.0)
+#: seconds (engine clock) before a queued run the database failed to start is tried again
+QUEUE_RETRY = 1.0
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
@@ -132,6 +139,8 @@ class Engine:
         self.durations = DurationHistogram()
         self._next_cache: dict[str, float] = {}
         self._stopping = False
+        self._launching = 0
+        self._launch_idle = anyio.Event()
 
     # -- opening and closing ------------------------------------------------------------
     @classmethod
@@ -159,10 +168,14 @@ class Engine:
         engine = cls(defs, cfg, project_dir=project_dir, clock=clock or RealClock(), env=cfg.environment(env))
         engine._compile_schedules()
         url = database or cfg.database or _sqlite_default(project_dir)
-        engine.store = await open_store(url, indexes=cfg.indexes, synchronous=cfg.synchronous, clock=engine.clock.time)
+        # URLs written in cronstack.toml are relative to the project and may not leave it
+        inside = project_dir if database is None and cfg.database else None
+        engine.store = await open_store(url, indexes=cfg.indexes, synchronous=cfg.synchronous,
+                                        clock=engine.clock.time, base_dir=inside)
         try:
             for name, src_url in cfg.data_sources.items():
-                engine._sources[name] = await open_store(src_url, indexes=cfg.indexes, synchronous=cfg.synchronous, clock=engine.clock.time)
+                engine._sources[name] = await open_store(src_url, indexes=cfg.indexes, synchronous=cfg.synchronous,
+                                                         clock=engine.clock.time, base_dir=project_dir)
             engine.http = HttpClient(max_response_bytes=cfg.http_max_response_bytes)
             async with engine._background():
                 await engine._load_state()
@@ -222,11 +235,26 @@ class Engine:
                 self._paused.add(name)
 
     async def _recover(self) -> None:
-        """Runs a dead engine left ``running`` become ``crashed`` and retry under their policy."""
+        """Runs a dead engine left ``running`` become ``crashed`` and retry under their policy.
+
+        An attempt whose retry was already stored (it died between storing
+        the retry and its own outcome) is not retried twice.
+        """
         for row in await self.store.recover_running(self.engine_id):
             task = self.definitions.tasks.get(row["task"])
-            if task is not None and row.get("kind", "task") == "task":
+            if task is not None and row.get("kind", "task") == "task" and not await self._has_retry(row):
                 await self._maybe_retry(task, row, "crashed")
+
+    async def _has_retry(self, row: dict[str, Any], page: int = 500, max_pages: int = 20) -> bool:
+        """Whether a retry of run ``row`` is stored (runs of its task created since, newest first)."""
+        since = row.get("created_at") or 0.0
+        for n in range(max_pages):
+            runs = await self.store.list_runs(row["task"], limit=page, offset=n * page)
+            if any(r.get("parent_id") == row["id"] for r in runs):
+                return True
+            if len(runs) < page or (runs[-1].get("created_at") or 0.0) < since:
+                return False
+        return False
 
     def records_for(self, data_source: str | None) -> Any:
         if data_source is None or data_source not in self._sources:
@@ -432,16 +460,28 @@ class Engine:
         admitted = self._gate.try_acquire()
         if admitted:
             row["status"], row["started_at"] = "running", self.clock.time()
-        if claim_fire:
-            if not await self.store.claim_fire(row["task"], row["scheduled_at"], row):
+        # stop() waits for launches in flight: a run recorded while stopping must be seen and stopped
+        if not self._launching:
+            self._launch_idle = anyio.Event()
+        self._launching += 1
+        stored = False
+        try:
+            if claim_fire:
+                stored = await self.store.claim_fire(row["task"], row["scheduled_at"], row)
+                if not stored:
+                    return None
+            elif claimed:
                 if admitted:
-                    self._gate.release()
-                return None
-        elif claimed:
-            if admitted:
-                await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"], "engine_id": self.engine_id})
-        else:
-            await self.store.insert_run(row)
+                    await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"], "engine_id": self.engine_id})
+            else:
+                await self.store.insert_run(row)
+            stored = True
+        finally:
+            if not stored and admitted:  # already claimed, or the database refused: free the slot
+                self._gate.release()
+            self._launching -= 1
+            if not self._launching:
+                self._launch_idle.set()
         active = _Active(row["task"], anyio.CancelScope(), row=row)
         self._active[row["id"]] = active
         if isinstance(defn, Task):
@@ -460,7 +500,11 @@ class Engine:
                     await self._gate.acquire(row["task"])
                     admitted = True
                     row["started_at"] = self.clock.time()
-                    await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
+                    try:
+                        await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
+                    except CronstackError as exc:
+                        status, error = "failed", _store_failure(exc, "starting the run")
+                        return
                 if not admitted:
                     status, error = "cancelled", {"message": "cancelled before it started", "type": "Cancelled", "step": None}
                     return
@@ -529,14 +573,23 @@ class Engine:
             if trace is not None:
                 error = trace.redact_error(error)
             started = row.get("started_at")
-            await self.store.update_run(run_id, {"status": status, "finished_at": now, "result": result, "error": error})
+            if isinstance(defn, Task) and status in RETRYABLE:
+                # the retry is stored before the outcome: a crash between the two leaves the
+                # attempt `running`, and recovery sees its retry (``_has_retry``) instead of losing it.
+                # A retry the database refused leaves the attempt `running` on purpose: the next
+                # start marks it crashed and retries it, so the retry is late but never lost.
+                if not await self._maybe_retry(defn, row, status):
+                    return
+            if not await self._final_write(run_id, {"status": status, "finished_at": now, "result": result, "error": error}):
+                return  # still `running` in the database: the next start marks it crashed and retries it
             if trace is not None and (trace.entries or trace.logs):
-                await self.store.add_trace(run_id, trace.export())
+                try:
+                    await self.store.add_trace(run_id, trace.export())
+                except CronstackError as exc:
+                    db_log.error("run %s of %s: its trace could not be stored: %s", run_id, row["task"], exc)
             self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
             if started is not None:
                 self.durations.observe(row["task"], now - started)
-            if isinstance(defn, Task) and status in RETRYABLE:
-                await self._maybe_retry(defn, row, status)
         finally:
             if active.watchdog is not None:
                 active.watchdog.cancel()
@@ -551,17 +604,45 @@ class Engine:
                 assert self._tg is not None
                 self._tg.start_soon(self._fire, defn.name, scheduled_at, trigger)
 
-    async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> None:
+    async def _final_write(self, run_id: str, fields: dict[str, Any]) -> bool:
+        """Record a run's outcome, retrying briefly; False (logged) if the database keeps refusing.
+
+        A store error here must not escape: it would tear down the engine's
+        task group and every other run with it. A run whose outcome could not
+        be written stays ``running`` in the database and is recovered (marked
+        ``crashed``, retried under its policy) by the next start.
+        """
+        for delay in (*FINAL_WRITE_BACKOFF, None):
+            try:
+                await self.store.update_run(run_id, fields)
+                return True
+            except CronstackError as exc:
+                if delay is None:
+                    db_log.error("run %s: its outcome (%s) could not be stored, it stays 'running' until "
+                              "the next start recovers it: %s", run_id, fields.get("status"), exc)
+                    return False
+                await anyio.sleep(delay)
+        return False  # pragma: no cover - the loop always returns
+
+    async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> bool:
+        """Store the retry the policy asks for; False only when the database refused it."""
         policy = task.retry_policy
         attempt = int(row.get("attempt") or 1)
         if attempt > policy.max_retries:
-            return
+            return True
         retry = self._row(task.name, "task", "retry", scheduled_at=row.get("scheduled_at"), attempt=attempt + 1,
                           parent_id=row["id"], inputs=row.get("inputs"))
         retry["not_before"] = self.clock.time() + policy.delay(attempt)
-        await self.store.insert_run(retry)
+        try:
+            await self.store.insert_run(retry)
+        except CronstackError as exc:
+            db_log.error("run %s of %s ended %s but its retry could not be stored; the run stays "
+                         "'running' until the next start recovers and retries it: %s",
+                         row["id"], task.name, status, exc)
+            return False
         self._queued_due[retry["id"]] = retry["not_before"]
         self._queue_wake.set()
+        return True
 
     async def start_function_run(self, name: str, inputs: dict[str, Any], parent_id: str | None) -> str:
         """A durable run of function ``name`` (execution_mode async); returns its id at once."""
@@ -608,30 +689,37 @@ class Engine:
     async def _misfires(self) -> None:
         now = self.clock.time()
         for name, sched in self.schedules.items():
-            task = self.definitions.tasks[name]
             if not self.is_active(name):
                 continue
-            state = await self.store.get_task_state(name) or {}
-            last = state.get("last_fire")
-            if last is None:
-                await self.store.set_task_state(name, last_fire=now)
-                continue
-            if task.misfire == "skip":
-                continue
-            missed: list[float] = []
-            t = sched.next_after(last)
-            while t is not None and t <= now and len(missed) < 10_000:
-                if t >= now - task.misfire_grace:
-                    missed.append(t)
-                t = sched.next_after(t)
-            if not missed:
-                continue
-            if task.misfire == "run_once":
-                missed = missed[-1:]
-            for t in missed:
-                row = self._row(name, "task", "catchup", scheduled_at=t, attempt=1)
-                await self._launch(task, row, claim_fire=True)
-            await self.store.set_task_state(name, last_fire=missed[-1])
+            try:
+                await self._catch_up(name, sched, now)
+            except CronstackError as exc:
+                db_log.error("task %s: missed fires could not be caught up: %s", name, exc)
+
+    async def _catch_up(self, name: str, sched: Schedule, now: float) -> None:
+        """Handle the fires of task ``name`` missed while no engine served (misfire policy)."""
+        task = self.definitions.tasks[name]
+        state = await self.store.get_task_state(name) or {}
+        last = state.get("last_fire")
+        if last is None:
+            await self.store.set_task_state(name, last_fire=now)
+            return
+        if task.misfire == "skip":
+            return
+        missed: list[float] = []
+        t = sched.next_after(last)
+        while t is not None and t <= now and len(missed) < 10_000:
+            if t >= now - task.misfire_grace:
+                missed.append(t)
+            t = sched.next_after(t)
+        if not missed:
+            return
+        if task.misfire == "run_once":
+            missed = missed[-1:]
+        for t in missed:
+            row = self._row(name, "task", "catchup", scheduled_at=t, attempt=1)
+            await self._launch(task, row, claim_fire=True)
+        await self.store.set_task_state(name, last_fire=missed[-1])
 
     async def _schedule_loop(self) -> None:
         from engine._schedule import Timer, wait_next
@@ -661,6 +749,13 @@ class Engine:
                     self._next_fire[name] = nxt
 
     async def _fire(self, name: str, scheduled_at: float, trigger: str) -> None:
+        """One scheduled fire; a database error loses this fire only (logged), never the scheduler."""
+        try:
+            await self._fire_once(name, scheduled_at, trigger)
+        except CronstackError as exc:
+            db_log.error("task %s: the fire at %s could not be recorded: %s", name, _iso(scheduled_at), exc)
+
+    async def _fire_once(self, name: str, scheduled_at: float, trigger: str) -> None:
         task = self.definitions.tasks[name]
         if self._stopping:
             return
@@ -699,22 +794,14 @@ class Engine:
             due = sorted((t, rid) for rid, t in self._queued_due.items() if t <= now)
             for _t, run_id in due:
                 self._queued_due.pop(run_id, None)
-                row = await self.store.get_run(run_id)
-                if row is None or row["status"] != "queued":
-                    continue
-                defn: Task | Function | None = (
-                    self.definitions.tasks.get(row["task"]) if row.get("kind", "task") == "task"
-                    else self.functions.stacks.get(row["task"])
-                )
-                if defn is None:
-                    await self.store.update_run(run_id, {"status": "failed", "finished_at": now, "error": {
-                        "message": f"'{row['task']}' is no longer defined", "type": "UnknownTask", "step": None}})
-                    continue
-                if not await self.store.claim_run(run_id, self.engine_id, now):
-                    continue
-                row.update(status="running", started_at=now)
-                await self._launch(defn, row, claimed=True)
+                try:
+                    await self._start_queued(run_id, now)
+                except CronstackError as exc:  # the row stays queued: try again in a while
+                    db_log.error("queued run %s could not be started, retrying in %g s: %s",
+                              run_id, QUEUE_RETRY, exc)
+                    self._queued_due[run_id] = now + QUEUE_RETRY
             pending = [t for t in self._queued_due.values()]
+
             nxt = min(pending) if pending else None
             with anyio.move_on_after(3600):
                 if nxt is None:
@@ -733,12 +820,32 @@ class Engine:
                         tg.start_soon(woken)
             self._queue_wake = anyio.Event()
 
+    async def _start_queued(self, run_id: str, now: float) -> None:
+        row = await self.store.get_run(run_id)
+        if row is None or row["status"] != "queued":
+            return
+        defn: Task | Function | None = (
+            self.definitions.tasks.get(row["task"]) if row.get("kind", "task") == "task"
+            else self.functions.stacks.get(row["task"])
+        )
+        if defn is None:
+            await self.store.update_run(run_id, {"status": "failed", "finished_at": now, "error": {
+                "message": f"'{row['task']}' is no longer defined", "type": "UnknownTask", "step": None}})
+            return
+        if not await self.store.claim_run(run_id, self.engine_id, now):
+            return
+        row.update(status="running", started_at=now)
+        await self._launch(defn, row, claimed=True)
+
     async def _prune_loop(self) -> None:
         while True:
             now = self.clock.time()
             for task in self.definitions.tasks.values():
                 days = task.request_history.retention_days
-                await self.store.prune_history(task.name, now - days * 86400)
+                try:
+                    await self.store.prune_history(task.name, now - days * 86400)
+                except CronstackError as exc:  # pruning waits for the next round
+                    db_log.error("task %s: old history could not be pruned: %s", task.name, exc)
             await self.clock.sleep(self.config.prune_interval)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -753,6 +860,8 @@ class Engine:
             await stop_api(self.api)
             self.api = None
         grace = self.config.shutdown_grace if grace is None else grace
+        while self._launching:
+            await self._launch_idle.wait()
         with anyio.move_on_after(grace):
             while self._active:
                 await next(iter(self._active.values())).done.wait()
@@ -773,6 +882,11 @@ def _calls_only(calls: list[tuple[str, str]]) -> Definitions:
     """A Definitions holding only a stack's calls, to check them with ``check_calls``."""
     fake = Function(name="stack", program=lower_stack([], "stack").program, calls=tuple(calls))
     return Definitions(functions={"$stack": fake})
+
+
+def _store_failure(exc: CronstackError, doing: str) -> dict[str, Any]:
+    """The error object of a run the database failed while ``doing`` something for it."""
+    return {"message": f"the database failed while {doing}: {exc}", "type": exc.error_type, "step": None}
 
 
 def _iso(ts: float | None) -> str | None:
