@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler._errors import CompileError, Diagnostic
-from compiler._expr.cache import ExprCode, expression_at, template_pieces
+from compiler._expr.cache import ExprCode, check_length, expression_at, parsed_template
 from compiler._expr.codegen import NAMESPACE
 from compiler._expr.lazy import constant_fn, lazy_value
 from compiler._expr.parser import MAX_EXPRESSION_DEPTH
 from runtime import CronstackError, LimitExceeded, Value
-from runtime._limits import MAX_EXPRESSION_LENGTH, MAX_NESTING_DEPTH, MAX_STRING_LENGTH
+from runtime._limits import MAX_NESTING_DEPTH, MAX_STRING_LENGTH
 from runtime._values import json_dumps
 
 __all__ = (
@@ -64,22 +64,13 @@ _NS = dict(NAMESPACE, _annotate=_annotate, _limit=_limit, _Err=CronstackError)
 EXPRESSION_NAMESPACE = _NS
 
 
-def _check_length(source: str, path: str) -> None:
-    if len(source) > MAX_EXPRESSION_LENGTH:
-        raise CompileError(
-            Diagnostic(
-                f"this expression is {len(source):,} characters long; the limit is {MAX_EXPRESSION_LENGTH:,}",
-                path=path,
-                hint="move the data into a variable or a table",
-            )
-        )
-
-
 class _Unit:
     """Collects the statements and name reads of one compiled field.
 
-    Temporaries are numbered across the whole field (``_t1``, ``_t2``...):
-    each expression's cached code is renumbered from where the count stands.
+    Each expression's code comes from the cache as is, with its own
+    temporaries ``_t1``, ``_t2``...; the field's own temporaries (a bound
+    piece of a template, the text being built) are ``_t01``, ``_t02``... so
+    that no expression can overwrite them.
     """
 
     def __init__(self, path: str) -> None:
@@ -91,15 +82,12 @@ class _Unit:
 
     def tmp(self) -> str:
         self.n += 1
-        return f"_t{self.n}"
+        return f"_t0{self.n}"
 
-    def expression(self, text: str, start: int, end: int, path: str, template: bool) -> tuple[str, ExprCode]:
-        """Code of the expression ``text[start:end]``, its names recorded at their columns."""
-        ec = expression_at(text, start, end, path, template=template)
-        self.refs.extend(NameRef(name, path, start + col + 1) for name, col in ec.names)
-        code = ec.at(self.n)
-        self.n += ec.temps
-        return code, ec
+    def names(self, ec: ExprCode, start: int, path: str) -> None:
+        """Record the names ``ec`` reads; its text starts at column ``start`` (0-based) of the field."""
+        if ec.names:
+            self.refs.extend(NameRef(name, path, start + col + 1) for name, col in ec.names)
 
     def template(self, text: str, path: str, top: bool = False) -> tuple[str, bool]:
         """Source of a string field; True when it holds an expression.
@@ -109,23 +97,22 @@ class _Unit:
         """
         if "{{" not in text:
             return repr(text), False
-        pieces = template_pieces(text, path)
-        for piece in pieces:
-            if type(piece) is tuple:
-                _check_length(text[piece[0] : piece[1]].strip(), path)
+        pieces = parsed_template(text, path)
         if len(pieces) == 1 and type(pieces[0]) is tuple:
-            code, ec = self.expression(text, *pieces[0], path, True)
+            start, ec = pieces[0]
+            self.names(ec, start, path)
             if top:
                 self.single = ec
-                return code, True
-            return self.bind(code, ec.source), True
+                return ec.code, True
+            return self.bind(ec.code, ec.source), True
         parts = []
         for piece in pieces:
             if type(piece) is str:
                 parts.append(repr(piece))
             else:
-                code, ec = self.expression(text, *piece, path, True)  # type: ignore[misc]
-                v = self.bind(code, ec.source)
+                start, ec = piece  # type: ignore[misc]
+                self.names(ec, start, path)
+                v = self.bind(ec.code, ec.source)
                 parts.append(f"({v} if {v}.__class__ is str else _text({v}))")
         t = self.tmp()
         self.stmts.append(f"{t} = {' + '.join(parts)}")
@@ -206,9 +193,10 @@ def compile_expression(src: str, path: str) -> tuple[Value, tuple[NameRef, ...]]
     if type(src) is not str:
         raise CompileError(Diagnostic(f"expected an expression (text), got {type(src).__name__}", path=path))
     unit = _Unit(path)
-    _check_length(src, path)
-    code, unit.single = unit.expression(src, 0, len(src), path, False)
-    return unit.build(code, src), tuple(unit.refs)
+    check_length(src, path)
+    ec = unit.single = expression_at(src, 0, len(src), path, template=False)
+    unit.names(ec, 0, path)
+    return unit.build(ec.code, src), tuple(unit.refs)
 
 
 def compile_condition(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]]:
@@ -227,7 +215,7 @@ def _condition_unit(value: Any, path: str) -> tuple[_Unit, str]:
     unit = _Unit(path)
     text = value
     if "{{" in text:
-        pieces = template_pieces(text, path)
+        pieces = parsed_template(text, path)
         exprs = [p for p in pieces if type(p) is tuple]
         if len(exprs) != 1 or any(type(p) is str and p.strip() for p in pieces):
             raise CompileError(
@@ -237,14 +225,14 @@ def _condition_unit(value: Any, path: str) -> tuple[_Unit, str]:
                     hint="combine tests inside one {{ }} with 'and' / 'or'",
                 )
             )
-        start, end = exprs[0]  # type: ignore[misc]
-        _check_length(text[start:end].strip(), path)
-        code, ec = unit.expression(text, start, end, path, True)
+        start, ec = exprs[0]  # type: ignore[misc]
     else:
-        _check_length(text, path)
-        code, ec = unit.expression(text, 0, len(text), path, False)
+        check_length(text, path)
+        start, ec = 0, expression_at(text, 0, len(text), path, template=False)
+    unit.names(ec, start, path)
+    code = ec.code
     if ec.constant is not None:
-        unit.single = ExprCode(ec.source, ec.lits, ec.nums, ec.names, (bool(ec.constant[0]),))
+        unit.single = ExprCode(ec.source, ec.code, ec.names, (bool(ec.constant[0]),))
     return unit, f"(True if {code} else False)"
 
 

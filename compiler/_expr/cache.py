@@ -2,11 +2,12 @@
 
 A project repeats the same expressions over and over (``{{ now }}``,
 ``{{ item.id }}``, ``{{ env.API_KEY }}``), so lexing, parsing, folding and
-code generation run once per distinct *text*, not once per field. What is
-kept depends on the text alone:
+code generation run once per distinct *text*, not once per field; so does
+splitting a template string into its pieces. What is kept depends on the
+text alone:
 
-* the generated code, with its temporaries as marks that ``ExprCode.at``
-  renumbers for the function the code lands in;
+* the generated code, used verbatim wherever the text appears (an
+  expression's temporaries are its own, see ``CodeGen``);
 * the free names it reads, with columns relative to the text, which the
   caller shifts to where the text stands in its field;
 * the folded value, when the whole expression folds to a constant.
@@ -25,15 +26,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler._errors import CompileError, Diagnostic
-from compiler._expr.codegen import TEMP_MARK, CodeGen
+from compiler._expr.codegen import CodeGen
 from compiler._expr.fold import Folder
 from compiler._expr.lexer import tokenize
 from compiler._expr.nodes import Const, Name, Node, children
 from compiler._expr.parser import parse
+from runtime._limits import MAX_EXPRESSION_LENGTH
 
-__all__ = ("ExprCode", "expression_code", "expression_at", "template_pieces", "CACHE_SIZE", "CACHED_TEXT_LIMIT")
+__all__ = (
+    "ExprCode",
+    "Piece",
+    "expression_code",
+    "expression_at",
+    "template_pieces",
+    "parsed_template",
+    "check_length",
+    "CACHE_SIZE",
+    "CACHED_TEXT_LIMIT",
+)
 
-#: distinct expression texts kept (least recently used dropped first)
+#: distinct expression texts (and, apart, template strings) kept, least recently used dropped first
 CACHE_SIZE = 8192
 #: longer texts are compiled without caching (they are rare, and the cache holds its keys)
 CACHED_TEXT_LIMIT = 2000
@@ -45,29 +57,28 @@ class ExprCode:
 
     #: the text without surrounding blanks (quoted in run-time errors)
     source: str
-    #: the generated code split around its temporaries: lits[0], temp nums[0], lits[1], ...
-    lits: tuple[str, ...]
-    nums: tuple[int, ...]
+    #: one Python expression; reads ``scope``, uses temporaries ``_t1``, ``_t2``...
+    code: str
     #: free names read, with their 0-based column in the text, in column order
     names: tuple[tuple[str, int], ...]
     #: ``(value,)`` when the whole expression folds to a constant, else None
     constant: tuple[Any] | None
 
-    @property
-    def temps(self) -> int:
-        """How many temporaries the code uses (numbered 1..temps before ``at``)."""
-        return max(self.nums, default=0)
 
-    def at(self, base: int) -> str:
-        """The code with its temporaries named ``_t{base + 1}``, ``_t{base + 2}``..."""
-        lits, nums = self.lits, self.nums
-        if not nums:
-            return lits[0]
-        out = [lits[0]]
-        for n, lit in zip(nums, lits[1:], strict=True):
-            out.append(f"_t{base + n}")
-            out.append(lit)
-        return "".join(out)
+#: a template piece: literal text, or (column where the expression's text starts, its code)
+Piece = str | tuple[int, ExprCode]
+
+
+def check_length(source: str, path: str) -> None:
+    """Refuse an expression longer than ``MAX_EXPRESSION_LENGTH``."""
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        raise CompileError(
+            Diagnostic(
+                f"this expression is {len(source):,} characters long; the limit is {MAX_EXPRESSION_LENGTH:,}",
+                path=path,
+                hint="move the data into a variable or a table",
+            )
+        )
 
 
 def _names(node: Node) -> tuple[tuple[str, int], ...]:
@@ -87,9 +98,8 @@ def _build(text: str) -> ExprCode:
     ast = parse(tokens, text, "")
     names = _names(ast)
     folded = Folder(text, "").visit(ast)
-    parts = CodeGen().gen(folded).split(TEMP_MARK)
     constant = (folded.value,) if isinstance(folded, Const) else None
-    return ExprCode(text.strip(), tuple(parts[0::2]), tuple(int(p) for p in parts[1::2]), names, constant)
+    return ExprCode(text.strip(), CodeGen().gen(folded), names, constant)
 
 
 _cached_build = functools.lru_cache(maxsize=CACHE_SIZE)(_build)
@@ -112,14 +122,57 @@ def expression_at(field: str, start: int, end: int, path: str, *, template: bool
         return expression_code(field[start:end])
     except CompileError as exc:
         alone = exc
-    # compile it again where it stands, for the error's own column and quote
+    _raise_in_place(field, start, path, template)
+    raise _shifted(alone, start, path)
+
+
+def _raise_in_place(field: str, start: int, path: str, template: bool) -> None:
+    """Compile the expression at ``start`` where it stands, for the error's own column and quote."""
     tokens, _ = tokenize(field, path, start, template)
     Folder(field, path).visit(parse(tokens, field, path))
-    # unreachable unless the two compiles disagree: keep the error, shifted into place
-    raise CompileError(
+
+
+def _shifted(exc: CompileError, start: int, path: str) -> CompileError:
+    """Only if the in-place compile disagrees with the standalone one: the standalone error, moved into place."""
+    return CompileError(
         Diagnostic(d.message, path, column=None if d.column is None else d.column + start, hint=d.hint)
-        for d in alone.diagnostics
+        for d in exc.diagnostics
     )
+
+
+def _parse_template(text: str, path: str) -> tuple[Piece, ...]:
+    out: list[Piece] = []
+    for piece in template_pieces(text, path):
+        if type(piece) is str:
+            out.append(piece)
+        else:
+            start, end = piece  # type: ignore[misc]
+            check_length(text[start:end].strip(), path)
+            out.append((start, expression_code(text[start:end])))
+    return tuple(out)
+
+
+_cached_template = functools.lru_cache(maxsize=CACHE_SIZE)(_parse_template)
+
+
+def parsed_template(text: str, path: str) -> tuple[Piece, ...]:
+    """The pieces of a template string (it contains ``{{``), from the cache when seen before."""
+    try:
+        if len(text) > CACHED_TEXT_LIMIT:
+            return _parse_template(text, "")
+        return _cached_template(text, "")
+    except CompileError:
+        pass
+    # the error again, worded for this field: the pieces one by one, each in place
+    out: list[Piece] = []
+    for piece in template_pieces(text, path):
+        if type(piece) is str:
+            out.append(piece)
+        else:
+            start, end = piece  # type: ignore[misc]
+            check_length(text[start:end].strip(), path)
+            out.append((start, expression_at(text, start, end, path, template=True)))
+    return tuple(out)  # pragma: no cover - only if the cached parse failed where this one did not
 
 
 # the inside of a {{ }} without braces: anything but quotes and braces, and whole strings

@@ -31,7 +31,7 @@ from compiler._expr.nodes import (
 from runtime import _values as V
 from runtime.filters import FILTERS
 
-__all__ = ("CodeGen", "literal", "NAMESPACE", "TEMP_MARK")
+__all__ = ("CodeGen", "literal", "NAMESPACE")
 
 #: ints below this magnitude multiply without exceeding MAX_INT_BITS: no check needed
 _SMALL = repr(2 ** (V.MAX_INT_BITS // 2 - 1))
@@ -76,18 +76,13 @@ def literal(v: Any) -> str:
     raise TypeError(f"not JSON data: {type(v).__name__}")  # pragma: no cover - callers check first
 
 
-#: Brackets the number of a temporary in generated code. ``repr()`` of user text
-#: never contains a NUL character, so the marks can be found and renumbered.
-TEMP_MARK = "\x00"
-
-
 class CodeGen:
-    """Generates expression source; temporaries are walrus-bound locals.
+    """Generates expression source; temporaries are walrus-bound locals ``_t1``, ``_t2``...
 
-    A temporary comes out as a *mark* (``TEMP_MARK`` + number + ``TEMP_MARK``)
-    rather than its final name ``_tN``: the same expression text is generated
-    once and placed into many functions, each numbering its temporaries on
-    from where it stands (see ``compiler._expr.cache``).
+    Each expression numbers its temporaries from 1: they are dead once it is
+    evaluated, so expressions evaluated one after the other in the same
+    function may reuse them, and the code of an expression text does not
+    depend on where it lands (``compiler._expr.cache`` reuses it verbatim).
     """
 
     def __init__(self) -> None:
@@ -95,7 +90,7 @@ class CodeGen:
 
     def tmp(self) -> str:
         self.n += 1
-        return f"{TEMP_MARK}{self.n}{TEMP_MARK}"
+        return f"_t{self.n}"
 
     def gen(self, node: Node) -> str:
         if isinstance(node, Const):
