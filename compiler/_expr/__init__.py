@@ -125,6 +125,7 @@ class _Unit:
         return t
 
     def value(self, v: Any, path: str, depth: int) -> tuple[str, bool]:
+        """Source of a JSON value walked recursively; True when a template is somewhere inside."""
         t = type(v)
         if t is str:
             return self.template(v, path)
@@ -138,18 +139,28 @@ class _Unit:
             raise CompileError(Diagnostic(f"a {t.__name__} is not JSON data", path=path))
         if depth >= MAX_NESTING_DEPTH:
             raise CompileError(Diagnostic(f"this value nests deeper than {MAX_NESTING_DEPTH} lists/objects", path=path))
-        if t is list:
-            parts = [self.value(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v)]
-            return "[" + ", ".join(p for p, _ in parts) + "]", any(d for _, d in parts)
-        items = []
+        codes: list[str] = []
         dynamic = False
+        if t is list:
+            for i, x in enumerate(v):
+                if type(x) is str and "{{" not in x:  # the common leaves, without a call
+                    codes.append(repr(x))
+                    continue
+                code, d = self.value(x, f"{path}[{i}]", depth + 1)
+                dynamic = dynamic or d
+                codes.append(code)
+            return "[" + ", ".join(codes) + "]", dynamic
         for k, x in v.items():
             if type(k) is not str:
                 raise CompileError(Diagnostic(f"object keys must be text, got {k!r}", path=path))
-            code, d = self.value(x, f"{path}.{k}" if path else k, depth + 1)
-            dynamic = dynamic or d
-            items.append(f"{k!r}: {code}")
-        return "{" + ", ".join(items) + "}", dynamic
+            tx = type(x)
+            if (tx is str and "{{" not in x) or x is None or tx is bool or tx is int:
+                code = repr(x)
+            else:
+                code, d = self.value(x, f"{path}.{k}" if path else k, depth + 1)
+                dynamic = dynamic or d
+            codes.append(f"{k!r}: {code}")
+        return "{" + ", ".join(codes) + "}", dynamic
 
     def build(self, result: str, source: str) -> Value:
         """The field's Value: code compiled at its first call; none at all for a folded constant."""
