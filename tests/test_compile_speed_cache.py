@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 
 from compiler import load_definitions
 from compiler._errors import CompileError
-from compiler._expr import compile_condition, compile_expression, compile_value, field_code
 from compiler._expr import cache as expr_cache
-from compiler._expr import lazy
+from compiler._expr import compile_condition, compile_expression, compile_value, field_code, lazy
 from compiler._expr.lexer import _tokenize_slow, tokenize
 from compiler._lower import lower_stack
 from runtime import ExpressionError, InternalError, RunContext
