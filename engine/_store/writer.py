@@ -38,6 +38,7 @@ __all__ = ("WriteContext", "GroupWriter", "Op")
 Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 
 MAX_BATCH = 20_000
+_OP = itemgetter(0)
 _OP_AND_KEY = itemgetter(0, 1)
 _ARG = itemgetter(2)
 #: futures resolved per loop callback; the resumed callers run (and queue
@@ -230,7 +231,7 @@ class GroupWriter:
     def _commit(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         """Results of ``batch``: ``call`` items run alone, between transactions."""
         try:
-            if not any(item[0] is _call_op for item in batch):
+            if _call_op not in map(_OP, batch):  # the common case, checked in C
                 return self._apply(batch)
             results: list[Any] = []
             for is_call, run in groupby(batch, lambda item: item[0] is _call_op):
