@@ -139,3 +139,24 @@ async def test_full_disk_fails_clearly_and_the_engine_keeps_running(tmp_path, mo
         assert (await engine.trigger("w", wait=True))["status"] == "completed"
         assert (await engine.trigger("pure", wait=True))["status"] == "completed"
     print(f"full disk: {plan.failures} writes refused")
+
+
+async def test_a_refused_fire_claim_frees_its_admission_slot(monkeypatch):
+    """Fires whose claim the database refuses are lost (logged) but never hold a run slot."""
+    from engine import FakeClock
+
+    plan = FaultPlan(seed=2, fail_rate=1.0, fail_ops=frozenset({"claim_fire"}))
+    install(monkeypatch, plan)
+    clock = FakeClock(1_700_000_000.0)
+    defs = [{"name": "tick", "schedule": "* * * * * *", "stack": []}]
+    async with Engine.open(defs, clock=clock) as engine:
+        await engine.serve(api=False)
+        for _ in range(5):
+            await clock.advance(1)
+            await anyio.sleep(0.01)
+        await eventually(lambda: plan.failures >= 5)
+        assert engine._gate.holders == 0, "every refused claim gave its slot back"
+        plan.fail_rate = 0.0
+        await clock.advance(1)
+        runs = await eventually(lambda: finished(engine, "tick", 1))
+        assert runs[0]["status"] == "completed", "the scheduler kept going"
