@@ -49,6 +49,9 @@ db_log = logging.getLogger("cronstack.engine")
 
 __all__ = ("Engine", "UnknownTask", "RunStatus", "new_run_id")
 
+#: one line per run start and finish: ``run started id=... task=... trigger=... attempt=...``
+run_log = logging.getLogger("cronstack.runs")
+
 #: real seconds between attempts at a run's final write when the database refuses it
 FINAL_WRITE_BACKOFF = (0.05, 0.25, 1.0)
 #: seconds (engine clock) before a queued run the database failed to start is tried again
@@ -487,6 +490,9 @@ class Engine:
         if isinstance(defn, Task):
             self._running.setdefault(defn.name, set()).add(row["id"])
         self._tg.start_soon(self._execute, defn, row, active, admitted)
+        if run_log.isEnabledFor(logging.INFO):
+            run_log.info("run %s id=%s task=%s trigger=%s attempt=%s", "started" if admitted else "queued",
+                     row["id"], row["task"], row["trigger"], row["attempt"])
         return active
 
     async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool) -> None:
@@ -588,6 +594,9 @@ class Engine:
                 except CronstackError as exc:
                     db_log.error("run %s of %s: its trace could not be stored: %s", run_id, row["task"], exc)
             self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
+            if run_log.isEnabledFor(logging.INFO):
+                run_log.info("run finished id=%s task=%s status=%s duration=%.3f%s", run_id, row["task"], status,
+                         now - (started or now), f" error={error.get('type')}: {error.get('message')}" if error else "")
             if started is not None:
                 self.durations.observe(row["task"], now - started)
         finally:
