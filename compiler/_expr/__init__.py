@@ -12,8 +12,7 @@ field's first evaluation (``lazy``). A field without templates needs no code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from compiler._errors import CompileError, Diagnostic
 from compiler._expr.cache import ExprCode, check_length, expression_at, parsed_template
@@ -40,9 +39,11 @@ BUILTIN_NAMES: frozenset[str] = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class NameRef:
-    """A free name an expression reads (built-ins included), where, and at which 1-based column."""
+class NameRef(NamedTuple):
+    """A free name an expression reads (built-ins included), where, and at which 1-based column.
+
+    A named tuple: a load makes one per name read, and tuples are cheap to make.
+    """
 
     name: str
     path: str
@@ -193,6 +194,16 @@ def _value_unit(value: Any, path: str) -> tuple[_Unit, str, bool]:
 
 def compile_value(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]]:
     """A step field: templates in strings, dicts/lists walked (keys never templates), other JSON as is."""
+    if type(value) is str:  # the common fields, without a unit: plain text, or one whole {{ }}
+        if "{{" not in value:
+            return Value(lambda _scope, _v=value: _v, value, True), ()
+        pieces = parsed_template(value, path)
+        if len(pieces) == 1 and type(pieces[0]) is tuple:
+            start, ec = pieces[0]
+            refs = tuple(NameRef(name, path, start + col + 1) for name, col in ec.names)
+            if ec.constant is not None:
+                return Value(constant_fn(ec.constant[0]), value, not refs), refs
+            return lazy_value(ec.function, f"<expression at {path}>", _NS, value, not refs), refs
     unit, result, dynamic = _value_unit(value, path)
     if not dynamic:  # plain JSON data, checked by the walk: no code needed
         return Value(constant_fn(value), _source(value), True), ()
@@ -243,7 +254,7 @@ def _condition_unit(value: Any, path: str) -> tuple[_Unit, str]:
     unit.names(ec, start, path)
     code = ec.code
     if ec.constant is not None:
-        unit.single = ExprCode(ec.source, ec.code, ec.names, (bool(ec.constant[0]),))
+        unit.single = ExprCode(ec.source, ec.code, ec.names, (bool(ec.constant[0]),), ec.function)
     return unit, f"(True if {code} else False)"
 
 

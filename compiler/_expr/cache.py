@@ -63,6 +63,8 @@ class ExprCode:
     names: tuple[tuple[str, int], ...]
     #: ``(value,)`` when the whole expression folds to a constant, else None
     constant: tuple[Any] | None
+    #: the source of ``def _value(scope)`` returning the expression (a whole field of it)
+    function: str
 
 
 #: a template piece: literal text, or (column where the expression's text starts, its code)
@@ -99,7 +101,8 @@ def _build(text: str) -> ExprCode:
     names = _names(ast)
     folded = Folder(text, "").visit(ast)
     constant = (folded.value,) if isinstance(folded, Const) else None
-    return ExprCode(text.strip(), CodeGen().gen(folded), names, constant)
+    code = CodeGen().gen(folded)
+    return ExprCode(text.strip(), code, names, constant, f"def _value(scope):\n    return {code}\n")
 
 
 _cached_build = functools.lru_cache(maxsize=CACHE_SIZE)(_build)
