@@ -75,6 +75,10 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
         )
     try:
         return _decoder.decode(data)
+    except RecursionError:
+        raise CompileError(
+            Diagnostic("the JSON nests too deeply to be a definition", "", shown, hint="flatten the file")
+        ) from None
     except msgspec.DecodeError as exc:
         msg = str(exc)
         where = ""
