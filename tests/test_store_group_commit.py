@@ -236,3 +236,9 @@ async def test_writes_queued_while_a_batch_commits_form_the_next_batch(store):
     assert store.write_stats["writes"] - before["writes"] == 4000
     assert batches < 400  # ~10 writes per batch at the very least
     assert await store.count("t") == 4001
+
+
+async def test_file_store_checkpoints_every_10000_wal_pages(store):
+    conn = store._conn
+    got = await store._writer.call(lambda: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    assert got == 10_000

@@ -41,6 +41,8 @@ __all__ = ("SQLiteStore", "sqlite_path", "FileLock")
 _HEADER = b"SQLite format 3\x00"
 _SYNCHRONOUS = ("NORMAL", "FULL")
 MEMORY = ":memory:"
+#: WAL pages (4 KiB) between automatic checkpoints; SQLite's default is 1,000
+WAL_AUTOCHECKPOINT = 10_000
 
 
 def sqlite_path(url: str, base_dir: str | os.PathLike[str] | None = None) -> str:
@@ -206,6 +208,9 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise StoreError(f"{where}: SQLite refused WAL mode (got {mode!r})")
+                # checkpoint every ~40 MB of WAL rather than 4 MB: fewer copies of
+                # pages that many small batches rewrite, and fewer fsyncs
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA busy_timeout = 10000")
             conn.execute("PRAGMA cache_size = -32000")
