@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ run_log = logging.getLogger("cronstack.runs")
 FINAL_WRITE_BACKOFF = (0.05, 0.25, 1.0)
 #: seconds (engine clock) before a queued run the database failed to start is tried again
 QUEUE_RETRY = 1.0
+#: seconds between writes of the tasks' last fire times (see Engine._fired_at)
+FIRE_FLUSH_INTERVAL = 2.0
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
@@ -84,14 +86,43 @@ def new_run_id(now: float | None = None) -> str:
 
 @dataclass(slots=True)
 class _Active:
-    """A run that is executing: its cancel scope and why it was cancelled."""
+    """A run that is executing: its task, and why it was cancelled (if it was).
+
+    Runs are plain asyncio tasks: creating an anyio task and cancel scope per
+    run cost more than the rest of a short run. Every cancellation of a run
+    goes through ``cancel`` with a reason, which is how the run tells a
+    timeout, a user's cancel, a newer fire and a shutdown apart.
+    """
 
     task: str
-    scope: anyio.CancelScope
-    done: anyio.Event = field(default_factory=anyio.Event)
+    row: dict[str, Any]
+    handle: asyncio.Task[Any] | None = None
     reason: str | None = None
-    row: dict[str, Any] | None = None
-    watchdog: anyio.CancelScope | None = None
+    #: the outcome is being written: too late to cancel
+    finishing: bool = False
+    finished: bool = False
+    watchdog: asyncio.Task[Any] | None = None
+    _event: asyncio.Event | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.finishing or self.finished:
+            return
+        self.reason = self.reason or reason
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def done(self) -> asyncio.Event:
+        """An event set when the run's outcome is recorded (made on demand: most runs have no waiter)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.finished:
+                self._event.set()
+        return self._event
+
+    def set_finished(self) -> None:
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
 
 
 def _sqlite_default(project_dir: Path | None) -> str:
@@ -124,6 +155,10 @@ class Engine:
         self._sources: dict[str, Any] = {}
         self.http: HttpClient | None = None
         self._tg: TaskGroup | None = None
+        #: plain tasks of runs and fires, cancelled with the engine
+        self._tasks: set[asyncio.Task[Any]] = set()
+        #: last fire per task not yet written (flushed in batches, see _flush_fires)
+        self._fired: dict[str, float] = {}
         self._gate = FairGate(config.max_running)
         self._active: dict[str, _Active] = {}
         self._running: dict[str, set[str]] = {name: set() for name in defs.tasks}
@@ -135,6 +170,8 @@ class Engine:
         self._queued_due: dict[str, float] = {}
         self._next_fire: dict[str, float] = {}
         self._secrets = [v for v in env.values() if isinstance(v, str) and len(v) >= 4]
+        self._trace_secrets = RunTrace.prepare(self._secrets)
+        self._real_clock = isinstance(clock, RealClock)
         self.api: Any = None
         self.api_url: str | None = None
         self.lag = 0.0
@@ -217,6 +254,10 @@ class Engine:
         finally:
             done.set()
             with anyio.CancelScope(shield=True):
+                for task in list(self._tasks):
+                    task.cancel()
+                if self._tasks:
+                    await asyncio.wait(list(self._tasks))
                 await hosting
 
     def _compile_schedules(self) -> None:
@@ -290,7 +331,7 @@ class Engine:
         active = await self._launch(task, row)
         if not wait:
             return row["id"]
-        await active.done.wait()
+        await active.done().wait()
         run = await self.store.get_run(row["id"])
         return self._public(run)
 
@@ -339,9 +380,11 @@ class Engine:
         """Cancel a running or queued run; False when it already finished or is unknown."""
         active = self._active.get(run_id)
         if active is not None:
-            active.reason = "cancel"
-            active.scope.cancel()
-            await active.done.wait()
+            if active.finishing or active.finished:
+                await active.done().wait()
+                return False
+            active.cancel("cancel")
+            await active.done().wait()
             return True
         row = await self.store.get_run(run_id)
         if row is None or row["status"] != "queued":
@@ -459,7 +502,6 @@ class Engine:
     async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
                       claimed: bool = False) -> _Active | None:
         """Admit, record and start a run. Returns None when a scheduled fire was already claimed."""
-        assert self._tg is not None
         admitted = self._gate.try_acquire()
         if admitted:
             row["status"], row["started_at"] = "running", self.clock.time()
@@ -485,91 +527,96 @@ class Engine:
             self._launching -= 1
             if not self._launching:
                 self._launch_idle.set()
-        active = _Active(row["task"], anyio.CancelScope(), row=row)
+        active = _Active(row["task"], row)
         self._active[row["id"]] = active
         if isinstance(defn, Task):
             self._running.setdefault(defn.name, set()).add(row["id"])
-        self._tg.start_soon(self._execute, defn, row, active, admitted)
+        active.handle = self._spawn(self._execute(defn, row, active, admitted))
         if run_log.isEnabledFor(logging.INFO):
             run_log.info("run %s id=%s task=%s trigger=%s attempt=%s", "started" if admitted else "queued",
                      row["id"], row["task"], row["trigger"], row["attempt"])
         return active
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A plain task the engine keeps track of (and cancels when it closes)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool) -> None:
         run_id = row["id"]
         is_task = isinstance(defn, Task)
         status, result, error = "completed", None, None
         trace: RunTrace | None = None
+        limit = defn.timeout if is_task else 300.0
         try:
             if not admitted:
-                with active.scope:
-                    await self._gate.acquire(row["task"])
-                    admitted = True
-                    row["started_at"] = self.clock.time()
-                    try:
-                        await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
-                    except CronstackError as exc:
-                        status, error = "failed", _store_failure(exc, "starting the run")
-                        return
-                if not admitted:
-                    status, error = "cancelled", {"message": "cancelled before it started", "type": "Cancelled", "step": None}
+                await self._gate.acquire(row["task"])
+                admitted = True
+                row["started_at"] = self.clock.time()
+                try:
+                    await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
+                except CronstackError as exc:
+                    status, error = "failed", _store_failure(exc, "starting the run")
                     return
             history = defn.request_history.enabled if is_task else True
-            trace = RunTrace(self._secrets) if history else None
+            trace = RunTrace(prepared=self._trace_secrets) if history else None
             ctx = RunContext(
                 records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
                 tracer=trace, clock=self.clock, env=self.env,
                 task={"name": row["task"], "run_id": run_id, "attempt": row["attempt"],
                       "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
             )
-            limit = defn.timeout if is_task else 300.0
             status, result, error = await self._attempt(defn, ctx, row, active, limit)
-        except anyio.get_cancelled_exc_class():
-            status, error = "cancelled", {"message": "the engine stopped while the run was running", "type": "Cancelled", "step": None}
-            raise
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            status, result, error = "cancelled", None, _cancel_error(active.reason if admitted else "queued", limit)
+            if active.reason == "timeout":
+                status = "timed_out"
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish(defn, row, active, admitted, status, result, error, trace)
+            active.finishing = True
+            await self._finish(defn, row, active, admitted, status, result, error, trace)
 
     async def _attempt(self, defn: Task | Function, ctx: RunContext, row: dict[str, Any], active: _Active,
                        limit: float) -> tuple[str, Any, Any]:
-        """One attempt under the run's cancel scope; ``limit`` is the timeout in seconds.
+        """One attempt; ``limit`` is the timeout in seconds.
 
-        With the real clock the scope's deadline enforces it; with an injected
+        With the real clock ``asyncio.timeout`` enforces it; with an injected
         clock a watchdog sleeping on that clock does, so tests run in virtual time.
         """
         inputs = row.get("inputs") if isinstance(defn, Function) else None
-        real = isinstance(self.clock, RealClock)
-        with active.scope:
-            if real:
-                active.scope.deadline = anyio.current_time() + limit
-            else:
-                self._tg.start_soon(self._watchdog, active, limit)  # type: ignore[union-attr]
-            try:
+        if not self._real_clock:
+            active.watchdog = self._spawn(self._watchdog(active, limit))
+        try:
+            async with asyncio.timeout(limit if self._real_clock else None):
                 if isinstance(defn, Function) and defn.name in self.functions.python:
                     result = await self.functions.call(defn.name, inputs or {}, ctx)
                 else:
-                    result = await execute(defn.program, ctx, inputs=({**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None))
-                return "completed", result, None
-            except RunFailed as exc:
-                return "failed", None, exc.error
-            except Exception as exc:  # a defect outside the VM's own error handling
-                return "failed", None, {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
-        if active.reason == "cancel":
-            return "cancelled", None, {"message": "cancelled", "type": "Cancelled", "step": None}
-        if active.reason == "shutdown":
-            return "cancelled", None, {"message": "the engine stopped before the run finished", "type": "Cancelled", "step": None}
-        if active.reason == "superseded":
-            return "cancelled", None, {"message": "cancelled by a newer fire (overlap: cancel_previous)", "type": "Cancelled", "step": None}
-        return "timed_out", None, {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
+                    fn_inputs = {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
+                    result = await execute(defn.program, ctx, inputs=fn_inputs)
+            return "completed", result, None
+        except RunFailed as exc:
+            return "failed", None, exc.error
+        except TimeoutError:
+            if active.reason is None:
+                active.reason = "timeout"
+                return "timed_out", None, _cancel_error("timeout", limit)
+            return "failed", None, {"message": "internal error: a stray timeout", "type": "InternalError", "step": None}
+        except Exception as exc:  # a defect outside the VM's own error handling
+            return "failed", None, {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
 
     async def _watchdog(self, active: _Active, limit: float) -> None:
-        with anyio.CancelScope() as scope:
-            active.watchdog = scope
-            await self.clock.sleep(limit)
-            if not active.done.is_set() and active.reason is None:
-                active.reason = "timeout"
-                active.scope.cancel()
+        await self.clock.sleep(limit)
+        active.cancel("timeout")
 
     async def _finish(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool,
                       status: str, result: Any, error: Any, trace: RunTrace | None) -> None:
@@ -607,11 +654,10 @@ class Engine:
                 self._running.get(defn.name, set()).discard(run_id)
             if admitted:
                 self._gate.release()
-            active.done.set()
+            active.set_finished()
             if isinstance(defn, Task) and defn.name in self._pending and not self._running.get(defn.name) and not self._stopping:
                 scheduled_at, trigger = self._pending.pop(defn.name)
-                assert self._tg is not None
-                self._tg.start_soon(self._fire, defn.name, scheduled_at, trigger)
+                self._spawn(self._fire(defn.name, scheduled_at, trigger))
 
     async def _final_write(self, run_id: str, fields: dict[str, Any]) -> bool:
         """Record a run's outcome, retrying briefly; False (logged) if the database keeps refusing.
@@ -693,6 +739,7 @@ class Engine:
                 tg.start_soon(self._schedule_loop)
                 tg.start_soon(self._queue_loop)
                 tg.start_soon(self._prune_loop)
+                tg.start_soon(self._flush_loop)
                 task_status.started()
 
     async def _misfires(self) -> None:
@@ -747,11 +794,14 @@ class Engine:
                 self._wake = anyio.Event()
                 continue
             now = self.clock.time()
-            for name in timer.pop_due(now):
-                due = self._next_fire.pop(name)
-                self.lag = max(0.0, now - due)
-                assert self._tg is not None
-                self._tg.start_soon(self._fire, name, due, "schedule")
+            wave = [(name, self._next_fire.pop(name)) for name in timer.pop_due(now)]
+            if not wave:
+                continue
+            self.lag = max(0.0, now - min(due for _name, due in wave))
+            for name, due in wave:  # fires first: next fire times can wait a moment
+                self._spawn(self._fire(name, due, "schedule"))
+            await anyio.lowlevel.checkpoint()
+            for name, due in wave:
                 nxt = self.schedules[name].next_after(due)
                 if nxt is not None:
                     timer.schedule(name, nxt)
@@ -769,7 +819,7 @@ class Engine:
         if self._stopping:
             return
         if name in self._paused:
-            await self.store.set_task_state(name, last_fire=scheduled_at)
+            self._fired_at(name, scheduled_at)
             return
         running = self._running.get(name)
         if running:
@@ -781,20 +831,43 @@ class Engine:
                 for run_id in list(running):
                     active = self._active.get(run_id)
                     if active is not None:
-                        active.reason = "superseded"
-                        active.scope.cancel()
-                        await active.done.wait()
+                        active.cancel("superseded")
+                        await active.done().wait()
             elif policy != "allow" or len(running) >= task.max_concurrency:
                 row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
                 row.update(status="skipped", finished_at=self.clock.time(), error={
                     "message": f"skipped: the previous run was still running (overlap: {policy})", "type": "Skipped", "step": None})
                 await self.store.claim_fire(name, scheduled_at, row)
                 self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
-                await self.store.set_task_state(name, last_fire=scheduled_at)
+                self._fired_at(name, scheduled_at)
                 return
         row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
         await self._launch(task, row, claim_fire=True)
-        await self.store.set_task_state(name, last_fire=scheduled_at)
+        self._fired_at(name, scheduled_at)
+
+    def _fired_at(self, name: str, scheduled_at: float) -> None:
+        """Remember a task's last fire; ``_flush_fires`` writes them in one go.
+
+        The last fire only tells the next start which fires were missed. Each
+        fire's run row is unique per (task, time), so a last fire written late
+        (or lost in a crash) can never make a fire run twice: the catch-up's
+        claim of an already-run fire simply fails.
+        """
+        if scheduled_at > self._fired.get(name, float("-inf")):
+            self._fired[name] = scheduled_at
+
+    async def _flush_fires(self) -> None:
+        fired, self._fired = self._fired, {}
+        for name, ts in fired.items():
+            try:
+                await self.store.set_task_state(name, last_fire=ts)
+            except CronstackError as exc:
+                db_log.error("task %s: its last fire could not be stored: %s", name, exc)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self.clock.sleep(FIRE_FLUSH_INTERVAL)
+            await self._flush_fires()
 
     async def _queue_loop(self) -> None:
         """Start stored queued runs (retries, async calls left by a restart) when due."""
@@ -873,12 +946,12 @@ class Engine:
             await self._launch_idle.wait()
         with anyio.move_on_after(grace):
             while self._active:
-                await next(iter(self._active.values())).done.wait()
+                await next(iter(self._active.values())).done().wait()
         for active in list(self._active.values()):
-            active.reason = active.reason or "shutdown"
-            active.scope.cancel()
+            active.cancel("shutdown")
         while self._active:
-            await next(iter(self._active.values())).done.wait()
+            await next(iter(self._active.values())).done().wait()
+        await self._flush_fires()
 
     def _public(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in row.items() if k not in ("engine_id", "not_before") and not k.startswith("_")}
@@ -891,6 +964,22 @@ def _calls_only(calls: list[tuple[str, str]]) -> Definitions:
     """A Definitions holding only a stack's calls, to check them with ``check_calls``."""
     fake = Function(name="stack", program=lower_stack([], "stack").program, calls=tuple(calls))
     return Definitions(functions={"$stack": fake})
+
+
+_CANCEL_MESSAGES = {
+    "cancel": "cancelled",
+    "superseded": "cancelled by a newer fire (overlap: cancel_previous)",
+    "shutdown": "the engine stopped before the run finished",
+    "queued": "cancelled before it started",
+}
+
+
+def _cancel_error(reason: str | None, limit: float) -> dict[str, Any]:
+    """The error object of a run cancelled for ``reason`` (or timed out after ``limit`` seconds)."""
+    if reason == "timeout":
+        return {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
+    message = _CANCEL_MESSAGES.get(reason or "", "the engine stopped while the run was running")
+    return {"message": message, "type": "Cancelled", "step": None}
 
 
 def _store_failure(exc: CronstackError, doing: str) -> dict[str, Any]:

@@ -29,17 +29,21 @@ class RunTrace:
 
     __slots__ = ("entries", "logs", "_secrets", "_prefix", "dropped")
 
-    def __init__(self, secrets: Iterable[str] = (), prefix: str = "") -> None:
+    def __init__(self, secrets: Iterable[str] = (), prefix: str = "", *, prepared: list[str] | None = None) -> None:
         self.entries: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
-        self._secrets = sorted(
-            {s for s in secrets if isinstance(s, str) and len(s) >= 4}
-            | {_encode(s).decode()[1:-1] for s in secrets if isinstance(s, str) and len(s) >= 4},
-            key=len,
-            reverse=True,
-        )
+        self._secrets = prepared if prepared is not None else self.prepare(secrets)
         self._prefix = prefix
         self.dropped = 0
+
+    @staticmethod
+    def prepare(secrets: Iterable[str]) -> list[str]:
+        """The texts to mask, longest first, also as they appear inside JSON strings.
+
+        Computed once per engine and shared by every run's trace.
+        """
+        plain = {s for s in secrets if isinstance(s, str) and len(s) >= 4}
+        return sorted(plain | {_encode(s).decode()[1:-1] for s in plain}, key=len, reverse=True)
 
     def child(self, prefix: str) -> RunTrace:
         """A view for a function called inline: same entries, paths under ``prefix``."""
@@ -111,7 +115,7 @@ class RunTrace:
         return msgspec.json.decode(redact_text(_encode(error).decode(), self._secrets))
 
     def export(self) -> list[dict[str, Any]]:
-        """The entries as stored (``msgspec.Raw`` summaries become JSON values)."""
+        """The entries to store; their summaries are pre-encoded ``msgspec.Raw`` JSON."""
         out = list(self.entries)
         for log in self.logs:
             out.append({"path": log["path"], "kind": "log", "level": log["level"], "output": log["message"],
@@ -119,4 +123,4 @@ class RunTrace:
         if self.dropped:
             out.append({"path": "", "kind": "trace_truncated", "started": None, "duration": 0.0,
                         "inputs": None, "output": {"dropped_steps": self.dropped}, "error": None})
-        return msgspec.json.decode(_encode(out))
+        return out  # summaries stay msgspec.Raw: the store encodes them as they are
