@@ -20,7 +20,7 @@ from compiler._expr import cache as expr_cache
 from compiler._expr import compile_condition, compile_expression, compile_value, field_code, lazy
 from compiler._expr.lexer import _tokenize_slow, tokenize
 from compiler._lower import lower_stack
-from runtime import ExpressionError, InternalError, RunContext
+from runtime import CronstackError, ExpressionError, InternalError, RunContext
 from runtime._limits import MAX_EXPRESSION_LENGTH
 from runtime._vm import Frame, _new_scope
 
@@ -299,3 +299,36 @@ def test_load_shows_paths_relative_to_the_root(tmp_path):
     with pytest.raises(CompileError) as info:
         load_definitions(str(tmp_path) + "/")
     assert info.value.diagnostics[0].file == "sub/deeper/x.json"
+
+
+# -- the int fast path of % keeps the checked helper's results and errors ------------------
+
+MOD_OPERANDS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(), st.none(), st.text(max_size=3), st.lists(st.integers(), max_size=2),
+)
+
+
+@given(MOD_OPERANDS, st.sampled_from([1, 2, -3, 7, 2**62, -(2**63) + 1]))
+def test_mod_by_an_int_constant_matches_the_helper(x, divisor):
+    from runtime import _values as V
+
+    value, _ = compile_expression(f"x % {divisor}", "p")
+    stmts, code = field_code(f"{{{{ x % {divisor} }}}}", "p")
+    assert stmts == () and ".__class__ is int else _mod(" in code
+    assert outcome_of(lambda: value.fn({"x": x})) == outcome_of(lambda: V.mod(x, divisor))
+
+
+def outcome_of(fn):
+    try:
+        result = fn()
+    except CronstackError as exc:
+        return ("error", type(exc).__name__, exc.message)
+    return ("ok", type(result).__name__, result)
+
+
+def test_mod_by_zero_and_by_a_variable_still_go_through_the_helper():
+    assert "_mod(" in field_code("{{ x % 0 }}", "p")[1] and " % 0 if" not in field_code("{{ x % 0 }}", "p")[1]
+    with pytest.raises(ExpressionError, match="modulo by zero"):
+        compile_expression("x % 0", "p")[0].fn({"x": 4})
+    assert compile_expression("x % y", "p")[0].fn({"x": -7, "y": 3}) == 2

@@ -167,6 +167,10 @@ class CodeGen:
                 return f"({a} {sym} {right} if ({a} := {left}).__class__ is int or {a}.__class__ is float else _{op}({a}, {right}))"
             both = f"(({a} := {left}) is not ({b} := {right}) or True)"
             return f"({a} {sym} {b} if {both} and {a}.__class__ in _NUM and {b}.__class__ in _NUM else _{op}({a}, {b}))"
+        if op == "mod" and rc and rn.value != 0:  # type: ignore[attr-defined]
+            # an int % a non-zero int constant: the result is smaller than the constant, no check needed
+            a = self.tmp()
+            return f"({a} % {right} if ({a} := {left}).__class__ is int else _mod({a}, {right}))"
         if op in ("eq", "ne"):
             return self.equality(op, ln, rn, left, right)
         if op == "concat" and isinstance(ln, Const) and type(ln.value) is str:
