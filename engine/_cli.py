@@ -281,8 +281,10 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: list[asyncio.Task[Any]] = []
     try:
         async with Engine.open(args.dir, database=args.database) as engine:
+            loop.add_signal_handler(signal.SIGHUP, lambda: reloads.append(loop.create_task(_reload(engine))))
             await engine.serve(host=args.host, port=args.port)
             print(f"cronstack: serving {len(engine.task_names())} tasks from {args.dir}; "
                   f"admin API on {engine.api_url}; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
@@ -290,10 +292,20 @@ async def _serve(args: argparse.Namespace) -> int:
             print("cronstack: stopping: no new fires, letting running runs finish", file=sys.stderr, flush=True)
             await engine.stop()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     print("cronstack: stopped", file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+async def _reload(engine: Any) -> None:
+    """SIGHUP: recompile the project; on errors keep running the definitions already loaded."""
+    try:
+        counts = await engine.reload()
+    except CompileError as exc:
+        print(f"cronstack: reload refused, still running the previous definitions:\n{exc}", file=sys.stderr, flush=True)
+    else:
+        print(f"cronstack: reloaded: {counts['tasks']} tasks, {counts['functions']} functions", file=sys.stderr, flush=True)
 
 
 # --- remote commands (admin API) -----------------------------------------------------------

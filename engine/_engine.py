@@ -159,6 +159,8 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: last fire per task not yet written (flushed in batches, see _flush_fires)
         self._fired: dict[str, float] = {}
+        #: set by reload(): the scheduler rebuilds its timer on its next wake
+        self._reschedule = False
         self._gate = FairGate(config.max_running)
         self._active: dict[str, _Active] = {}
         self._running: dict[str, set[str]] = {name: set() for name in defs.tasks}
@@ -261,16 +263,34 @@ class Engine:
                 await hosting
 
     def _compile_schedules(self) -> None:
-        diags = []
-        for task in self.definitions.tasks.values():
-            if task.schedule is None:
-                continue
-            try:
-                self.schedules[task.name] = Schedule(task.schedule, task.timezone, task.cron_day_match)
-            except ScheduleError as exc:
-                diags.append(Diagnostic(str(exc), "schedule", task.file))
-        if diags:
-            raise CompileError(diags)
+        self.schedules = _schedules_of(self.definitions)
+
+    async def reload(self) -> dict[str, int]:
+        """Recompile the project folder and switch to it without a restart.
+
+        History, pauses and last fires are kept (they live in the store); runs
+        in progress finish on the definitions they started with; schedules that
+        did not change keep their next fire. On any compile error nothing
+        changes and ``CompileError`` lists every problem.
+        """
+        if self.project_dir is None:
+            raise CompileError(Diagnostic("only an engine opened on a project folder can reload it"))
+        defs = load_definitions(self.project_dir)
+        schedules = _schedules_of(defs)
+        if self._serving is not None:
+            unresolved = check_calls(defs, self.functions.python)
+            if unresolved:
+                raise CompileError(unresolved)
+        self.definitions = defs
+        self.functions.stacks = defs.functions
+        self.schedules = schedules
+        for name in defs.tasks:
+            self._running.setdefault(name, set())
+        self._next_cache.clear()
+        self._reschedule = True
+        self._wake.set()
+        db_log.info("reloaded %s: %d tasks, %d functions", self.project_dir, len(defs.tasks), len(defs.functions))
+        return {"tasks": len(defs.tasks), "functions": len(defs.functions)}
 
     async def _load_state(self) -> None:
         for name in self.definitions.tasks:
@@ -788,10 +808,14 @@ class Engine:
                 if nxt is not None:
                     timer.schedule(name, nxt)
                     self._next_fire[name] = nxt
+        fired_by: dict[str, Schedule] = dict(self.schedules)
         while True:
             woken = await wait_next(self.clock, timer, self._wake)
             if woken:
                 self._wake = anyio.Event()
+                if self._reschedule:
+                    self._reschedule = False
+                    timer, fired_by = self._rebuild_timer(fired_by), dict(self.schedules)
                 continue
             now = self.clock.time()
             wave = [(name, self._next_fire.pop(name)) for name in timer.pop_due(now)]
@@ -806,6 +830,25 @@ class Engine:
                 if nxt is not None:
                     timer.schedule(name, nxt)
                     self._next_fire[name] = nxt
+
+    def _rebuild_timer(self, before: dict[str, Schedule]) -> Any:
+        """The timer after a reload: unchanged schedules keep their next fire."""
+        from engine._schedule import Timer
+
+        timer = Timer()
+        now = self.clock.time()
+        next_fire = {}
+        for name, sched in self.schedules.items():
+            if not self.is_active(name):
+                continue
+            nxt = self._next_fire.get(name) if before.get(name) == sched else None
+            if nxt is None:
+                nxt = sched.next_after(now)
+            if nxt is not None:
+                timer.schedule(name, nxt)
+                next_fire[name] = nxt
+        self._next_fire = next_fire
+        return timer
 
     async def _fire(self, name: str, scheduled_at: float, trigger: str) -> None:
         """One scheduled fire; a database error loses this fire only (logged), never the scheduler."""
@@ -980,6 +1023,21 @@ def _cancel_error(reason: str | None, limit: float) -> dict[str, Any]:
         return {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
     message = _CANCEL_MESSAGES.get(reason or "", "the engine stopped while the run was running")
     return {"message": message, "type": "Cancelled", "step": None}
+
+
+def _schedules_of(defs: Definitions) -> dict[str, Schedule]:
+    """Every scheduled task's ``Schedule``; invalid expressions are compile errors at ``schedule``."""
+    schedules, diags = {}, []
+    for task in defs.tasks.values():
+        if task.schedule is None:
+            continue
+        try:
+            schedules[task.name] = Schedule(task.schedule, task.timezone, task.cron_day_match)
+        except ScheduleError as exc:
+            diags.append(Diagnostic(str(exc), "schedule", task.file))
+    if diags:
+        raise CompileError(diags)
+    return schedules
 
 
 def _store_failure(exc: CronstackError, doing: str) -> dict[str, Any]:

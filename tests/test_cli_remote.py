@@ -157,3 +157,26 @@ def test_run_refuses_public_host_without_token(tmp_path):
     )
     assert done.returncode == 1
     assert "without a token" in done.stderr and "CRONSTACK_TOKEN" in done.stderr
+
+
+def test_sighup_reloads_definitions(engine_proc, tmp_path, capsys):
+    """SIGHUP recompiles the folder: a new task appears, a broken edit is refused and logged."""
+    url, proc = engine_proc
+    proj = tmp_path / "proj"
+    (proj / "added.json").write_text(json.dumps({"name": "added", "stack": [{"function": "return", "value": 1}]}))
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while True:
+        code, out, _err = cli(capsys, "tasks", "--url", url, "--json")
+        if code == EXIT_OK and "added" in out:
+            break
+        assert time.monotonic() < deadline, "the new task never appeared after SIGHUP"
+        time.sleep(0.1)
+    (proj / "broken.json").write_text('{"name": "broken", "stack": [{"function": "nope"}]}')
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    code, out, _err = cli(capsys, "tasks", "--url", url, "--json")
+    assert code == EXIT_OK and "added" in out and "broken" not in out
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=30)
+    assert "reloaded: 4 tasks" in err and "reload refused" in err and "unknown step kind" in err

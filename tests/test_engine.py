@@ -328,3 +328,29 @@ async def test_fair_admission_under_a_global_limit():
         assert (await engine.run(other))["status"] == "completed"
         statuses = [r["status"] for r in await engine.runs("busy")]
         assert statuses.count("completed") == 2
+
+
+async def test_reload_switches_definitions_and_keeps_history(tmp_path):
+    import json
+
+    (tmp_path / "a.json").write_text(json.dumps(task("a", [RET("a")], schedule="* * * * *")))
+    clock = FakeClock(T0 - 20)  # 22:13:00; fires at 22:14:00, 22:15:00...
+    async with Engine.open(tmp_path, database=f"sqlite:///{tmp_path / 'r.db'}", clock=clock) as engine:
+        await engine.serve(api=False)
+        await advance(clock, engine, 70, step=10)
+        assert len(await engine.runs("a")) == 1
+        # a broken edit is refused and changes nothing
+        (tmp_path / "b.json").write_text('{"name": "b", "stack": [{"function": "nope"}]}')
+        with pytest.raises(CompileError, match="unknown step kind"):
+            await engine.reload()
+        assert engine.task_names() == ["a"]
+        # a good edit: 'a' goes away, 'b' arrives with its own schedule
+        (tmp_path / "a.json").unlink()
+        (tmp_path / "b.json").write_text(json.dumps(task("b", [RET("b")], schedule="*/2 * * * *")))
+        assert await engine.reload() == {"tasks": 1, "functions": 0}
+        await settle(clock, engine)
+        await advance(clock, engine, 130, step=10)
+        assert [r["result"] for r in await engine.runs("b")] == ["b"]  # 22:16 only
+        assert len(await engine.store.list_runs("a")) == 1  # history of 'a' is kept
+        with pytest.raises(UnknownTask):
+            await engine.trigger("a")
