@@ -267,6 +267,12 @@ def field_code(value: Any, path: str, *, condition: bool = False) -> tuple[tuple
     """
     if condition and (value is None or type(value) in (bool, int, float)):
         return (), repr(bool(value))
+    if not condition and type(value) is str:  # plain text, or one whole {{ }}: no statements
+        if "{{" not in value:
+            return (), repr(value)
+        pieces = parsed_template(value, path)
+        if len(pieces) == 1 and type(pieces[0]) is tuple:
+            return (), pieces[0][1].code
     if condition:
         unit, result = _condition_unit(value, path)
     else:

@@ -86,6 +86,33 @@ class LazyValue(Value):
     __slots__ = ("__weakref__",)
 
 
+class _FirstCall:
+    """The ``fn`` of a lazy Value until its first call: compiles, installs the result, then delegates.
+
+    One small object rather than a closure: a load makes one per field, and a
+    closure would bring a cell per captured name (five), all of them objects
+    the garbage collector scans.
+    """
+
+    __slots__ = ("src", "filename", "namespace", "value", "real")
+
+    def __init__(self, src: str, filename: str, namespace: dict[str, Any]) -> None:
+        self.src = src
+        self.filename = filename
+        self.namespace = namespace
+        self.value: weakref.ReferenceType[Value] | None = None
+        self.real: FunctionType | None = None
+
+    def __call__(self, scope: dict[str, Any]) -> Any:
+        real = self.real
+        if real is None:
+            real = self.real = function_from(self.src, self.filename, self.namespace)
+            value = self.value() if self.value is not None else None
+            if value is not None:
+                object.__setattr__(value, "fn", real)
+        return real(scope)
+
+
 def lazy_value(src: str, filename: str, namespace: dict[str, Any], source: str, constant: bool) -> Value:
     """A ``Value`` whose ``fn`` compiles ``src`` on its first call, then is replaced by the result.
 
@@ -93,17 +120,7 @@ def lazy_value(src: str, filename: str, namespace: dict[str, Any], source: str, 
     compiled function from then on. Two first calls at once (threads) both
     compile; the results are equivalent and either may win.
     """
-    real: FunctionType | None = None
-
-    def first_call(scope: dict[str, Any]) -> Any:
-        nonlocal real
-        if real is None:
-            real = function_from(src, filename, namespace)
-            value = ref()
-            if value is not None:
-                object.__setattr__(value, "fn", real)
-        return real(scope)
-
-    made = LazyValue(first_call, source, constant)
-    ref = weakref.ref(made)
+    stub = _FirstCall(src, filename, namespace)
+    made = LazyValue(stub, source, constant)
+    stub.value = weakref.ref(made)
     return made
