@@ -332,3 +332,11 @@ def test_mod_by_zero_and_by_a_variable_still_go_through_the_helper():
     with pytest.raises(ExpressionError, match="modulo by zero"):
         compile_expression("x % 0", "p")[0].fn({"x": 4})
     assert compile_expression("x % y", "p")[0].fn({"x": -7, "y": 3}) == 2
+
+
+def test_shared_constant_functions_keep_types_apart():
+    values = [1, True, 1.0, -0.0, 0.0, 0, False, None, "1", ""]
+    for v in values:
+        got = compile_value(v, "p")[0].fn({})
+        assert type(got) is type(v) and repr(got) == repr(v)
+    assert compile_value("same", "a")[0].fn is compile_value("same", "b")[0].fn

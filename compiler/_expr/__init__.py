@@ -196,7 +196,7 @@ def compile_value(value: Any, path: str) -> tuple[Value, tuple[NameRef, ...]]:
     """A step field: templates in strings, dicts/lists walked (keys never templates), other JSON as is."""
     if type(value) is str:  # the common fields, without a unit: plain text, or one whole {{ }}
         if "{{" not in value:
-            return Value(lambda _scope, _v=value: _v, value, True), ()
+            return Value(constant_fn(value), value, True), ()
         pieces = parsed_template(value, path)
         if len(pieces) == 1 and type(pieces[0]) is tuple:
             start, ec = pieces[0]

@@ -43,10 +43,26 @@ def fresh(v: Any) -> Any:
 
 
 def constant_fn(v: Any) -> Callable[[dict[str, Any]], Any]:
-    """``fn(scope)`` for a value that does not depend on the scope: fresh containers at every call."""
+    """``fn(scope)`` for a value that does not depend on the scope: fresh containers at every call.
+
+    Scalars are immutable, so one function per distinct scalar is shared by
+    every field holding it (``"pending"``, ``"POST"``, ``100``...).
+    """
     if type(v) in (dict, list):
         snapshot = fresh(v)  # later changes to the definition's dict do not leak in
         return lambda _scope: fresh(snapshot)
+    t = type(v)
+    if (t is str and len(v) <= _SHARED_TEXT_LIMIT) or t is int or t is bool or v is None:
+        return _scalar_fn(v)
+    return lambda _scope: v  # a float (0.0 and -0.0 are equal keys), a long text
+
+
+#: longer texts get a function of their own (the cache of shared ones holds its keys)
+_SHARED_TEXT_LIMIT = 200
+
+
+@functools.lru_cache(maxsize=CODE_CACHE_SIZE, typed=True)  # typed: 1, 1.0 and True stay apart
+def _scalar_fn(v: Any) -> Callable[[dict[str, Any]], Any]:
     return lambda _scope: v
 
 
