@@ -101,7 +101,8 @@ class _Active:
     #: the outcome is being written: too late to cancel
     finishing: bool = False
     finished: bool = False
-    watchdog: asyncio.Task[Any] | None = None
+    #: the timeout under an injected clock: a task sleeping on it, or its timer handle
+    watchdog: Any = None
     _event: asyncio.Event | None = None
 
     def cancel(self, reason: str) -> None:
@@ -615,7 +616,11 @@ class Engine:
         """
         inputs = row.get("inputs") if isinstance(defn, Function) else None
         if not self._real_clock:
-            active.watchdog = self._spawn(self._watchdog(active, limit))
+            call_at = getattr(self.clock, "call_at", None)
+            if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
+                active.watchdog = call_at(self.clock.time() + limit, lambda: active.cancel("timeout"))
+            else:
+                active.watchdog = self._spawn(self._watchdog(active, limit))
         try:
             async with asyncio.timeout(limit if self._real_clock else None):
                 if isinstance(defn, Function) and defn.name in self.functions.python:

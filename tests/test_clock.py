@@ -154,3 +154,19 @@ async def test_real_clock_sleeps_until_wall_time():
     await clock.sleep(0.02)
     assert time.monotonic() - t0 >= 0.015
     await clock.sleep_until(0)  # long past: returns at once
+
+
+@pytest.mark.anyio
+async def test_fake_clock_timers_fire_in_order_and_are_not_sleepers():
+    from engine._schedule import FakeClock
+
+    clock = FakeClock(100.0)
+    fired = []
+    clock.call_at(105.0, lambda: fired.append(("b", clock.time())))
+    clock.call_at(103.0, lambda: fired.append(("a", clock.time())))
+    dropped = clock.call_at(104.0, lambda: fired.append(("x", clock.time())))
+    dropped.cancel()
+    assert clock.sleepers == 0
+    assert clock.next_deadline() == 103.0
+    await clock.advance(10)
+    assert fired == [("a", 103.0), ("b", 105.0)]

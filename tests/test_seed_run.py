@@ -145,18 +145,17 @@ async def rows(engine: Engine, table: str, sort: str = "id asc") -> list[dict[st
 async def drive(engine: Engine, clock: FakeClock, run_id: str, *, rounds: int = 50_000) -> dict[str, Any]:
     """Let run ``run_id`` (and the async runs it starts) finish, moving virtual time through waits.
 
-    Every run has one sleeper on the clock, its timeout watchdog. When there
-    are more sleepers than runs, some run sits in a ``wait`` step and time
-    jumps to the earliest deadline (as real time would pass); otherwise runs
-    are busy with real I/O and only real time passes.
+    Timeouts are timers on the clock, not sleepers (``FakeClock.call_at``):
+    when anything sleeps, some run sits in a ``wait`` step and time jumps to
+    the earliest deadline (as real time would pass); otherwise runs are busy
+    with real I/O and only real time passes.
     """
     for _ in range(rounds):
         run = await engine.run(run_id, trace=False)
         assert run is not None
         if run["status"] in FINISHED and engine.stats()["running"] == 0:
             return await engine.run(run_id)  # type: ignore[return-value]
-        if clock.sleepers > engine.stats()["running"]:
-            # someone sleeps beyond the one timeout watchdog per run: a `wait` step
+        if clock.sleepers:  # a `wait` step
             await clock.advance_to(clock.next_deadline())
         else:
             await anyio.sleep(0.001)  # runs are busy with real I/O

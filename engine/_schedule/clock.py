@@ -10,6 +10,8 @@ import asyncio
 import heapq
 import itertools
 import time as _time
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -93,6 +95,17 @@ class FakeClock:
             if not event.is_set():
                 event.set()  # cancelled: mark the entry so advance() skips it
 
+    def call_at(self, t: float, callback: Callable[[], Any]) -> _TimerHandle:
+        """Call ``callback()`` when virtual time reaches ``t`` (like ``loop.call_at``).
+
+        A timer is not a sleeper: ``sleepers`` counts only tasks that wait, so
+        a test can tell "a run is in a ``wait`` step" from "a run has a
+        timeout pending". ``handle.cancel()`` removes it.
+        """
+        handle = _TimerHandle(callback)
+        heapq.heappush(self._heap, (t, next(self._seq), handle))
+        return handle
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking every sleeper due in deadline order."""
         if seconds < 0:
@@ -135,6 +148,27 @@ class FakeClock:
         heap = self._heap
         while heap and heap[0][2].is_set():
             heapq.heappop(heap)
+
+
+class _TimerHandle:
+    """A ``call_at`` entry of the fake clock's heap; quacks like the sleepers' events."""
+
+    __slots__ = ("_callback", "_done")
+
+    def __init__(self, callback: Callable[[], Any]) -> None:
+        self._callback = callback
+        self._done = False
+
+    def cancel(self) -> None:
+        self._done = True
+
+    def is_set(self) -> bool:
+        return self._done
+
+    def set(self) -> None:
+        if not self._done:
+            self._done = True
+            self._callback()
 
 
 def _ready_queue():
