@@ -42,6 +42,8 @@ class EngineConfig:
     shutdown_grace: float = 30.0
     prune_interval: float = 3600.0
     http_max_response_bytes: int = 10 * 1024 * 1024
+    #: raise the cyclic GC's first threshold and freeze the loaded definitions (see Engine)
+    tune_gc: bool = True
 
     def environment(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The mapping stacks read as ``env``."""
@@ -59,7 +61,7 @@ _SECTIONS: dict[str, set[str]] = {
     "data_sources": set(),
     "tables": set(),
     "env": {"include", "values"},
-    "engine": {"max_running", "shutdown_grace", "prune_interval", "http_max_response_bytes"},
+    "engine": {"max_running", "shutdown_grace", "prune_interval", "http_max_response_bytes", "tune_gc"},
 }
 
 
@@ -123,7 +125,10 @@ def load_config(project_dir: Path | None) -> EngineConfig:
     if "values" in env and _check(isinstance(env["values"], dict), "values must be a table of NAME = \"value\"", "env.values", diags):
         cfg.env_values = {str(k): str(v) for k, v in env["values"].items()}
     for key, value in data.get("engine", {}).items():
-        if key in _SECTIONS["engine"] and _check(
+        if key == "tune_gc":
+            if _check(isinstance(value, bool), "tune_gc must be true or false", "engine.tune_gc", diags):
+                cfg.tune_gc = value
+        elif key in _SECTIONS["engine"] and _check(
             isinstance(value, int | float) and not isinstance(value, bool) and value > 0, f"{key} must be a positive number", f"engine.{key}", diags
         ):
             setattr(cfg, key, type(getattr(cfg, key))(value))
