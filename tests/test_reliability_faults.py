@@ -121,7 +121,7 @@ async def test_full_disk_fails_clearly_and_the_engine_keeps_running(tmp_path, mo
     """Every write refused with SQLite's 'database or disk is full' for a while, then space comes back."""
     plan = FaultPlan(seed=1, fail_rate=1.0, fail_ops=frozenset(ops))
     install(monkeypatch, plan)
-    monkeypatch.setattr("engine._engine.FINAL_WRITE_BACKOFF", (0.01,))
+    monkeypatch.setattr("engine._runs.FINAL_WRITE_BACKOFF", (0.01,))
     db = f"sqlite:///{tmp_path / 'full.db'}"
     defs = [{"name": "w", "retry_policy": {"max_retries": 1, "retry_delay": 0},
              "stack": [{"function": "add_record", "table": "t", "data": {"n": 1}}]},

@@ -60,7 +60,7 @@ def definitions():
 @pytest.fixture(autouse=True)
 def quick_shutdown(monkeypatch):
     monkeypatch.setattr("engine._engine.load_config", lambda _dir: EngineConfig(shutdown_grace=0.05))
-    monkeypatch.setattr("engine._engine.FINAL_WRITE_BACKOFF", (0.0,))
+    monkeypatch.setattr("engine._runs.FINAL_WRITE_BACKOFF", (0.0,))
 
 
 async def drive(clock, seconds, step):

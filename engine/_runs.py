@@ -1,0 +1,348 @@
+"""The life of one run: admission, a durable row, the VM, the outcome, the retry.
+
+Every run goes through ``_launch``: a slot from the fair gate, its row
+written (durable before anything runs), a plain asyncio task executing the
+program under the run's timeout, then the final write and, when the policy
+says so, a stored retry. ``RunLifecycle`` is a part of ``Engine``; it reads
+the engine's store, clock, gate and bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from compiler import Function, Task
+from compiler._lower import lower_stack
+from engine._trace import RunTrace
+from runtime import CronstackError, RunContext, RunFailed
+from runtime._vm import execute
+
+__all__ = ("RunLifecycle", "new_run_id", "FINISHED", "RETRYABLE")
+
+db_log = logging.getLogger("cronstack.engine")
+#: one line per run start and finish: ``run started id=... task=... trigger=... attempt=...``
+run_log = logging.getLogger("cronstack.runs")
+
+#: real seconds between attempts at a run's final write when the database refuses it
+FINAL_WRITE_BACKOFF = (0.05, 0.25, 1.0)
+FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
+RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
+
+
+def new_run_id(now: float | None = None) -> str:
+    """Run ids sort by creation time: 12 hex digits of milliseconds, then 8 random ones."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{secrets.token_hex(4)}"
+
+
+@dataclass(slots=True)
+class _Active:
+    """A run that is executing: its task, and why it was cancelled (if it was).
+
+    Runs are plain asyncio tasks: creating an anyio task and cancel scope per
+    run cost more than the rest of a short run. Every cancellation of a run
+    goes through ``cancel`` with a reason, which is how the run tells a
+    timeout, a user's cancel, a newer fire and a shutdown apart.
+    """
+
+    task: str
+    row: dict[str, Any]
+    handle: asyncio.Task[Any] | None = None
+    reason: str | None = None
+    #: the outcome is being written: too late to cancel
+    finishing: bool = False
+    finished: bool = False
+    #: the timeout under an injected clock: a task sleeping on it, or its timer handle
+    watchdog: Any = None
+    _event: asyncio.Event | None = None
+
+    def cancel(self, reason: str) -> None:
+        if self.finishing or self.finished:
+            return
+        self.reason = self.reason or reason
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def done(self) -> asyncio.Event:
+        """An event set when the run's outcome is recorded (made on demand: most runs have no waiter)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.finished:
+                self._event.set()
+        return self._event
+
+    def set_finished(self) -> None:
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
+
+
+class RunLifecycle:
+    """Starting, running and recording runs (a part of ``Engine``)."""
+
+    def _row(self, task: str, kind: str, trigger: str, *, scheduled_at: float | None, attempt: int,
+             parent_id: str | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+        now = self.clock.time()
+        return {
+            "id": new_run_id(now),
+            "task": task,
+            "kind": kind,
+            "trigger": trigger,
+            "scheduled_at": scheduled_at,
+            "not_before": None,
+            "started_at": None,
+            "finished_at": None,
+            "attempt": attempt,
+            "status": "queued",
+            "result": None,
+            "error": None,
+            "parent_id": parent_id,
+            "inputs": inputs,
+            "engine_id": self.engine_id,
+        }
+
+    async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
+                      claimed: bool = False) -> _Active | None:
+        """Admit, record and start a run. Returns None when a scheduled fire was already claimed."""
+        admitted = self._gate.try_acquire()
+        if admitted:
+            row["status"], row["started_at"] = "running", self.clock.time()
+        # stop() waits for launches in flight: a run recorded while stopping must be seen and stopped
+        if not self._launching:
+            self._launch_idle = anyio.Event()
+        self._launching += 1
+        stored = False
+        try:
+            if claim_fire:
+                stored = await self.store.claim_fire(row["task"], row["scheduled_at"], row)
+                if not stored:
+                    return None
+            elif claimed:
+                if admitted:
+                    await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"], "engine_id": self.engine_id})
+            else:
+                await self.store.insert_run(row)
+            stored = True
+        finally:
+            if not stored and admitted:  # already claimed, or the database refused: free the slot
+                self._gate.release()
+            self._launching -= 1
+            if not self._launching:
+                self._launch_idle.set()
+        active = _Active(row["task"], row)
+        self._active[row["id"]] = active
+        if isinstance(defn, Task):
+            self._running.setdefault(defn.name, set()).add(row["id"])
+        active.handle = self._spawn(self._execute(defn, row, active, admitted))
+        if run_log.isEnabledFor(logging.INFO):
+            run_log.info("run %s id=%s task=%s trigger=%s attempt=%s", "started" if admitted else "queued",
+                     row["id"], row["task"], row["trigger"], row["attempt"])
+        return active
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """A plain task the engine keeps track of (and cancels when it closes)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+
+    async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool) -> None:
+        run_id = row["id"]
+        is_task = isinstance(defn, Task)
+        status, result, error = "completed", None, None
+        trace: RunTrace | None = None
+        limit = defn.timeout if is_task else 300.0
+        try:
+            if not admitted:
+                await self._gate.acquire(row["task"])
+                admitted = True
+                row["started_at"] = self.clock.time()
+                try:
+                    await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
+                except CronstackError as exc:
+                    status, error = "failed", _store_failure(exc, "starting the run")
+                    return
+            history = defn.request_history.enabled if is_task else True
+            trace = RunTrace(prepared=self._trace_secrets) if history else None
+            ctx = RunContext(
+                records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
+                tracer=trace, clock=self.clock, env=self.env,
+                task={"name": row["task"], "run_id": run_id, "attempt": row["attempt"],
+                      "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
+            )
+            status, result, error = await self._attempt(defn, ctx, row, active, limit)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            status, result, error = "cancelled", None, _cancel_error(active.reason if admitted else "queued", limit)
+            if active.reason == "timeout":
+                status = "timed_out"
+        finally:
+            active.finishing = True
+            await self._finish(defn, row, active, admitted, status, result, error, trace)
+
+    async def _attempt(self, defn: Task | Function, ctx: RunContext, row: dict[str, Any], active: _Active,
+                       limit: float) -> tuple[str, Any, Any]:
+        """One attempt; ``limit`` is the timeout in seconds.
+
+        With the real clock ``asyncio.timeout`` enforces it; with an injected
+        clock a watchdog sleeping on that clock does, so tests run in virtual time.
+        """
+        inputs = row.get("inputs") if isinstance(defn, Function) else None
+        if not self._real_clock:
+            call_at = getattr(self.clock, "call_at", None)
+            if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
+                active.watchdog = call_at(self.clock.time() + limit, lambda: active.cancel("timeout"))
+            else:
+                active.watchdog = self._spawn(self._watchdog(active, limit))
+        try:
+            async with asyncio.timeout(limit if self._real_clock else None):
+                if isinstance(defn, Function) and defn.name in self.functions.python:
+                    result = await self.functions.call(defn.name, inputs or {}, ctx)
+                else:
+                    fn_inputs = {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
+                    result = await execute(defn.program, ctx, inputs=fn_inputs)
+            return "completed", result, None
+        except RunFailed as exc:
+            return "failed", None, exc.error
+        except TimeoutError:
+            if active.reason is None:
+                active.reason = "timeout"
+                return "timed_out", None, _cancel_error("timeout", limit)
+            return "failed", None, {"message": "internal error: a stray timeout", "type": "InternalError", "step": None}
+        except Exception as exc:  # a defect outside the VM's own error handling
+            return "failed", None, {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
+
+    async def _watchdog(self, active: _Active, limit: float) -> None:
+        await self.clock.sleep(limit)
+        active.cancel("timeout")
+
+    async def _finish(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool,
+                      status: str, result: Any, error: Any, trace: RunTrace | None) -> None:
+        run_id = row["id"]
+        now = self.clock.time()
+        try:
+            if trace is not None:
+                error = trace.redact_error(error)
+            started = row.get("started_at")
+            if isinstance(defn, Task) and status in RETRYABLE:
+                # the retry is stored before the outcome: a crash between the two leaves the
+                # attempt `running`, and recovery sees its retry (``_has_retry``) instead of losing it.
+                # A retry the database refused leaves the attempt `running` on purpose: the next
+                # start marks it crashed and retries it, so the retry is late but never lost.
+                if not await self._maybe_retry(defn, row, status):
+                    return
+            if not await self._final_write(run_id, {"status": status, "finished_at": now, "result": result, "error": error}):
+                return  # still `running` in the database: the next start marks it crashed and retries it
+            if trace is not None and (trace.entries or trace.logs):
+                try:
+                    await self.store.add_trace(run_id, trace.export())
+                except CronstackError as exc:
+                    db_log.error("run %s of %s: its trace could not be stored: %s", run_id, row["task"], exc)
+            self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
+            if run_log.isEnabledFor(logging.INFO):
+                run_log.info("run finished id=%s task=%s status=%s duration=%.3f%s", run_id, row["task"], status,
+                         now - (started or now), f" error={error.get('type')}: {error.get('message')}" if error else "")
+            if started is not None:
+                self.durations.observe(row["task"], now - started)
+        finally:
+            if active.watchdog is not None:
+                active.watchdog.cancel()
+            self._active.pop(run_id, None)
+            if isinstance(defn, Task):
+                self._running.get(defn.name, set()).discard(run_id)
+            if admitted:
+                self._gate.release()
+            active.set_finished()
+            if isinstance(defn, Task) and defn.name in self._pending and not self._running.get(defn.name) and not self._stopping:
+                scheduled_at, trigger = self._pending.pop(defn.name)
+                self._spawn(self._fire(defn.name, scheduled_at, trigger))
+
+    async def _final_write(self, run_id: str, fields: dict[str, Any]) -> bool:
+        """Record a run's outcome, retrying briefly; False (logged) if the database keeps refusing.
+
+        A store error here must not escape: it would tear down the engine's
+        task group and every other run with it. A run whose outcome could not
+        be written stays ``running`` in the database and is recovered (marked
+        ``crashed``, retried under its policy) by the next start.
+        """
+        for delay in (*FINAL_WRITE_BACKOFF, None):
+            try:
+                await self.store.update_run(run_id, fields)
+                return True
+            except CronstackError as exc:
+                if delay is None:
+                    db_log.error("run %s: its outcome (%s) could not be stored, it stays 'running' until "
+                              "the next start recovers it: %s", run_id, fields.get("status"), exc)
+                    return False
+                await anyio.sleep(delay)
+        return False  # pragma: no cover - the loop always returns
+
+    async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> bool:
+        """Store the retry the policy asks for; False only when the database refused it."""
+        policy = task.retry_policy
+        attempt = int(row.get("attempt") or 1)
+        if attempt > policy.max_retries:
+            return True
+        retry = self._row(task.name, "task", "retry", scheduled_at=row.get("scheduled_at"), attempt=attempt + 1,
+                          parent_id=row["id"], inputs=row.get("inputs"))
+        retry["not_before"] = self.clock.time() + policy.delay(attempt)
+        try:
+            await self.store.insert_run(retry)
+        except CronstackError as exc:
+            db_log.error("run %s of %s ended %s but its retry could not be stored; the run stays "
+                         "'running' until the next start recovers and retries it: %s",
+                         row["id"], task.name, status, exc)
+            return False
+        self._queued_due[retry["id"]] = retry["not_before"]
+        self._queue_wake.set()
+        return True
+
+    async def start_function_run(self, name: str, inputs: dict[str, Any], parent_id: str | None) -> str:
+        """A durable run of function ``name`` (execution_mode async); returns its id at once."""
+        defn = self.functions.stacks.get(name)
+        if defn is None:  # a registered Python function: run it as a function run too
+            defn = Function(name=name, program=lower_stack([], name).program)
+        row = self._row(name, "function", "async_call", scheduled_at=self.clock.time(), attempt=1,
+                        parent_id=parent_id, inputs=inputs)
+        await self._launch(defn, row)
+        return row["id"]
+
+    # -- serving --------------------------------------------------------------------------
+
+
+_CANCEL_MESSAGES = {
+    "cancel": "cancelled",
+    "superseded": "cancelled by a newer fire (overlap: cancel_previous)",
+    "shutdown": "the engine stopped before the run finished",
+    "queued": "cancelled before it started",
+}
+
+
+def _cancel_error(reason: str | None, limit: float) -> dict[str, Any]:
+    """The error object of a run cancelled for ``reason`` (or timed out after ``limit`` seconds)."""
+    if reason == "timeout":
+        return {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
+    message = _CANCEL_MESSAGES.get(reason or "", "the engine stopped while the run was running")
+    return {"message": message, "type": "Cancelled", "step": None}
+
+
+def _store_failure(exc: CronstackError, doing: str) -> dict[str, Any]:
+    """The error object of a run the database failed while ``doing`` something for it."""
+    return {"message": f"the database failed while {doing}: {exc}", "type": exc.error_type, "step": None}
+
+

@@ -1,0 +1,308 @@
+"""Serving: the scheduler, misfires, stored queued runs, history pruning.
+
+These loops run only while the engine serves. The scheduler keeps every
+active task's next fire in a heap (``engine._schedule.Timer``), fires all the
+tasks due at one instant as one wave, and applies the overlap policy;
+``Scheduling`` is a part of ``Engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+from compiler import CompileError, Definitions, Diagnostic, Function, Task
+from engine._schedule import Schedule, ScheduleError
+from runtime import CronstackError
+
+__all__ = ("Scheduling", "schedules_of", "iso_time")
+
+db_log = logging.getLogger("cronstack.engine")
+
+#: seconds (engine clock) before a queued run the database failed to start is tried again
+QUEUE_RETRY = 1.0
+#: tasks due within this many seconds when serving starts are compiled ahead (see Scheduling._warm_up)
+WARM_HORIZON = 300.0
+#: seconds between writes of the tasks' last fire times (see Scheduling._fired_at)
+FIRE_FLUSH_INTERVAL = 2.0
+
+
+class Scheduling:
+    """The loops of a serving engine (a part of ``Engine``)."""
+
+    async def _serve_loops(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        assert self._serving is not None
+        with self._serving:
+            await self._misfires()
+            for row in await self.store.due_runs(float("inf"), 100_000):
+                self._queued_due[row["id"]] = row.get("not_before") or 0.0
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._schedule_loop)
+                tg.start_soon(self._queue_loop)
+                tg.start_soon(self._prune_loop)
+                tg.start_soon(self._flush_loop)
+                task_status.started()
+
+    async def _misfires(self) -> None:
+        now = self.clock.time()
+        for name, sched in self.schedules.items():
+            if not self.is_active(name):
+                continue
+            try:
+                await self._catch_up(name, sched, now)
+            except CronstackError as exc:
+                db_log.error("task %s: missed fires could not be caught up: %s", name, exc)
+
+    async def _catch_up(self, name: str, sched: Schedule, now: float) -> None:
+        """Handle the fires of task ``name`` missed while no engine served (misfire policy)."""
+        task = self.definitions.tasks[name]
+        state = await self.store.get_task_state(name) or {}
+        last = state.get("last_fire")
+        if last is None:
+            await self.store.set_task_state(name, last_fire=now)
+            return
+        if task.misfire == "skip":
+            return
+        missed: list[float] = []
+        t = sched.next_after(last)
+        while t is not None and t <= now and len(missed) < 10_000:
+            if t >= now - task.misfire_grace:
+                missed.append(t)
+            t = sched.next_after(t)
+        if not missed:
+            return
+        if task.misfire == "run_once":
+            missed = missed[-1:]
+        for t in missed:
+            row = self._row(name, "task", "catchup", scheduled_at=t, attempt=1)
+            await self._launch(task, row, claim_fire=True)
+        await self.store.set_task_state(name, last_fire=missed[-1])
+
+    async def _schedule_loop(self) -> None:
+        from engine._schedule import Timer, wait_next
+
+        timer = Timer()
+        now = self.clock.time()
+        for name, sched in self.schedules.items():
+            if self.is_active(name):
+                nxt = sched.next_after(now)
+                if nxt is not None:
+                    timer.schedule(name, nxt)
+                    self._next_fire[name] = nxt
+        fired_by: dict[str, Schedule] = dict(self.schedules)
+        self._spawn(self._warm_up(sorted((due, name) for name, due in self._next_fire.items())))
+        while True:
+            woken = await wait_next(self.clock, timer, self._wake)
+            if woken:
+                self._wake = anyio.Event()
+                if self._reschedule:
+                    self._reschedule = False
+                    timer, fired_by = self._rebuild_timer(fired_by), dict(self.schedules)
+                continue
+            now = self.clock.time()
+            wave = [(name, self._next_fire.pop(name)) for name in timer.pop_due(now)]
+            if not wave:
+                continue
+            self.lag = max(0.0, now - min(due for _name, due in wave))
+            for name, due in wave:  # fires first: next fire times can wait a moment
+                self._spawn(self._fire(name, due, "schedule"))
+            await anyio.lowlevel.checkpoint()
+            for name, due in wave:
+                nxt = self.schedules[name].next_after(due)
+                if nxt is not None:
+                    timer.schedule(name, nxt)
+                    self._next_fire[name] = nxt
+
+    async def _warm_up(self, due: list[tuple[float, str]]) -> None:
+        """Compile, ahead of their first fire, the tasks due within ``WARM_HORIZON`` seconds.
+
+        Loading leaves each stack's final compile() to its first run; doing it
+        here, soonest fire first and one task per turn of the loop, keeps that
+        cost off the first fire's latency.
+        """
+        from compiler._warm import warm_program
+
+        horizon = self.clock.time() + WARM_HORIZON
+        for when, name in due:
+            if when > horizon:
+                break
+            task = self.definitions.tasks.get(name)
+            if task is not None:
+                warm_program(task.program)
+                for fn_name, _path in task.calls:
+                    fn = self.functions.stacks.get(fn_name)
+                    if fn is not None:
+                        warm_program(fn.program)
+            await asyncio.sleep(0)
+
+    def _rebuild_timer(self, before: dict[str, Schedule]) -> Any:
+        """The timer after a reload: unchanged schedules keep their next fire."""
+        from engine._schedule import Timer
+
+        timer = Timer()
+        now = self.clock.time()
+        next_fire = {}
+        for name, sched in self.schedules.items():
+            if not self.is_active(name):
+                continue
+            nxt = self._next_fire.get(name) if before.get(name) == sched else None
+            if nxt is None:
+                nxt = sched.next_after(now)
+            if nxt is not None:
+                timer.schedule(name, nxt)
+                next_fire[name] = nxt
+        self._next_fire = next_fire
+        return timer
+
+    async def _fire(self, name: str, scheduled_at: float, trigger: str) -> None:
+        """One scheduled fire; a database error loses this fire only (logged), never the scheduler."""
+        try:
+            await self._fire_once(name, scheduled_at, trigger)
+        except CronstackError as exc:
+            db_log.error("task %s: the fire at %s could not be recorded: %s", name, iso_time(scheduled_at), exc)
+
+    async def _fire_once(self, name: str, scheduled_at: float, trigger: str) -> None:
+        task = self.definitions.tasks[name]
+        if self._stopping:
+            return
+        if name in self._paused:
+            self._fired_at(name, scheduled_at)
+            return
+        running = self._running.get(name)
+        if running:
+            policy = task.overlap
+            if policy == "queue" and name not in self._pending:
+                self._pending[name] = (scheduled_at, trigger)
+                return
+            if policy == "cancel_previous":
+                for run_id in list(running):
+                    active = self._active.get(run_id)
+                    if active is not None:
+                        active.cancel("superseded")
+                        await active.done().wait()
+            elif policy != "allow" or len(running) >= task.max_concurrency:
+                row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
+                row.update(status="skipped", finished_at=self.clock.time(), error={
+                    "message": f"skipped: the previous run was still running (overlap: {policy})", "type": "Skipped", "step": None})
+                await self.store.claim_fire(name, scheduled_at, row)
+                self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
+                self._fired_at(name, scheduled_at)
+                return
+        row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
+        await self._launch(task, row, claim_fire=True)
+        self._fired_at(name, scheduled_at)
+
+    def _fired_at(self, name: str, scheduled_at: float) -> None:
+        """Remember a task's last fire; ``_flush_fires`` writes them in one go.
+
+        The last fire only tells the next start which fires were missed. Each
+        fire's run row is unique per (task, time), so a last fire written late
+        (or lost in a crash) can never make a fire run twice: the catch-up's
+        claim of an already-run fire simply fails.
+        """
+        if scheduled_at > self._fired.get(name, float("-inf")):
+            self._fired[name] = scheduled_at
+
+    async def _flush_fires(self) -> None:
+        fired, self._fired = self._fired, {}
+        for name, ts in fired.items():
+            try:
+                await self.store.set_task_state(name, last_fire=ts)
+            except CronstackError as exc:
+                db_log.error("task %s: its last fire could not be stored: %s", name, exc)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self.clock.sleep(FIRE_FLUSH_INTERVAL)
+            await self._flush_fires()
+
+    async def _queue_loop(self) -> None:
+        """Start stored queued runs (retries, async calls left by a restart) when due."""
+        while True:
+            now = self.clock.time()
+            due = sorted((t, rid) for rid, t in self._queued_due.items() if t <= now)
+            for _t, run_id in due:
+                self._queued_due.pop(run_id, None)
+                try:
+                    await self._start_queued(run_id, now)
+                except CronstackError as exc:  # the row stays queued: try again in a while
+                    db_log.error("queued run %s could not be started, retrying in %g s: %s",
+                              run_id, QUEUE_RETRY, exc)
+                    self._queued_due[run_id] = now + QUEUE_RETRY
+            pending = [t for t in self._queued_due.values()]
+
+            nxt = min(pending) if pending else None
+            with anyio.move_on_after(3600):
+                if nxt is None:
+                    await self._queue_wake.wait()
+                else:
+                    async with anyio.create_task_group() as tg:
+                        async def sleep_then_cancel(until: float = nxt) -> None:
+                            await self.clock.sleep(max(0.0, until - self.clock.time()))
+                            tg.cancel_scope.cancel()
+
+                        async def woken() -> None:
+                            await self._queue_wake.wait()
+                            tg.cancel_scope.cancel()
+
+                        tg.start_soon(sleep_then_cancel)
+                        tg.start_soon(woken)
+            self._queue_wake = anyio.Event()
+
+    async def _start_queued(self, run_id: str, now: float) -> None:
+        row = await self.store.get_run(run_id)
+        if row is None or row["status"] != "queued":
+            return
+        defn: Task | Function | None = (
+            self.definitions.tasks.get(row["task"]) if row.get("kind", "task") == "task"
+            else self.functions.stacks.get(row["task"])
+        )
+        if defn is None:
+            await self.store.update_run(run_id, {"status": "failed", "finished_at": now, "error": {
+                "message": f"'{row['task']}' is no longer defined", "type": "UnknownTask", "step": None}})
+            return
+        if not await self.store.claim_run(run_id, self.engine_id, now):
+            return
+        row.update(status="running", started_at=now)
+        await self._launch(defn, row, claimed=True)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            now = self.clock.time()
+            for task in self.definitions.tasks.values():
+                days = task.request_history.retention_days
+                try:
+                    await self.store.prune_history(task.name, now - days * 86400)
+                except CronstackError as exc:  # pruning waits for the next round
+                    db_log.error("task %s: old history could not be pruned: %s", task.name, exc)
+            await self.clock.sleep(self.config.prune_interval)
+
+
+def schedules_of(defs: Definitions) -> dict[str, Schedule]:
+    """Every scheduled task's ``Schedule``; invalid expressions are compile errors at ``schedule``."""
+    schedules, diags = {}, []
+    for task in defs.tasks.values():
+        if task.schedule is None:
+            continue
+        try:
+            schedules[task.name] = Schedule(task.schedule, task.timezone, task.cron_day_match)
+        except ScheduleError as exc:
+            diags.append(Diagnostic(str(exc), "schedule", task.file))
+    if diags:
+        raise CompileError(diags)
+    return schedules
+
+
+
+
+def iso_time(ts: float | None) -> str | None:
+    """ISO-8601 UTC text of a Unix time (None stays None)."""
+    if ts is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat()
