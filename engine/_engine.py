@@ -220,7 +220,8 @@ class Engine(RunLifecycle, Scheduling):
         """
         if self.project_dir is None:
             raise CompileError(Diagnostic("only an engine opened on a project folder can reload it"))
-        defs = load_definitions(self.project_dir)
+        # compiling a large project takes a while: off the event loop, runs go on meanwhile
+        defs = await anyio.to_thread.run_sync(load_definitions, self.project_dir)
         schedules = schedules_of(defs)
         if self._serving is not None:
             unresolved = check_calls(defs, self.functions.python)
