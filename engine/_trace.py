@@ -7,14 +7,16 @@ variable in place), cut to ``MAX_SUMMARY_BYTES``, and scrubbed of every
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
-from engine._http import redact_headers, redact_text, redact_url
+from engine._http import redact_headers, redact_url
+from engine._http.redact import MASK
 
-__all__ = ("RunTrace", "MAX_SUMMARY_BYTES", "MAX_TRACE_ENTRIES")
+__all__ = ("RunTrace", "Secrets", "MAX_SUMMARY_BYTES", "MAX_TRACE_ENTRIES")
 
 #: the longest JSON summary kept for a step's inputs or output
 MAX_SUMMARY_BYTES = 2048
@@ -24,12 +26,27 @@ MAX_TRACE_ENTRIES = 2000
 _encode = msgspec.json.encode
 
 
+class Secrets:
+    """Values never to store: masked in every summary, URL, header and error."""
+
+    __slots__ = ("texts", "_pattern")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        plain = {s for s in secrets if isinstance(s, str) and len(s) >= 4}
+        self.texts = sorted(plain | {_encode(s).decode()[1:-1] for s in plain}, key=len, reverse=True)
+        # longest first, so a secret that contains another is masked whole
+        self._pattern = re.compile("|".join(map(re.escape, self.texts))) if self.texts else None
+
+    def scrub(self, text: str) -> str:
+        return text if self._pattern is None else self._pattern.sub(MASK, text)
+
+
 class RunTrace:
     """Collects the steps of one run (and of the functions it calls inline)."""
 
     __slots__ = ("entries", "logs", "_secrets", "_prefix", "dropped")
 
-    def __init__(self, secrets: Iterable[str] = (), prefix: str = "", *, prepared: list[str] | None = None) -> None:
+    def __init__(self, secrets: Iterable[str] = (), prefix: str = "", *, prepared: Secrets | None = None) -> None:
         self.entries: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
         self._secrets = prepared if prepared is not None else self.prepare(secrets)
@@ -37,13 +54,14 @@ class RunTrace:
         self.dropped = 0
 
     @staticmethod
-    def prepare(secrets: Iterable[str]) -> list[str]:
-        """The texts to mask, longest first, also as they appear inside JSON strings.
+    def prepare(secrets: Iterable[str]) -> Secrets:
+        """The texts to mask (also as they appear inside JSON strings), and one pattern for them all.
 
-        Computed once per engine and shared by every run's trace.
+        Computed once per engine and shared by every run's trace: a summary is
+        then scrubbed in one regular-expression pass, however many environment
+        variables there are.
         """
-        plain = {s for s in secrets if isinstance(s, str) and len(s) >= 4}
-        return sorted(plain | {_encode(s).decode()[1:-1] for s in plain}, key=len, reverse=True)
+        return Secrets(secrets)
 
     def child(self, prefix: str) -> RunTrace:
         """A view for a function called inline: same entries, paths under ``prefix``."""
@@ -59,10 +77,9 @@ class RunTrace:
         try:
             data = _encode(value)
         except (TypeError, msgspec.EncodeError, OverflowError):
-            return redact_text(repr(value)[:MAX_SUMMARY_BYTES], self._secrets)
+            return self._secrets.scrub(repr(value)[:MAX_SUMMARY_BYTES])
         text = data.decode("utf-8", "replace")
-        if self._secrets:
-            text = redact_text(text, self._secrets)
+        text = self._secrets.scrub(text)
         if len(text) > MAX_SUMMARY_BYTES:
             return {"$truncated": text[:MAX_SUMMARY_BYTES], "$bytes": len(data)}
         return msgspec.Raw(text.encode())
@@ -72,9 +89,9 @@ class RunTrace:
             return inputs
         shown = dict(inputs)
         if isinstance(shown.get("url"), str):
-            shown["url"] = redact_url(shown["url"], self._secrets)
+            shown["url"] = redact_url(shown["url"], self._secrets.texts)
         if isinstance(shown.get("headers"), dict):
-            shown["headers"] = redact_headers(shown["headers"], self._secrets)
+            shown["headers"] = redact_headers(shown["headers"], self._secrets.texts)
         return shown
 
     def step(
@@ -110,9 +127,9 @@ class RunTrace:
 
     def redact_error(self, error: dict[str, Any] | None) -> dict[str, Any] | None:
         """An error object fit to store: secrets scrubbed, size bounded."""
-        if error is None or not self._secrets:
+        if error is None or not self._secrets.texts:
             return error
-        return msgspec.json.decode(redact_text(_encode(error).decode(), self._secrets))
+        return msgspec.json.decode(self._secrets.scrub(_encode(error).decode()))
 
     def export(self) -> list[dict[str, Any]]:
         """The entries to store; their summaries are pre-encoded ``msgspec.Raw`` JSON."""
