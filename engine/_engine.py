@@ -68,6 +68,10 @@ class UnknownTask(LookupError):
         self.name = name
 
 
+#: crashed attempts per task looked at for a missing retry when an engine opens
+RECOVER_LIMIT = 100
+
+
 def _sqlite_default(project_dir: Path | None) -> str:
     if project_dir is not None:
         return f"sqlite:///{project_dir / 'cronstack.db'}"
@@ -250,9 +254,18 @@ class Engine(RunLifecycle, Scheduling):
         An attempt whose retry was already stored (it died between storing
         the retry and its own outcome) is not retried twice.
         """
-        for row in await self.store.recover_running(self.engine_id):
+        rows = {row["id"]: row for row in await self.store.recover_running(self.engine_id)}
+        # an engine that died again between marking runs crashed and storing their
+        # retries left crashed attempts with no retry: they are found here too
+        for task in self.definitions.tasks.values():
+            if task.retry_policy.max_retries:
+                for row in await self.store.list_runs(task.name, status="crashed", limit=RECOVER_LIMIT):
+                    rows.setdefault(row["id"], row)
+        for row in rows.values():
             task = self.definitions.tasks.get(row["task"])
-            if task is not None and row.get("kind", "task") == "task" and not await self._has_retry(row):
+            if (task is not None and row.get("kind", "task") == "task"
+                    and int(row.get("attempt") or 1) <= task.retry_policy.max_retries
+                    and not await self._has_retry(row)):
                 await self._maybe_retry(task, row, "crashed")
 
     async def _has_retry(self, row: dict[str, Any], page: int = 500, max_pages: int = 20) -> bool:

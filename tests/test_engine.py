@@ -354,3 +354,20 @@ async def test_reload_switches_definitions_and_keeps_history(tmp_path):
         assert len(await engine.store.list_runs("a")) == 1  # history of 'a' is kept
         with pytest.raises(UnknownTask):
             await engine.trigger("a")
+
+
+async def test_crashed_attempt_left_without_retry_gets_one_at_the_next_start(tmp_path):
+    """An engine that died after marking a run crashed but before storing its retry loses nothing."""
+    db = f"sqlite:///{tmp_path / 'c2.db'}"
+    defs = [task("c", [RET(1)], retry_policy={"max_retries": 2, "retry_delay": 0})]
+    async with Engine.open(defs, database=db) as engine:
+        await engine.store.insert_run({"id": "lost1", "task": "c", "kind": "task", "trigger": "manual",
+                                       "status": "crashed", "attempt": 1, "started_at": 1.0, "engine_id": "x"})
+        await engine.store.insert_run({"id": "spent", "task": "c", "kind": "task", "trigger": "retry",
+                                       "status": "crashed", "attempt": 3, "started_at": 1.0, "engine_id": "x"})
+    async with Engine.open(defs, database=db) as engine:
+        retries = [r for r in await engine.runs("c") if r["trigger"] == "retry" and r["status"] == "queued"]
+        assert [(r["parent_id"], r["attempt"]) for r in retries] == [("lost1", 2)]
+    async with Engine.open(defs, database=db) as engine:  # and only once
+        retries = [r for r in await engine.runs("c") if r["parent_id"] == "lost1"]
+        assert len(retries) == 1
