@@ -216,3 +216,15 @@ async def test_steps_doc_examples_run_and_give_the_documented_results(tmp_path):
                 raise AssertionError(f"docs/steps.md line {line}: {exc.error}") from None
             if expected is not _NO_RESULT:
                 assert result == expected, f"docs/steps.md line {line}"
+
+
+def test_cronstack_check_accepts_the_examples_with_every_seed_stack(capsys):
+    """`cronstack check examples` compiles every seed stack as shipped and prints each task's next fires."""
+    from engine._cli import EXIT_OK, main
+
+    assert main(["check", str(EXAMPLES)]) == EXIT_OK
+    out = capsys.readouterr().out
+    for name in ("daily_user_analytics", "daily_data_sync", "weekly_newsletter", "external_data_sync",
+                 "data_cleanup", "process_pending_items", "data_processing_task"):
+        assert name in out
+    assert "ok: 9 tasks, 5 functions" in out
