@@ -35,6 +35,8 @@ __all__ = ("CodeGen", "literal", "NAMESPACE")
 
 #: ints below this magnitude multiply without exceeding MAX_INT_BITS: no check needed
 _SMALL = repr(2 ** (V.MAX_INT_BITS // 2 - 1))
+#: the largest finite float: a float sum or difference beyond it is refused by the helper
+_FMAX = repr(1.7976931348623157e308)
 
 
 def _uuid() -> str:
@@ -159,6 +161,12 @@ class CodeGen:
                 small = [a, b]
             if op == "mul":
                 test += "".join(f" and -{_SMALL} < {x} < {_SMALL}" for x in small)
+            if op != "mul" and not (lc or rc):
+                # two floats (Unix times, amounts): the result only needs to stay finite
+                r = self.tmp()
+                floats = (f"({r} if {a}.__class__ is {b}.__class__ is float and "
+                          f"-{_FMAX} <= ({r} := {a} {sym} {b}) <= {_FMAX} else _{op}({a}, {b}))")
+                return f"({ea} {sym} {eb} if {test} else {floats})"
             return f"({ea} {sym} {eb} if {test} else _{op}({ea}, {eb}))"
         if op in ("lt", "le", "gt", "ge"):
             sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
