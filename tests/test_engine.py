@@ -5,22 +5,11 @@ import pytest
 
 from engine import CompileError, Engine, FakeClock, RunFailed, UnknownTask
 from engine._store import StoreLocked
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
-
-
-async def eventually(predicate, seconds=10.0):
-    """Wait (in real time) until ``predicate()`` holds; the engine's I/O runs in threads."""
-    with anyio.fail_after(seconds):
-        while True:
-            result = predicate()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return result
-            await anyio.sleep(0.005)
 
 
 async def settle(clock, engine):

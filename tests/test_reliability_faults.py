@@ -15,19 +15,13 @@ import pytest
 from engine import Engine, EngineConfig
 from tests.reliability.faultserver import fault_server
 from tests.reliability.faultstore import RECORD_WRITES, STATE_WRITES, FaultPlan, install
+from tests.support import eventually as _eventually
 
 pytestmark = pytest.mark.anyio
 
 
 async def eventually(predicate, seconds=30.0):
-    with anyio.fail_after(seconds):
-        while True:
-            result = predicate()
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return result
-            await anyio.sleep(0.02)
+    return await _eventually(predicate, seconds, poll=0.02)
 
 
 def call(url, **fields):
