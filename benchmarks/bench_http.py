@@ -8,6 +8,11 @@ baseline is the same work written directly on an ``aiohttp.ClientSession``
 connection limits (100 total and per host) and a fresh session per repetition
 on both sides. Target: HttpClient >= 80% of the plain loop's requests/s.
 
+A third row runs the same GET workload end to end through the engine: N runs
+of a task whose stack loops 10 times over an ``external_api_request`` step
+(history off, so the figure is the step's cost, not the trace's), against the
+same plain loop.
+
 The server runs in a separate process by default (``--server subprocess``,
 on uvloop) so that, on this 2-core machine, client and server each get a core
 and the figure is the client's cost; ``--server inprocess`` shares the loop
@@ -103,8 +108,31 @@ async def _plain(base: str, workers: int, method: str) -> None:
         await asyncio.gather(*(worker() for _ in range(workers)))
 
 
-def _measure(base: str | None, workers: int, method: str, loop: str, repeat: int, client: bool):
-    fn = _through_client if client else _plain
+RUN_STACK = [
+    {"function": "loop", "times": REQUESTS_PER_WORKER, "operations": [
+        {"function": "external_api_request", "url": "{{ base }}/item", "method": "GET", "return_as": "r"},
+        {"function": "conditional", "condition": "{{ r == null }}", "true_branch": [
+            {"function": "throw_error", "message": "empty body"}]},
+    ]},
+]  # fmt: skip
+
+
+async def _through_runs(base: str, workers: int, method: str) -> None:
+    """``workers`` runs, each making 10 requests with the external_api_request step."""
+    from engine import Engine, EngineConfig
+
+    stack = [{"function": "create_variable", "name": "base", "value": base}, *RUN_STACK]
+    defs = [{"name": "fetch", "stack": stack, "overlap": "allow", "request_history": {"enabled": False}}]
+    config = EngineConfig(tune_gc=False, http_connections=LIMIT, http_connections_per_host=LIMIT)
+    async with Engine.open(defs, env={}, config=config) as engine:
+        runs = await asyncio.gather(*(engine.trigger("fetch", wait=True) for _ in range(workers)))
+        failed = [r for r in runs if r["status"] != "completed"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} runs failed: {failed[0]['error']}")
+
+
+def _measure(base: str | None, workers: int, method: str, loop: str, repeat: int, client: bool | str):
+    fn = _through_runs if client == "runs" else _through_client if client else _plain
 
     async def once() -> None:
         if base is not None:
@@ -158,6 +186,19 @@ def run(quick: bool = False, server: str = "subprocess") -> list[Result]:
                         met=value >= 0.8 * baseline,
                     )
                 )
+        if base is not None:
+            plain_fn = _measure(base, workers, "GET", "uvloop", repeat, client=False)
+            runs_fn = _measure(base, workers, "GET", "uvloop", repeat, client="runs")
+            plain_fn(), runs_fn()
+            pairs = [(plain_fn(), runs_fn()) for _ in range(repeat)]
+            plain = statistics.median(p for p, _ in pairs)
+            ours = statistics.median(o for _, o in pairs)
+            results.append(Result(
+                bench="http", name=f"GET through {workers} runs x {REQUESTS_PER_WORKER} external_api_request, uvloop",
+                value=total / ours, unit="req/s", baseline_name="plain aiohttp", baseline=total / plain,
+                target=">= 0.80x plain", met=total / ours >= 0.8 * total / plain,
+                note="each run: VM loop, step, HTTP client, run rows written",
+            ))  # fmt: skip
     finally:
         if proc is not None:
             proc.terminate()

@@ -42,6 +42,9 @@ class EngineConfig:
     shutdown_grace: float = 30.0
     prune_interval: float = 3600.0
     http_max_response_bytes: int = 10 * 1024 * 1024
+    #: pooled HTTP connections of external_api_request: in all, and to one host
+    http_connections: int = 100
+    http_connections_per_host: int = 20
     #: raise the cyclic GC's first threshold and freeze the loaded definitions (see Engine)
     tune_gc: bool = True
 
@@ -61,7 +64,8 @@ _SECTIONS: dict[str, set[str]] = {
     "data_sources": set(),
     "tables": set(),
     "env": {"include", "values"},
-    "engine": {"max_running", "shutdown_grace", "prune_interval", "http_max_response_bytes", "tune_gc"},
+    "engine": {"max_running", "shutdown_grace", "prune_interval", "http_max_response_bytes", "http_connections",
+               "http_connections_per_host", "tune_gc"},
 }
 
 

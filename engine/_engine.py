@@ -167,7 +167,8 @@ class Engine(RunLifecycle, Scheduling):
             for name, src_url in cfg.data_sources.items():
                 engine._sources[name] = await open_store(src_url, indexes=cfg.indexes, synchronous=cfg.synchronous,
                                                          clock=engine.clock.time, base_dir=project_dir)
-            engine.http = HttpClient(max_response_bytes=cfg.http_max_response_bytes)
+            engine.http = HttpClient(max_response_bytes=cfg.http_max_response_bytes, limit=cfg.http_connections,
+                                     limit_per_host=cfg.http_connections_per_host)
             async with engine._background():
                 await engine._load_state()
                 await engine._recover()

@@ -108,16 +108,24 @@ class RunLifecycle:
             "engine_id": self.engine_id,
         }
 
+    def _launch_begin(self) -> None:
+        """A run is being recorded: stop() waits for it to be seen (and stopped) before it ends."""
+        if not self._launching:
+            self._launch_idle = anyio.Event()
+        self._launching += 1
+
+    def _launch_end(self) -> None:
+        self._launching -= 1
+        if not self._launching:
+            self._launch_idle.set()
+
     async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
                       claimed: bool = False) -> _Active | None:
         """Admit, record and start a run. Returns None when a scheduled fire was already claimed."""
         admitted = self._gate.try_acquire()
         if admitted:
             row["status"], row["started_at"] = "running", self.clock.time()
-        # stop() waits for launches in flight: a run recorded while stopping must be seen and stopped
-        if not self._launching:
-            self._launch_idle = anyio.Event()
-        self._launching += 1
+        self._launch_begin()
         stored = False
         try:
             if claim_fire:
@@ -133,9 +141,7 @@ class RunLifecycle:
         finally:
             if not stored and admitted:  # already claimed, or the database refused: free the slot
                 self._gate.release()
-            self._launching -= 1
-            if not self._launching:
-                self._launch_idle.set()
+            self._launch_end()
         active = _Active(row["task"], row)
         self._active[row["id"]] = active
         if isinstance(defn, Task):

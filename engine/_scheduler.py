@@ -254,6 +254,23 @@ class Scheduling:
             self._queue_wake = anyio.Event()
 
     async def _start_queued(self, run_id: str, now: float) -> None:
+        """Claim a stored queued run and start it.
+
+        Claiming and starting are one step for ``stop()``: it waits for both,
+        and the shutdown's cancellation of the serving loops cannot land
+        between a committed claim and the run's start (which would leave the
+        row ``running`` with nothing running it).
+        """
+        if self._stopping:
+            return
+        self._launch_begin()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._claim_and_start(run_id, now)
+        finally:
+            self._launch_end()
+
+    async def _claim_and_start(self, run_id: str, now: float) -> None:
         row = await self.store.get_run(run_id)
         if row is None or row["status"] != "queued":
             return
