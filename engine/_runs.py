@@ -205,31 +205,30 @@ class RunLifecycle:
                        limit: float) -> tuple[str, Any, Any]:
         """One attempt; ``limit`` is the timeout in seconds.
 
-        With the real clock ``asyncio.timeout`` enforces it; with an injected
-        clock a watchdog sleeping on that clock does, so tests run in virtual time.
+        The timeout is a timer that cancels the run with the reason
+        "timeout": the event loop's ``call_at`` with the real clock (a timer
+        handle per run is all it costs), the injected clock's ``call_at`` (or
+        a watchdog sleeping on it) otherwise, so tests run in virtual time.
         """
         inputs = row.get("inputs") if isinstance(defn, Function) else None
-        if not self._real_clock:
+        if self._real_clock:
+            loop = asyncio.get_running_loop()
+            active.watchdog = loop.call_at(loop.time() + limit, active.cancel, "timeout")
+        else:
             call_at = getattr(self.clock, "call_at", None)
             if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
                 active.watchdog = call_at(self.clock.time() + limit, lambda: active.cancel("timeout"))
             else:
                 active.watchdog = self._spawn(self._watchdog(active, limit))
         try:
-            async with asyncio.timeout(limit if self._real_clock else None):
-                if isinstance(defn, Function) and defn.name in self.functions.python:
-                    result = await self.functions.call(defn.name, inputs or {}, ctx)
-                else:
-                    fn_inputs = {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
-                    result = await execute(defn.program, ctx, inputs=fn_inputs)
+            if isinstance(defn, Function) and defn.name in self.functions.python:
+                result = await self.functions.call(defn.name, inputs or {}, ctx)
+            else:
+                fn_inputs = {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
+                result = await execute(defn.program, ctx, inputs=fn_inputs)
             return "completed", result, None
         except RunFailed as exc:
             return "failed", None, exc.error
-        except TimeoutError:
-            if active.reason is None:
-                active.reason = "timeout"
-                return "timed_out", None, _cancel_error("timeout", limit)
-            return "failed", None, {"message": "internal error: a stray timeout", "type": "InternalError", "step": None}
         except Exception as exc:  # a defect outside the VM's own error handling
             return "failed", None, {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
 
