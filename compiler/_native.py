@@ -28,7 +28,10 @@ or float; the code runs in a namespace without builtins.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import io
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +106,30 @@ class _Loop:
     __slots__ = ()
 
 
+#: Names every scope has from the start (``_new_scope``); no step ever removes a name.
+_BUILTIN_NAMES = frozenset({"item", "item_parent", "index", "error", "inputs", "env", "task"})
+#: Steps a loop body may hold and still keep variables in locals: none of them
+#: lets anything else see the scope (no await, no handler reading ``frame``).
+_LOCAL_STEPS = frozenset({"create_variable", "update_variable", "conditional", "switch", "break_loop", "continue_loop"})
+#: update_variable operations done on a local; any other (append, merge, ...) keeps
+#: its variable in the scope, where ``_update`` can change a lone list in place.
+_LOCAL_OPS = frozenset({"set", "increment", "decrement"})
+
+
+class _NoLocals(Exception):
+    """An expression's code cannot be rewritten to read locals: generate the loop on the scope."""
+
+
+class _Locals:
+    """The variables one loop keeps in Python locals: the names allowed, and those in use."""
+
+    __slots__ = ("allowed", "names")
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self.allowed = allowed
+        self.names: dict[str, str] = {}  # variable -> local, in first-use order
+
+
 class _Try:
     """A ``try`` the VM has pushed: its flag local and the finally steps its exits copy."""
 
@@ -136,6 +163,10 @@ class _Gen:
             elif ins.op is Op.RETURN:
                 self.return_values.setdefault(ins.path, ins.arg)
         self.root = path
+        #: names surely in the scope at the point being generated (created on every path to it)
+        self.created: set[str] = set(_BUILTIN_NAMES)
+        #: inside a loop body whose variables live in locals: which ones
+        self.local: _Locals | None = None
 
     # -- output -------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -187,17 +218,37 @@ class _Gen:
     def expr(self, raw: Any, path: str, *, condition: bool = False) -> str:
         """Emit the statements of a field; return its result expression."""
         stmts, result = field_code(raw, path, condition=condition)
+        if self.local is not None:
+            stmts = tuple(_localize(stmt, self.local_of) for stmt in stmts)
+            result = _localize(result, self.local_of)
         for stmt in stmts:
             for text in stmt.split("\n"):
                 self.line(text)
         self.holders.update(_temps(stmts, result))
         return result
 
+    def local_of(self, name: str) -> str | None:
+        """The local holding variable ``name`` in this loop body, or None if it stays in the scope."""
+        local = self.local
+        if local is None or name not in local.allowed:
+            return None
+        var = local.names.get(name)
+        if var is None:
+            var = local.names[name] = f"_x{len(local.names) + 1}"
+        return var
+
+    def write_back(self) -> list[str]:
+        """Statements storing every local variable into the scope, where others can see it."""
+        assert self.local is not None
+        return [f"scope[{name!r}] = {var}" for name, var in self.local.names.items()]
+
     # -- steps --------------------------------------------------------------------
     def block(self, steps: Any, path: str) -> None:
         start = len(self.lines)
+        created = set(self.created)  # what a nested block creates may not have happened after it
         for i, step in enumerate(steps or ()):
             self.step(step, f"{path}[{i}]")
+        self.created = created
         if len(self.lines) == start:
             self.line("pass")
 
@@ -209,12 +260,20 @@ class _Gen:
 
     def do_create_variable(self, step: dict, path: str, kind: str) -> None:
         self.site(path, self.args[path])
-        self.line(f"scope[{step['name']!r}] = {self.expr(step.get('value'), f'{path}.value')}")
+        name = step["name"]
+        value = self.expr(step.get("value"), f"{path}.value")
+        var = self.local_of(name)
+        self.line(f"{var} = {value}" if var else f"scope[{name!r}] = {value}")
+        self.created.add(name)
 
     def do_update_variable(self, step: dict, path: str, kind: str) -> None:
         arg = self.args[path]
         name, op, value = arg
         key = repr(name)
+        var = self.local_of(name) if op in _LOCAL_OPS else None
+        if var is not None:
+            self.update_local(step, path, arg, var)
+            return
         if op in ("increment", "decrement") and value.constant and _evaluates(value) and value.fn({}) is None:
             self.site(path, arg, None, "after")
             sign = "+" if op == "increment" else "-"
@@ -245,6 +304,34 @@ class _Gen:
             if others:
                 self.line(" = ".join(others) + " = None")
             self.line(f"_update(scope, {key}, {op!r}, _v)")
+
+    def update_local(self, step: dict, path: str, arg: Any, var: str) -> None:
+        """update_variable of a variable held in local ``var`` (it is in the scope: no 'before it is created').
+
+        Anything but a plain number goes through ``_update`` on the scope, for its
+        errors and results, and the local is read back.
+        """
+        name, op, value = arg
+        key = repr(name)
+        slow = [f"    scope[{key}] = {var}", f"    _update(scope, {key}, {op!r}, {{v}})", f"    {var} = scope[{key}]"]
+        num = f"({var}.__class__ is int or {var}.__class__ is float)"
+        if op in ("increment", "decrement") and value.constant and _evaluates(value) and value.fn({}) is None:
+            self.site(path, arg, None, "after")
+            self.line(f"if {num}:")
+            self.line(f"    {var} = {var} {'+' if op == 'increment' else '-'} 1")
+            self.line("else:")
+            for text in slow:
+                self.line(text.format(v="None"))
+            return
+        self.evaluate("_v", step.get("value"), f"{path}.value", (path, arg, value))
+        if op == "set":
+            self.line(f"{var} = _v")
+            return
+        self.line(f"if {num} and (_v.__class__ is int or _v.__class__ is float):")
+        self.line(f"    {var} = {var} {'+' if op == 'increment' else '-'} _v")
+        self.line("else:")
+        for text in slow:
+            self.line(text.format(v="_v"))
 
     def do_conditional(self, step: dict, path: str, kind: str) -> None:
         self.site(path, self.args[path])
@@ -279,6 +366,29 @@ class _Gen:
         self.dedent()
 
     def do_loop(self, step: dict, path: str, kind: str) -> None:
+        body = step.get("operations")
+        if self.local is None and _local_body(body):
+            allowed = frozenset(self.created) - _kept_in_scope(body)
+            mark = (len(self.lines), self.depth, self.blocks, len(self.ctx), set(self.created))
+            try:
+                self.loop(step, path, _Locals(allowed))
+                return
+            except _NoLocals:  # an expression's code we cannot rewrite: the loop reads the scope
+                del self.lines[mark[0] :]
+                self.depth, self.blocks = mark[1], mark[2]
+                del self.ctx[mark[3] :]
+                self.created = mark[4]
+                self.local = None
+        self.loop(step, path, None)
+
+    def loop(self, step: dict, path: str, local: _Locals | None) -> None:
+        """A loop; with ``local``, its body keeps the allowed variables in locals.
+
+        Those locals are loaded after ``_start_loop`` and written back to the
+        scope before the yield, when the loop ends (break included) and before
+        an error leaves it -- before ``_pop_loop`` restores ``index``/``item``,
+        so the catch block and the error object see what the VM would show.
+        """
         arg = self.args[path]
         mode, source, _end = arg
         n = self.fresh("")
@@ -295,6 +405,7 @@ class _Gen:
             self.indent()
         elif mode == "times":
             self.line(f"_start_loop(frame, 'times', {src}, -1)")
+        loads_at = len(self.lines)
         self.line("try:")
         self.indent()
         if mode == "each":
@@ -304,29 +415,46 @@ class _Gen:
         else:
             self.line("while True:")
         self.indent()
+        self.local = local
+        index = self.local_of("index")
+        item = self.local_of("item") if mode == "each" else None
         self.line(f"_b -= {weight}")
         self.line("if _b <= 0:")
         self.line("    _b = _BUDGET")
+        yield_at = len(self.lines)
         self.line("    await _asyncio.sleep(0)")
         if mode == "while":
             self.site(path, None, None, "condition")
             cond = self.expr(step["condition"], f"{path}.condition", condition=True)
             self.line(f"if not {_bare(cond)}:")
             self.line("    break")
-            self.line(f"scope['index'] = {i}")
+            self.line(f"{index} = {i}" if index else f"scope['index'] = {i}")
             self.line(f"{i} += 1")
         else:
             if mode == "each":
-                self.line("scope['item'] = _it")
-            self.line(f"scope['index'] = {i}")
+                self.line(f"{item} = _it" if item else "scope['item'] = _it")
+            self.line(f"{index} = {i}" if index else f"scope['index'] = {i}")
         self.ctx.append(_Loop())
         self.block(step.get("operations"), f"{path}.operations")
         self.ctx.pop()
         self.dedent()
         self.dedent()
+        back = self.write_back() if local is not None else []
+        self.local = None
         self.line("except _Exception:  # leaving for a catch: the VM pops the loops in between")
+        for text in back:
+            self.line("    " + text)
         self.line("    _pop_loop(frame)")
         self.line("    raise")
+        for text in back:
+            self.line(text)
+        if local is not None:
+            pad = self.lines[yield_at][: -len(self.lines[yield_at].lstrip())]
+            self.lines[yield_at : yield_at] = [pad + text for text in back]
+            pad = self.lines[loads_at][: -len(self.lines[loads_at].lstrip())]
+            loads = [f"{var} = scope[{name!r}]" for name, var in local.names.items()]
+            self.lines[loads_at:loads_at] = [pad + text for text in loads]
+            self.line(" = ".join(local.names.values()) + " = None  # no extra holder of a list or object")
         self.line("_pop_loop(frame)")
         if mode == "each":
             self.line(f"{src} = _it = None")
@@ -461,6 +589,83 @@ def _evaluates(value: Value) -> bool:
     except Exception:  # noqa: BLE001 - any failure: keep it for run time, where it is reported
         return False
     return True
+
+
+def _local_body(steps: Any) -> bool:
+    """True when ``steps`` (a loop body) hold only steps that let nothing else see the scope."""
+    for step in steps or ():
+        if step.get("disabled") is True:
+            continue
+        if step.get("function") not in _LOCAL_STEPS:
+            return False
+        branches = [step.get("true_branch"), step.get("false_branch"), step.get("default")]
+        branches += list((step.get("cases") or {}).values()) if isinstance(step.get("cases"), dict) else []
+        if not all(_local_body(b) for b in branches if isinstance(b, list)):
+            return False
+    return True
+
+
+def _kept_in_scope(steps: Any) -> set[str]:
+    """Variables a body changes through list/object operations: they stay in the scope."""
+    found: set[str] = {"__now__"}
+    for step in steps or ():
+        if step.get("function") == "update_variable" and step.get("operation") not in _LOCAL_OPS:
+            found.add(step.get("name"))
+        for b in [step.get("true_branch"), step.get("false_branch"), step.get("default")]:
+            if isinstance(b, list):
+                found |= _kept_in_scope(b)
+        if isinstance(step.get("cases"), dict):
+            for b in step["cases"].values():
+                if isinstance(b, list):
+                    found |= _kept_in_scope(b)
+    return found
+
+
+def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
+    """``code`` with each read ``scope['name']`` of a local variable replaced by that local.
+
+    Works on Python tokens, so text inside string literals is never touched.
+    Any other use of ``scope`` (a write, the dict itself passed along) raises
+    ``_NoLocals``: then the whole loop reads and writes the scope.
+    """
+    if "scope" not in code:
+        return code
+    try:
+        toks = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (tokenize.TokenError, SyntaxError) as exc:
+        raise _NoLocals(str(exc)) from None
+    starts = [0]
+    for text in code.splitlines(keepends=True):
+        starts.append(starts[-1] + len(text))
+    out: list[str] = []
+    pos = 0
+    for k, tok in enumerate(toks):
+        if tok.type != tokenize.NAME or tok.string != "scope":
+            continue
+        nxt = toks[k + 1 : k + 5]
+        if (
+            len(nxt) < 4
+            or (k and toks[k - 1].string == ".")
+            or nxt[0].string != "["
+            or nxt[1].type != tokenize.STRING
+            or nxt[2].string != "]"
+            or nxt[3].string in ("=", ".")
+        ):
+            raise _NoLocals(f"unexpected use of the scope in {code!r}")
+        try:
+            name = ast.literal_eval(nxt[1].string)
+        except (ValueError, SyntaxError) as exc:
+            raise _NoLocals(str(exc)) from None
+        var = local_of(name) if type(name) is str else None
+        if var is None:
+            continue
+        begin = starts[tok.start[0] - 1] + tok.start[1]
+        end = starts[nxt[2].end[0] - 1] + nxt[2].end[1]
+        out.append(code[pos:begin])
+        out.append(var)
+        pos = end
+    out.append(code[pos:])
+    return "".join(out)
 
 
 def _bare(cond: str) -> str:
