@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import io
+import math
 import tokenize
 from collections.abc import Callable
 from typing import Any
@@ -323,12 +324,22 @@ class _Gen:
             for text in slow:
                 self.line(text.format(v="None"))
             return
+        sign = "+" if op == "increment" else "-"
+        number = _literal_number(value) if op != "set" else None
+        if number is not None:  # a constant number: the sites ``evaluate`` gives a constant, no test of it
+            self.site(path, arg, None, "after")
+            self.line(f"if {num}:")
+            self.line(f"    {var} = {var} {sign} {number}")
+            self.line("else:")
+            for text in slow:
+                self.line(text.format(v=number))
+            return
         self.evaluate("_v", step.get("value"), f"{path}.value", (path, arg, value))
         if op == "set":
             self.line(f"{var} = _v")
             return
         self.line(f"if {num} and (_v.__class__ is int or _v.__class__ is float):")
-        self.line(f"    {var} = {var} {'+' if op == 'increment' else '-'} _v")
+        self.line(f"    {var} = {var} {sign} _v")
         self.line("else:")
         for text in slow:
             self.line(text.format(v="_v"))
@@ -406,21 +417,39 @@ class _Gen:
         elif mode == "times":
             self.line(f"_start_loop(frame, 'times', {src}, -1)")
         loads_at = len(self.lines)
+        # a for loop with locals counts its iterations to the next yield instead of
+        # decrementing ``_b`` each time: the same yields, one comparison per iteration
+        counted = local is not None and mode != "while"
+        per_yield = (INSTRUCTIONS_PER_YIELD - 1) // weight + 1
+        nxt = f"_n{n}"
+        self.local = local
+        index = self.local_of("index")
+        item = self.local_of("item") if mode == "each" else None
+        counter = None  # the local that is both index and the for loop's count (then not loaded)
+        if counted:
+            # the for loop binds index (and item) straight to their locals; it counts with
+            # index unless the body may change index (the VM's count goes on regardless)
+            if not _writes(step.get("operations"), "index"):
+                i = counter = index
+                index = None
+            self.line(f"{nxt} = (_b - 1) // {weight}  # the iteration that yields")
+            self.line(f"{i} = -1")
         self.line("try:")
         self.indent()
         if mode == "each":
-            self.line(f"for {i}, _it in _enumerate({src}):")
+            self.line(f"for {i}, {item or '_it'} in _enumerate({src}):")
         elif mode == "times":
             self.line(f"for {i} in _range(frame.loops[-1][1]):")
         else:
             self.line("while True:")
         self.indent()
-        self.local = local
-        index = self.local_of("index")
-        item = self.local_of("item") if mode == "each" else None
-        self.line(f"_b -= {weight}")
-        self.line("if _b <= 0:")
-        self.line("    _b = _BUDGET")
+        if counted:
+            self.line(f"if {i} == {nxt}:")
+            self.line(f"    {nxt} += {per_yield}")
+        else:
+            self.line(f"_b -= {weight}")
+            self.line("if _b <= 0:")
+            self.line("    _b = _BUDGET")
         yield_at = len(self.lines)
         self.line("    await _asyncio.sleep(0)")
         if mode == "while":
@@ -431,9 +460,12 @@ class _Gen:
             self.line(f"{index} = {i}" if index else f"scope['index'] = {i}")
             self.line(f"{i} += 1")
         else:
-            if mode == "each":
-                self.line(f"{item} = _it" if item else "scope['item'] = _it")
-            self.line(f"{index} = {i}" if index else f"scope['index'] = {i}")
+            if mode == "each" and not item:
+                self.line("scope['item'] = _it")
+            if index:
+                self.line(f"{index} = {i}")
+            elif not counter:
+                self.line(f"scope['index'] = {i}")
         self.ctx.append(_Loop())
         self.block(step.get("operations"), f"{path}.operations")
         self.ctx.pop()
@@ -448,11 +480,13 @@ class _Gen:
         self.line("    raise")
         for text in back:
             self.line(text)
+        if counted:  # what is left of the budget: the iterations before the next yield
+            self.line(f"_b = ({nxt} - {i}) * {weight}")
         if local is not None:
             pad = self.lines[yield_at][: -len(self.lines[yield_at].lstrip())]
             self.lines[yield_at : yield_at] = [pad + text for text in back]
             pad = self.lines[loads_at][: -len(self.lines[loads_at].lstrip())]
-            loads = [f"{var} = scope[{name!r}]" for name, var in local.names.items()]
+            loads = [f"{var} = scope[{name!r}]" for name, var in local.names.items() if var != counter]
             self.lines[loads_at:loads_at] = [pad + text for text in loads]
             self.line(" = ".join(local.names.values()) + " = None  # no extra holder of a list or object")
         self.line("_pop_loop(frame)")
@@ -591,6 +625,16 @@ def _evaluates(value: Value) -> bool:
     return True
 
 
+def _literal_number(value: Value) -> str | None:
+    """The source of a constant int/float ``value`` (finite), else None."""
+    if not (value.constant and _evaluates(value)):
+        return None
+    got = value.fn({})
+    if type(got) is int or (type(got) is float and math.isfinite(got)):
+        return repr(got)
+    return None
+
+
 def _local_body(steps: Any) -> bool:
     """True when ``steps`` (a loop body) hold only steps that let nothing else see the scope."""
     for step in steps or ():
@@ -605,20 +649,30 @@ def _local_body(steps: Any) -> bool:
     return True
 
 
+def _walk(steps: Any) -> Any:
+    """Every step of a loop body that ``_local_body`` accepted, nested ones included."""
+    for step in steps or ():
+        yield step
+        branches = [step.get("true_branch"), step.get("false_branch"), step.get("default")]
+        if isinstance(step.get("cases"), dict):
+            branches += step["cases"].values()
+        for branch in branches:
+            if isinstance(branch, list):
+                yield from _walk(branch)
+
+
 def _kept_in_scope(steps: Any) -> set[str]:
     """Variables a body changes through list/object operations: they stay in the scope."""
     found: set[str] = {"__now__"}
-    for step in steps or ():
+    for step in _walk(steps):
         if step.get("function") == "update_variable" and step.get("operation") not in _LOCAL_OPS:
             found.add(step.get("name"))
-        for b in [step.get("true_branch"), step.get("false_branch"), step.get("default")]:
-            if isinstance(b, list):
-                found |= _kept_in_scope(b)
-        if isinstance(step.get("cases"), dict):
-            for b in step["cases"].values():
-                if isinstance(b, list):
-                    found |= _kept_in_scope(b)
     return found
+
+
+def _writes(steps: Any, name: str) -> bool:
+    """True when a body creates or updates variable ``name``."""
+    return any(s.get("function") in ("create_variable", "update_variable") and s.get("name") == name for s in _walk(steps))
 
 
 def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
