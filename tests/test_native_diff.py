@@ -158,3 +158,84 @@ def test_variables_are_the_scope(variables):
     same([cv("r", "{{ a ?? 0 }}"), {"function": "loop", "array": "{{ l ?? [] }}", "operations": [
         {"function": "update_variable", "name": "r", "operation": "increment", "value": "{{ item }}"}]},
         {"function": "return", "value": ["{{ r }}", "{{ s ?? 'none' }}"]}], variables)
+
+
+# -- loops whose variables live in Python locals -------------------------------------------
+# A loop body of only create/update_variable, conditional, switch, break and continue keeps
+# its variables in locals (compiler._native). These stacks stay inside that subset, so the
+# locals path runs: errors inside it, a catch reading the variables, break/continue, and a
+# name ('y') created only inside the loop, which stays in the scope.
+LOCAL_UPDATES = [("a", "increment", NUMBERS), ("b", "decrement", NUMBERS), ("a", "set", VALUES),
+                 ("s", "set", ["{{ s ~ '!' }}", "{{ s ~ index }}", 3]), ("b", "increment", [1, 0.5, "{{ a }}", "x"]),
+                 ("y", "increment", [1, None]), ("l", "append", ["{{ a }}", "{{ item }}"])]
+LOCAL_VALUES = [*GOOD, *BAD, "{{ y }}", "{{ b + index }}", "{{ a + (item ?? 0) }}"]
+
+
+@st.composite
+def local_steps(draw, depth=0):
+    out = []
+    for _ in range(draw(st.integers(0, 4))):
+        kinds = ["create", "update", "update", "update", "break", "continue"]
+        kinds += ["conditional", "switch"] if depth < 2 else []
+        kind = draw(st.sampled_from(kinds))
+        if kind == "create":
+            out.append(cv(draw(st.sampled_from((*VARS, "y"))), draw(st.sampled_from(LOCAL_VALUES))))
+        elif kind == "update":
+            name, op, values = draw(st.sampled_from(LOCAL_UPDATES))
+            step = {"function": "update_variable", "name": name, "operation": op}
+            if draw(st.integers(0, 3)):
+                step["value"] = draw(st.sampled_from(values))
+            out.append(step)
+        elif kind == "break":
+            out.append({"function": "break_loop"})
+        elif kind == "continue":
+            out.append({"function": "continue_loop"})
+        elif kind == "conditional":
+            out.append({"function": "conditional", "condition": draw(st.sampled_from(CONDITIONS)),
+                        "true_branch": draw(local_steps(depth + 1)), "false_branch": draw(local_steps(depth + 1))})
+        else:
+            out.append({"function": "switch", "value": draw(st.sampled_from(["{{ a % 3 }}", "{{ index }}", "{{ 1/0 }}"])),
+                        "cases": {"0": draw(local_steps(depth + 1)), "1": draw(local_steps(depth + 1))},
+                        "default": draw(local_steps(depth + 1))})
+    return out
+
+
+@st.composite
+def local_loop(draw):
+    body = draw(local_steps())
+    mode = draw(st.sampled_from(["array", "times", "condition"]))
+    if mode == "condition":
+        return [cv("w", 0), {"function": "loop", "condition": "{{ w < 4 }}", "operations": [
+            {"function": "update_variable", "name": "w", "operation": "increment"}, *body]}]
+    source = draw(st.sampled_from(["{{ l }}", "{{ [1, 2, 3] }}", [1, "x", None], 3, "{{ b }}", 0, "{{ s }}"]))
+    return [{"function": "loop", mode: source, "operations": body}]
+
+
+#: 'y' is defined by a step that does not run: unset unless the loop or the variables set it
+LOCAL_PRELUDE = [*PRELUDE, {"function": "conditional", "condition": "{{ a > 100 }}", "true_branch": [cv("y", 1)]}]
+SEEN = {"a": "{{ a }}", "b": "{{ b }}", "s": "{{ s }}", "l": "{{ l }}", "item": "{{ item }}", "index": "{{ index }}"}
+
+
+@settings(max_examples=400)
+@given(local_loop(), st.booleans(), st.sampled_from([None, {"y": 1}, {"a": 2.5, "b": None}]))
+def test_local_loops_agree(loop, caught, variables):
+    """Same results and error objects; a catch block sees the variables the loop had changed."""
+    stack = [*LOCAL_PRELUDE, *loop, {"function": "return", "value": SEEN}]
+    if caught:
+        stack = [*LOCAL_PRELUDE, {"function": "try_catch", "try_block": loop, "catch_block": [
+            {"function": "return", "value": {**SEEN, "error": "{{ error }}"}}]}, {"function": "return", "value": SEEN}]
+    assert "_x" in compile_stack(stack).native.source  # the locals path, not the scope one
+    same(stack, variables)
+
+
+def test_local_loops_reach_errors_and_catches():
+    """The local-loop strategy is not vacuous: errors raised inside the loop reach the catch."""
+    from hypothesis import find
+
+    def caught_inside(loop):
+        stack = [*LOCAL_PRELUDE, {"function": "try_catch", "try_block": loop,
+                            "catch_block": [{"function": "return", "value": {**SEEN, "error": "{{ error }}"}}]}]
+        got = same(stack)
+        return got[0] == "ok" and got[1] is not None and got[1]["error"] is not None and got[1]["a"] != 1
+
+    find(local_loop(), caught_inside)
