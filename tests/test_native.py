@@ -337,3 +337,87 @@ async def test_source_is_compiled_at_the_first_run_only():
     assert await execute(program) == 1
     fn = program.native.fn
     assert fn is not None and await execute(program) == 1 and program.native.fn is fn
+
+
+# -- loops whose variables live in Python locals ----------------------------------------------
+BENCH = [cv("total", 0), cv("count", 0), loop([cond("index % 2 == 0", [uv("total", "increment", "{{ index * index }}"),
+                                                                       uv("count", "increment", 1)])], times=50),
+         ret({"total": "{{ total }}", "count": "{{ count }}"})]
+
+
+def test_a_pure_loop_reads_and_writes_locals():
+    src = native_source(BENCH)
+    body = [line for line in src.splitlines() if "% 2" in line or "_x2 = _x2" in line]
+    assert body and all("scope[" not in line for line in body), src
+    # written back three times: before the yield, when an error leaves, when the loop ends
+    assert src.count("scope['total'] = _x") == 3 + 1, src  # + the slow path of a non-number
+    assert same(BENCH) == ("ok", {"total": sum(i * i for i in range(0, 50, 2)), "count": 25})
+
+
+def test_a_loop_with_an_effect_keeps_the_scope():
+    src = native_source([cv("a", 0), loop([uv("a", "increment"), {"function": "log", "message": "{{ a }}"}])])
+    assert "_x" not in src
+
+
+def test_string_literals_that_look_like_the_scope_are_not_rewritten():
+    stack = [cv("a", 1), cv("t", ""), loop([uv("t", "set", "{{ \"scope['a']\" ~ a }}"), uv("a", "increment")]),
+             ret(["{{ t }}", "{{ a }}"])]
+    assert "_x" in native_source(stack)
+    assert same(stack) == ("ok", ["scope['a']3", 4])
+
+
+def test_localize_rewrites_only_reads_of_the_scope():
+    from compiler._native import _localize, _NoLocals
+
+    def local(name):
+        return {"a": "_x1"}.get(name)
+
+    assert _localize("\"scope['a']\" + scope['a'] + scope['b']", local) == "\"scope['a']\" + _x1 + scope['b']"
+    assert _localize("(_t1 if (_t1 := scope['a']) else 0)", local) == "(_t1 if (_t1 := _x1) else 0)"
+    for code in ("f(scope)", "x.scope['a']", "scope['a'] = 1", "scope.get('a')"):
+        with pytest.raises(_NoLocals):
+            _localize(code, local)
+
+
+def test_a_counted_loop_yields_as_often_as_the_countdown(monkeypatch):
+    """A for loop with locals counts to its next yield: the same yields as ``_b -= weight``."""
+    import asyncio
+
+    from runtime._limits import INSTRUCTIONS_PER_YIELD
+
+    n, weight = 5_000, 5  # 2 + conditional(1) + its branch(1) + one update(1)
+    program = compile_stack([cv("t", 0), loop([cond("index > 1", [uv("t", "increment")])], times=n), ret("{{ t }}")])
+    expected, budget = 0, INSTRUCTIONS_PER_YIELD
+    for _ in range(n):
+        budget -= weight
+        if budget <= 0:
+            budget, expected = INSTRUCTIONS_PER_YIELD, expected + 1
+    calls = []
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay, *args):
+        calls.append(delay)
+        await real_sleep(delay, *args)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    assert asyncio.run(execute(program)) == n - 2
+    assert len(calls) == expected > 0
+
+
+async def test_a_long_times_loop_with_locals_is_cancelled():
+    program = compile_stack([cv("i", 0), loop([uv("i", "increment")], times=10**12), ret("{{ i }}")])
+    assert "_x" in program.native.source
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.move_on_after(0.2) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await execute(program)
+    assert scope.cancelled_caught
+    assert ticks > 10
