@@ -316,21 +316,19 @@ class _Gen:
         key = repr(name)
         slow = [f"    scope[{key}] = {var}", f"    _update(scope, {key}, {op!r}, {{v}})", f"    {var} = scope[{key}]"]
         num = f"({var}.__class__ is int or {var}.__class__ is float)"
-        if op in ("increment", "decrement") and value.constant and _evaluates(value) and value.fn({}) is None:
-            self.site(path, arg, None, "after")
-            self.line(f"if {num}:")
-            self.line(f"    {var} = {var} {'+' if op == 'increment' else '-'} 1")
-            self.line("else:")
-            for text in slow:
-                self.line(text.format(v="None"))
-            return
         sign = "+" if op == "increment" else "-"
-        number = _literal_number(value) if op != "set" else None
-        if number is not None:  # a constant number: the sites ``evaluate`` gives a constant, no test of it
-            self.site(path, arg, None, "after")
+        number = None
+        if op != "set" and value.constant and _evaluates(value):
+            number = "None" if value.fn({}) is None else _literal_number(value)
+        if number is not None:
+            # a constant (None: 1): no test of it, and only ``_update`` can fail, so the
+            # site (the one ``evaluate`` gives a constant) is stored on that path alone
             self.line(f"if {num}:")
-            self.line(f"    {var} = {var} {sign} {number}")
+            self.line(f"    {var} = {var} {sign} {'1' if number == 'None' else number}")
             self.line("else:")
+            self.depth += 1
+            self.site(path, arg, None, "after")
+            self.depth -= 1
             for text in slow:
                 self.line(text.format(v=number))
             return
