@@ -427,7 +427,7 @@ class _Gen:
         if counted:
             # the for loop binds index (and item) straight to their locals; it counts with
             # index unless the body may change index (the VM's count goes on regardless)
-            if not _writes(step.get("operations"), "index"):
+            if index and not _writes(step.get("operations"), "index"):
                 i = counter = index
                 index = None
             self.line(f"{nxt} = (_b - 1) // {weight}  # the iteration that yields")
@@ -677,8 +677,10 @@ def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
     """``code`` with each read ``scope['name']`` of a local variable replaced by that local.
 
     Works on Python tokens, so text inside string literals is never touched.
-    Any other use of ``scope`` (a write, the dict itself passed along) raises
-    ``_NoLocals``: then the whole loop reads and writes the scope.
+    Any other use of ``scope`` (a write or ``del``, the dict itself passed
+    along) raises ``_NoLocals``: then the whole loop reads and writes the scope.
+    An attribute of a value read (``scope['a'].x``) is still a read of the
+    same object, so it is rewritten.
     """
     if "scope" not in code:
         return code
@@ -697,11 +699,11 @@ def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
         nxt = toks[k + 1 : k + 5]
         if (
             len(nxt) < 4
-            or (k and toks[k - 1].string == ".")
+            or (k and toks[k - 1].string in (".", "del"))
             or nxt[0].string != "["
             or nxt[1].type != tokenize.STRING
             or nxt[2].string != "]"
-            or nxt[3].string in ("=", ".")
+            or (nxt[3].string.endswith("=") and nxt[3].string not in ("==", "!=", "<=", ">="))
         ):
             raise _NoLocals(f"unexpected use of the scope in {code!r}")
         try:

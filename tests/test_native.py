@@ -374,7 +374,8 @@ def test_localize_rewrites_only_reads_of_the_scope():
 
     assert _localize("\"scope['a']\" + scope['a'] + scope['b']", local) == "\"scope['a']\" + _x1 + scope['b']"
     assert _localize("(_t1 if (_t1 := scope['a']) else 0)", local) == "(_t1 if (_t1 := _x1) else 0)"
-    for code in ("f(scope)", "x.scope['a']", "scope['a'] = 1", "scope.get('a')"):
+    assert _localize("scope['a'].x == scope['a']", local) == "_x1.x == _x1"
+    for code in ("f(scope)", "x.scope['a']", "scope['a'] = 1", "scope['a'] += 1", "del scope['a']", "scope.get('a')"):
         with pytest.raises(_NoLocals):
             _localize(code, local)
 
