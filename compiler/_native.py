@@ -8,7 +8,10 @@ VM runs it instead of the instructions when no tracer watches.
 Semantics are the VM's, by construction rather than by copy:
 
 * variables live in ``frame.scope`` exactly as in the VM; expressions are the
-  code the expression compiler generates (``field_code``), inlined;
+  code the expression compiler generates (``field_code``), inlined. A loop
+  whose body only computes (variables, conditionals, switches) keeps the
+  variables it can in Python locals instead, and writes them back before
+  anything can see the scope: the yield, the loop's end, an error leaving it;
 * loops go through the VM's ``_start_loop``/``_pop_loop`` on ``frame.loops``,
   variables change through ``_update`` (fast paths only for plain numbers and a
   ``set`` of an existing name), effects, waits, calls, logs and throws call the
