@@ -31,10 +31,10 @@ or float; the code runs in a namespace without builtins.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import io
 import math
+import re
 import tokenize
 from collections.abc import Callable
 from typing import Any
@@ -676,6 +676,9 @@ def _writes(steps: Any, name: str) -> bool:
     return any(s.get("function") in ("create_variable", "update_variable") and s.get("name") == name for s in _walk(steps))
 
 
+_QUOTED_NAME = re.compile(r"""(['"])[A-Za-z_][A-Za-z0-9_]*\1\Z""")
+
+
 def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
     """``code`` with each read ``scope['name']`` of a local variable replaced by that local.
 
@@ -709,11 +712,10 @@ def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
             or (nxt[3].string.endswith("=") and nxt[3].string not in ("==", "!=", "<=", ">="))
         ):
             raise _NoLocals(f"unexpected use of the scope in {code!r}")
-        try:
-            name = ast.literal_eval(nxt[1].string)
-        except (ValueError, SyntaxError) as exc:
-            raise _NoLocals(str(exc)) from None
-        var = local_of(name) if type(name) is str else None
+        # keys come from repr() of a name: a quoted identifier (literal_eval would call compile())
+        quoted = nxt[1].string
+        name = quoted[1:-1] if _QUOTED_NAME.match(quoted) else None
+        var = local_of(name) if name is not None else None
         if var is None:
             continue
         begin = starts[tok.start[0] - 1] + tok.start[1]
