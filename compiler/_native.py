@@ -43,7 +43,7 @@ from compiler._expr import EXPRESSION_NAMESPACE, field_code
 from compiler._steps import EFFECT_STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
 from runtime._errors import error_from_object
-from runtime._limits import INSTRUCTIONS_PER_YIELD
+from runtime._limits import NATIVE_INSTRUCTIONS_PER_YIELD
 from runtime._values import check_limits, to_text
 from runtime._vm import (
     _a_call,
@@ -85,7 +85,7 @@ def _error_at(exc: BaseException, site: tuple[str, Any, Value | None]) -> dict[s
 
 _HELPERS: dict[str, Any] = {
     "_asyncio": asyncio,  # looked up at each yield: tests patch asyncio.sleep
-    "_BUDGET": INSTRUCTIONS_PER_YIELD,
+    "_BUDGET": NATIVE_INSTRUCTIONS_PER_YIELD,
     "_Exception": Exception,
     "_range": range,
     "_enumerate": enumerate,
@@ -421,7 +421,7 @@ class _Gen:
         # a for loop with locals counts its iterations to the next yield instead of
         # decrementing ``_b`` each time: the same yields, one comparison per iteration
         counted = local is not None and mode != "while"
-        per_yield = (INSTRUCTIONS_PER_YIELD - 1) // weight + 1
+        per_yield = (NATIVE_INSTRUCTIONS_PER_YIELD - 1) // weight + 1
         nxt = f"_n{n}"
         self.local = local
         index = self.local_of("index")

@@ -384,9 +384,9 @@ def test_a_counted_loop_yields_as_often_as_the_countdown(monkeypatch):
     """A for loop with locals counts to its next yield: the same yields as ``_b -= weight``."""
     import asyncio
 
-    from runtime._limits import INSTRUCTIONS_PER_YIELD
+    from runtime._limits import NATIVE_INSTRUCTIONS_PER_YIELD as INSTRUCTIONS_PER_YIELD
 
-    n, weight = 5_000, 5  # 2 + conditional(1) + its branch(1) + one update(1)
+    n, weight = 20_000, 5  # 2 + conditional(1) + its branch(1) + one update(1)
     program = compile_stack([cv("t", 0), loop([cond("index > 1", [uv("t", "increment")])], times=n), ret("{{ t }}")])
     expected, budget = 0, INSTRUCTIONS_PER_YIELD
     for _ in range(n):
