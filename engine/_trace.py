@@ -72,8 +72,16 @@ class RunTrace:
         return view
 
     def summary(self, value: Any) -> Any:
-        if value is None:
-            return None
+        """What the trace keeps of a step's input or output: JSON, cut, scrubbed.
+
+        Numbers, booleans and short texts are immutable and small: kept as
+        they are (texts scrubbed), without a round of encoding.
+        """
+        kind = type(value)
+        if value is None or kind is int or kind is float or kind is bool:
+            return value
+        if kind is str and len(value) <= MAX_SUMMARY_BYTES // 2:
+            return self._secrets.scrub(value)
         try:
             data = _encode(value)
         except (TypeError, msgspec.EncodeError, OverflowError):
