@@ -32,14 +32,21 @@ or float; the code runs in a namespace without builtins.
 from __future__ import annotations
 
 import asyncio
-import io
 import math
-import re
-import tokenize
 from collections.abc import Callable
 from typing import Any
 
 from compiler._expr import EXPRESSION_NAMESPACE, field_code
+from compiler._native_locals import (
+    BUILTIN_NAMES,
+    LOCAL_OPS,
+    Locals,
+    NoLocals,
+    kept_in_scope,
+    local_body,
+    localize,
+    writes,
+)
 from compiler._steps import EFFECT_STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
 from runtime._errors import error_from_object
@@ -60,6 +67,9 @@ from runtime._vm import (
 )
 
 __all__ = ("generate_native", "native_source", "NativeFunction")
+
+#: the names the tests know these by
+_localize, _NoLocals = localize, NoLocals
 
 #: ``async def native(frame, ctx) -> result``
 NativeFunction = Callable[..., Any]
@@ -110,30 +120,6 @@ class _Loop:
     __slots__ = ()
 
 
-#: Names every scope has from the start (``_new_scope``); no step ever removes a name.
-_BUILTIN_NAMES = frozenset({"item", "item_parent", "index", "error", "inputs", "env", "task"})
-#: Steps a loop body may hold and still keep variables in locals: none of them
-#: lets anything else see the scope (no await, no handler reading ``frame``).
-_LOCAL_STEPS = frozenset({"create_variable", "update_variable", "conditional", "switch", "break_loop", "continue_loop"})
-#: update_variable operations done on a local; any other (append, merge, ...) keeps
-#: its variable in the scope, where ``_update`` can change a lone list in place.
-_LOCAL_OPS = frozenset({"set", "increment", "decrement"})
-
-
-class _NoLocals(Exception):
-    """An expression's code cannot be rewritten to read locals: generate the loop on the scope."""
-
-
-class _Locals:
-    """The variables one loop keeps in Python locals: the names allowed, and those in use."""
-
-    __slots__ = ("allowed", "names")
-
-    def __init__(self, allowed: frozenset[str]) -> None:
-        self.allowed = allowed
-        self.names: dict[str, str] = {}  # variable -> local, in first-use order
-
-
 class _Try:
     """A ``try`` the VM has pushed: its flag local and the finally steps its exits copy."""
 
@@ -168,9 +154,9 @@ class _Gen:
                 self.return_values.setdefault(ins.path, ins.arg)
         self.root = path
         #: names surely in the scope at the point being generated (created on every path to it)
-        self.created: set[str] = set(_BUILTIN_NAMES)
+        self.created: set[str] = set(BUILTIN_NAMES)
         #: inside a loop body whose variables live in locals: which ones
-        self.local: _Locals | None = None
+        self.local: Locals | None = None
 
     # -- output -------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -223,8 +209,8 @@ class _Gen:
         """Emit the statements of a field; return its result expression."""
         stmts, result = field_code(raw, path, condition=condition)
         if self.local is not None:
-            stmts = tuple(_localize(stmt, self.local_of) for stmt in stmts)
-            result = _localize(result, self.local_of)
+            stmts = tuple(localize(stmt, self.local_of) for stmt in stmts)
+            result = localize(result, self.local_of)
         for stmt in stmts:
             for text in stmt.split("\n"):
                 self.line(text)
@@ -274,7 +260,7 @@ class _Gen:
         arg = self.args[path]
         name, op, value = arg
         key = repr(name)
-        var = self.local_of(name) if op in _LOCAL_OPS else None
+        var = self.local_of(name) if op in LOCAL_OPS else None
         if var is not None:
             self.update_local(step, path, arg, var)
             return
@@ -379,13 +365,13 @@ class _Gen:
 
     def do_loop(self, step: dict, path: str, kind: str) -> None:
         body = step.get("operations")
-        if self.local is None and _local_body(body):
-            allowed = frozenset(self.created) - _kept_in_scope(body)
+        if self.local is None and local_body(body):
+            allowed = frozenset(self.created) - kept_in_scope(body)
             mark = (len(self.lines), self.depth, self.blocks, len(self.ctx), set(self.created))
             try:
-                self.loop(step, path, _Locals(allowed))
+                self.loop(step, path, Locals(allowed))
                 return
-            except _NoLocals:  # an expression's code we cannot rewrite: the loop reads the scope
+            except NoLocals:  # an expression's code we cannot rewrite: the loop reads the scope
                 del self.lines[mark[0] :]
                 self.depth, self.blocks = mark[1], mark[2]
                 del self.ctx[mark[3] :]
@@ -393,7 +379,7 @@ class _Gen:
                 self.local = None
         self.loop(step, path, None)
 
-    def loop(self, step: dict, path: str, local: _Locals | None) -> None:
+    def loop(self, step: dict, path: str, local: Locals | None) -> None:
         """A loop; with ``local``, its body keeps the allowed variables in locals.
 
         Those locals are loaded after ``_start_loop`` and written back to the
@@ -430,7 +416,7 @@ class _Gen:
         if counted:
             # the for loop binds index (and item) straight to their locals; it counts with
             # index unless the body may change index (the VM's count goes on regardless)
-            if index and not _writes(step.get("operations"), "index"):
+            if index and not writes(step.get("operations"), "index"):
                 i = counter = index
                 index = None
             self.line(f"{nxt} = (_b - 1) // {weight}  # the iteration that yields")
@@ -634,97 +620,6 @@ def _literal_number(value: Value) -> str | None:
     if type(got) is int or (type(got) is float and math.isfinite(got)):
         return repr(got)
     return None
-
-
-def _local_body(steps: Any) -> bool:
-    """True when ``steps`` (a loop body) hold only steps that let nothing else see the scope."""
-    for step in steps or ():
-        if step.get("disabled") is True:
-            continue
-        if step.get("function") not in _LOCAL_STEPS:
-            return False
-        branches = [step.get("true_branch"), step.get("false_branch"), step.get("default")]
-        branches += list((step.get("cases") or {}).values()) if isinstance(step.get("cases"), dict) else []
-        if not all(_local_body(b) for b in branches if isinstance(b, list)):
-            return False
-    return True
-
-
-def _walk(steps: Any) -> Any:
-    """Every step of a loop body that ``_local_body`` accepted, nested ones included."""
-    for step in steps or ():
-        yield step
-        branches = [step.get("true_branch"), step.get("false_branch"), step.get("default")]
-        if isinstance(step.get("cases"), dict):
-            branches += step["cases"].values()
-        for branch in branches:
-            if isinstance(branch, list):
-                yield from _walk(branch)
-
-
-def _kept_in_scope(steps: Any) -> set[str]:
-    """Variables a body changes through list/object operations: they stay in the scope."""
-    found: set[str] = {"__now__"}
-    for step in _walk(steps):
-        if step.get("function") == "update_variable" and step.get("operation") not in _LOCAL_OPS:
-            found.add(step.get("name"))
-    return found
-
-
-def _writes(steps: Any, name: str) -> bool:
-    """True when a body creates or updates variable ``name``."""
-    return any(s.get("function") in ("create_variable", "update_variable") and s.get("name") == name for s in _walk(steps))
-
-
-_QUOTED_NAME = re.compile(r"""(['"])[A-Za-z_][A-Za-z0-9_]*\1\Z""")
-
-
-def _localize(code: str, local_of: Callable[[str], str | None]) -> str:
-    """``code`` with each read ``scope['name']`` of a local variable replaced by that local.
-
-    Works on Python tokens, so text inside string literals is never touched.
-    Any other use of ``scope`` (a write or ``del``, the dict itself passed
-    along) raises ``_NoLocals``: then the whole loop reads and writes the scope.
-    An attribute of a value read (``scope['a'].x``) is still a read of the
-    same object, so it is rewritten.
-    """
-    if "scope" not in code:
-        return code
-    try:
-        toks = list(tokenize.generate_tokens(io.StringIO(code).readline))
-    except (tokenize.TokenError, SyntaxError) as exc:
-        raise _NoLocals(str(exc)) from None
-    starts = [0]
-    for text in code.splitlines(keepends=True):
-        starts.append(starts[-1] + len(text))
-    out: list[str] = []
-    pos = 0
-    for k, tok in enumerate(toks):
-        if tok.type != tokenize.NAME or tok.string != "scope":
-            continue
-        nxt = toks[k + 1 : k + 5]
-        if (
-            len(nxt) < 4
-            or (k and toks[k - 1].string in (".", "del"))
-            or nxt[0].string != "["
-            or nxt[1].type != tokenize.STRING
-            or nxt[2].string != "]"
-            or (nxt[3].string.endswith("=") and nxt[3].string not in ("==", "!=", "<=", ">="))
-        ):
-            raise _NoLocals(f"unexpected use of the scope in {code!r}")
-        # keys come from repr() of a name: a quoted identifier (literal_eval would call compile())
-        quoted = nxt[1].string
-        name = quoted[1:-1] if _QUOTED_NAME.match(quoted) else None
-        var = local_of(name) if name is not None else None
-        if var is None:
-            continue
-        begin = starts[tok.start[0] - 1] + tok.start[1]
-        end = starts[nxt[2].end[0] - 1] + nxt[2].end[1]
-        out.append(code[pos:begin])
-        out.append(var)
-        pos = end
-    out.append(code[pos:])
-    return "".join(out)
 
 
 def _bare(cond: str) -> str:
