@@ -19,8 +19,37 @@ def compile_stack(stack):
     return low.program
 
 
+class Quiet:
+    """A tracer that keeps nothing: with one, execute() interprets the instructions (the VM)."""
+
+    def step(self, *args):
+        pass
+
+    def log(self, *args):
+        pass
+
+
 async def run(stack, ctx=None, **variables):
-    return await execute(compile_stack(stack), ctx, variables)
+    """Run ``stack``; with no context given, on both backends, which must agree.
+
+    (A context's fakes record calls, so those runs go through execute() once.)
+    """
+    program = compile_stack(stack)
+    if ctx is not None:
+        return await execute(program, ctx, variables)
+    outcomes = []
+    for backend in (RunContext(tracer=Quiet()), RunContext()):  # the interpreter, then the native code
+        try:
+            outcomes.append(("result", await execute(program, backend, dict(variables))))
+        except RunFailed as exc:
+            outcomes.append(("error", exc))
+    (vm_kind, vm_value), (native_kind, native_value) = outcomes
+    assert vm_kind == native_kind, outcomes
+    if vm_kind == "error":
+        assert vm_value.error == native_value.error
+        raise vm_value
+    assert vm_value == native_value
+    return vm_value
 
 
 def cv(name, value):
@@ -214,7 +243,7 @@ async def test_wait_uses_the_context_clock():
 
 
 async def test_compute_loop_yields_and_can_be_cancelled():
-    """A `while true` loop lets other tasks run and stops at a timeout."""
+    """On the VM, a `while true` loop lets other tasks run and stops at a timeout (test_native: the same natively)."""
     program = compile_stack([cv("i", 0), {"function": "loop", "condition": "true", "operations": [uv("i", "increment")]}])
     ticks = 0
 
@@ -227,7 +256,7 @@ async def test_compute_loop_yields_and_can_be_cancelled():
     with anyio.move_on_after(0.2) as scope:
         async with anyio.create_task_group() as tg:
             tg.start_soon(ticker)
-            await execute(program)
+            await execute(program, RunContext(tracer=Quiet()))
     assert scope.cancelled_caught
     assert ticks > 10
 
@@ -242,13 +271,6 @@ async def test_yield_budget_is_the_named_limit():
         nonlocal count
         count += 1
         await real_sleep(0)
-
-    class Quiet:  # a tracer makes execute() interpret the instructions (the VM's own budget)
-        def step(self, *args):
-            pass
-
-        def log(self, *args):
-            pass
 
     program = compile_stack([cv("i", 0), {"function": "loop", "times": INSTRUCTIONS_PER_YIELD, "operations": [uv("i", "increment")]}])
     orig = asyncio.sleep
