@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
-from itertools import chain
 from typing import Any
 
 import msgspec
@@ -95,9 +94,10 @@ def _split(data: Any, table: str) -> tuple[dict[str, Any], Any, Any, Any]:
 # -- writer-thread half ---------------------------------------------------------
 
 
-_flatten = chain.from_iterable
 #: rows per multi-row INSERT (4 parameters each, well under SQLite's 32,766)
 INSERT_CHUNK = 256
+#: values per inserted row: id, created_at, updated_at, data
+ROW_WIDTH = 4
 
 
 def _insert_sql(table: str, n: int) -> str:
@@ -108,8 +108,8 @@ def _insert_sql(table: str, n: int) -> str:
     )
 
 
-def _insert_rows(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` with few statements: each one is a single ``sqlite3_step``.
+def _insert_rows(ctx: WriteContext, table: str, params: list[Any]) -> None:
+    """Insert the rows of flat ``params`` with few statements: each is one ``sqlite3_step``.
 
     ``executemany`` releases and retakes the GIL around every row's step, and
     while the event loop is busy resuming callers each retake waits for it. A
@@ -118,32 +118,39 @@ def _insert_rows(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> 
     a few, cached by sqlite3 (see docs/store.md for the measurement).
     """
     conn = ctx.conn
-    n = len(rows)
+    n = len(params) // ROW_WIDTH
+    if n <= INSERT_CHUNK and n & (n - 1) == 0:  # a power of two: one statement, no copy
+        conn.execute(_cached_insert_sql(ctx, table, n), params)
+        return
     i = 0
     size = INSERT_CHUNK
     while i < n:
         while size > n - i:
             size //= 2
-        sql = ctx.sql.get((table, size))
-        if sql is None:
-            sql = ctx.sql[(table, size)] = _insert_sql(table, size)
-        if size == 1:
-            conn.execute(sql, rows[i])
-        else:
-            conn.execute(sql, list(_flatten(rows[i:i + size])))
+        conn.execute(
+            _cached_insert_sql(ctx, table, size), params[i * ROW_WIDTH:(i + size) * ROW_WIDTH]
+        )
         i += size
 
 
-def _op_add(ctx: WriteContext, table: str, rows: list[tuple[Any, ...]]) -> None:
+def _cached_insert_sql(ctx: WriteContext, table: str, size: int) -> str:
+    sql = ctx.sql.get((table, size))
+    if sql is None:
+        sql = ctx.sql[(table, size)] = _insert_sql(table, size)
+    return sql
+
+
+def _op_add(ctx: WriteContext, table: str, params: list[Any]) -> None:
+    """Insert rows given as one flat list of (id, created_at, updated_at, data) values."""
     ctx.ensure_table(table)
     try:
-        _insert_rows(ctx, table, rows)
+        _insert_rows(ctx, table, params)
     except sqlite3.IntegrityError as exc:
-        if len(rows) == 1 and "UNIQUE" in str(exc):
+        if len(params) == ROW_WIDTH and "UNIQUE" in str(exc):
             raise DuplicateRecord(
-                f"table {table!r} already has a record with id {rows[0][0]!r}; "
+                f"table {table!r} already has a record with id {params[0]!r}; "
                 "use edit_record or add_or_edit_record to change it",
-                id=rows[0][0],
+                id=params[0],
             ) from exc
         raise
     # the table's largest integer id (an index lookup) becomes its high-water mark
@@ -221,7 +228,7 @@ def _op_upsert(ctx: WriteContext, table: str, args: list[tuple[Any, ...]]) -> li
         if row is not None:
             out.append(_merge(ctx, table, row, fields, created, now))
         else:
-            _op_add(ctx, table, [new_row])
+            _op_add(ctx, table, list(new_row))
             rec = {"id": new_row[0], "created_at": new_row[1], "updated_at": new_row[2]}
             rec.update(fields)
             out.append(rec)
@@ -384,12 +391,12 @@ class RecordsMixin:
             rid += 1
             self._counters[key] = rid
             now = self._clock()
-            await self._writer.submit(_op_add, key, (rid, now, now, text))
+            await self._writer.submit_row(_op_add, key, (rid, now, now, text))
             return {"id": rid, "created_at": now, "updated_at": now, **data}
         fields, rid, created, updated = _split(data, table)
         text = _encode(fields, table)
         row = await self._row_for_insert(key, table, rid, created, updated, self._clock(), text)
-        await self._writer.submit(_op_add, key, row)
+        await self._writer.submit_row(_op_add, key, row)
         rec = {"id": row[0], "created_at": row[1], "updated_at": row[2]}
         rec.update(fields)
         return rec

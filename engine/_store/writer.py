@@ -9,7 +9,10 @@ queued meanwhile, so the busier the engine, the bigger the batches, and the
 loop resumes one batch's callers while the thread commits the next.
 
 Consecutive writes of the same batchable op on the same table (``add``) go to
-SQLite together. If anything in the optimistic pass fails, the transaction is
+SQLite together. Row writes (``submit_row``) are queued as one entry per run
+of rows: one flat parameter list and the callers' futures, rather than a
+tuple per write, so a batch of adds leaves little for the cyclic GC to scan
+and reaches the thread as ready-made statement parameters. If anything in the optimistic pass fails, the transaction is
 rolled back and the batch replayed with one SAVEPOINT per write, so a bad
 write fails only its own caller and the others still commit. Writes that
 fail without touching the database (``edit`` of a missing id) return their
@@ -23,7 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from functools import partial
-from itertools import groupby
+from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
@@ -38,9 +41,12 @@ __all__ = ("WriteContext", "GroupWriter", "Op")
 Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 
 MAX_BATCH = 20_000
+#: rows per queued row entry (``submit_row``); a longer run starts a new entry
+GROUP_ROWS = 256
 _OP = itemgetter(0)
 _OP_AND_KEY = itemgetter(0, 1)
 _ARG = itemgetter(2)
+_flatten = chain.from_iterable
 #: futures resolved per loop callback; the resumed callers run (and queue
 #: their next writes) before the next slice is resolved
 SLICE = 256
@@ -104,8 +110,13 @@ class GroupWriter:
         self._ctx = ctx
         self._loop = asyncio.get_running_loop()
         self._new_future = partial(asyncio.Future, loop=self._loop)
-        self._local: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
-        self._handed: list[tuple[Any, Any, Any, asyncio.Future[Any]]] = []
+        # entries (op, key, arg, future), or (op, key, flat row parameters,
+        # [futures]) for a run of ``submit_row`` rows
+        self._local: list[tuple[Any, Any, Any, Any]] = []
+        self._local_writes = 0
+        self._rows: tuple[Any, Any, list[Any], list[Any]] | None = None  # the open row entry
+        self._handed: list[tuple[Any, Any, Any, Any]] = []
+        self._handed_writes = 0
         self._lock = threading.Lock()
         # released (by the loop, under _lock) to wake the thread when it is idle:
         # plain lock calls, cheaper than a Condition's Python-level notify
@@ -132,8 +143,34 @@ class GroupWriter:
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
         fut = self._new_future()
+        self._rows = None  # a later row must not jump ahead of this write
         local = self._local
         local.append((op, key, arg, fut))
+        self._local_writes += 1
+        if len(local) == 1:
+            self._loop.call_soon(self._flush)
+        return fut
+
+    def submit_row(self, op: Op, key: Any, row: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue one row write of batchable ``op``; like ``submit``, cheaper per write.
+
+        Consecutive rows of the same op and key share one queue entry: their
+        values are appended to one flat list (``op`` receives the rows of a
+        run as one flat list, ``len(row)`` values each) and their futures to
+        another. Every row of an op must have the same width.
+        """
+        if self._closing:
+            raise StoreError("the store is closed; open it again to write")
+        fut = self._new_future()
+        self._local_writes += 1
+        entry = self._rows
+        if entry is not None and entry[0] is op and entry[1] == key and len(entry[3]) < GROUP_ROWS:
+            entry[2].extend(row)
+            entry[3].append(fut)
+            return fut
+        entry = self._rows = (op, key, list(row), [fut])
+        local = self._local
+        local.append(entry)
         if len(local) == 1:
             self._loop.call_soon(self._flush)
         return fut
@@ -162,11 +199,14 @@ class GroupWriter:
         if not local:
             return
         self._local = []
+        self._rows = None
+        writes, self._local_writes = self._local_writes, 0
         with self._lock:
             if self._handed:
                 self._handed.extend(local)
             else:
                 self._handed = local
+            self._handed_writes += writes
             self._wake_thread()
 
     def _wake_thread(self) -> None:
@@ -175,17 +215,19 @@ class GroupWriter:
             self._idle = False
             self._wake.release()
 
-    def _deliver(self, batch: list[Any], results: list[Any] | None, start: int) -> None:
-        """Resolve one slice of a committed batch, then schedule the next slice."""
+    def _deliver(
+        self, batch: list[Any], results: list[Any] | None, start: int = 0, done: int = 0
+    ) -> None:
+        """Resolve a slice of a committed batch (entries from ``start``, writes
+        from ``done``), then schedule the next slice."""
         if start == 0:
             self._delivering += 1
             self.batches += 1
-            self.writes += len(batch)
-        stop = min(start + SLICE, len(batch))
-        _resolve(batch, results, start, stop)
+        stop, done = _resolve(batch, results, start, done)
         if stop < len(batch):
-            self._loop.call_soon(self._deliver, batch, results, stop)
+            self._loop.call_soon(self._deliver, batch, results, stop, done)
         else:
+            self.writes += done
             self._delivering -= 1
             self._maybe_stopped()
 
@@ -205,21 +247,16 @@ class GroupWriter:
         try:
             while True:
                 with self._lock:
-                    if not self._handed:
+                    batch = self._take()
+                    if batch is None:
                         if self._stop:
                             return
                         self._idle = True
-                        batch = None
-                    elif len(self._handed) <= MAX_BATCH:
-                        batch, self._handed = self._handed, []
-                    else:
-                        batch = self._handed[:MAX_BATCH]
-                        del self._handed[:MAX_BATCH]
                 if batch is None:
                     self._wake.acquire()  # until _flush or close releases it
                     continue
                 results = self._commit(batch)
-                loop.call_soon_threadsafe(self._deliver, batch, results, 0)
+                loop.call_soon_threadsafe(self._deliver, batch, results)
         except RuntimeError:  # the event loop is closed: nobody awaits these writes
             return
         finally:
@@ -227,6 +264,23 @@ class GroupWriter:
                 loop.call_soon_threadsafe(self._exited)
             except RuntimeError:
                 pass
+
+    def _take(self) -> list[Any] | None:
+        """Under ``_lock``: the next batch, at most about MAX_BATCH writes (None: nothing)."""
+        handed = self._handed
+        if not handed:
+            return None
+        if self._handed_writes <= MAX_BATCH:
+            self._handed, self._handed_writes = [], 0
+            return handed
+        taken = n = 0
+        while taken < MAX_BATCH:
+            taken += _writes_of(handed[n])
+            n += 1
+        batch = handed[:n]
+        del handed[:n]
+        self._handed_writes -= taken
+        return batch
 
     def _commit(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         """Results of ``batch``: ``call`` items run alone, between transactions."""
@@ -244,10 +298,13 @@ class GroupWriter:
                             results.append(exc)
                 else:
                     out = self._apply(items)
-                    results.extend([None] * len(items) if out is None else out)
+                    results.extend([None] * _count(items) if out is None else out)
             return results
         except Exception as exc:  # a defect in _apply: fail the batch, keep serving
-            return [WriteFailed(f"the write batch failed unexpectedly ({exc!r})") for _ in batch]
+            return [
+                WriteFailed(f"the write batch failed unexpectedly ({exc!r})")
+                for _ in range(_count(batch))
+            ]
 
     def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         conn = self._ctx.conn
@@ -270,16 +327,21 @@ class GroupWriter:
         ctx = self._ctx
         results: list[Any] = []
         trivial = True  # every result None: the common case of a batch of adds
-        for (op, key), run in groupby(batch, _OP_AND_KEY):
+        for (op, key, rows), run in groupby(batch, _run_key):
             items = list(run)
-            if key is None:  # not batchable: one call per write
-                groups = [[item[2]] for item in items]
+            if rows:  # one flat parameter list for the whole run of rows
+                if len(items) == 1:
+                    groups = [(items[0][2], len(items[0][3]))]
+                else:
+                    groups = [(list(_flatten(map(_ARG, items))), _count(items))]
+            elif key is None:  # not batchable: one call per write
+                groups = [([item[2]], 1) for item in items]
             else:
-                groups = [list(map(_ARG, items))]
-            for args in groups:
+                groups = [(list(map(_ARG, items)), len(items))]
+            for args, n in groups:
                 out = op(ctx, key, args)
                 if out is None:
-                    results.extend([None] * len(args))
+                    results.extend([None] * n)
                 else:
                     results.extend(out)
                     trivial = False
@@ -293,20 +355,13 @@ class GroupWriter:
         except sqlite3.Error as exc:
             return _failed(batch, exc, "starting a write transaction")
         results: list[Any] = []
-        for op, key, arg, _ in batch:
-            mark = len(ctx.created)
-            conn.execute("SAVEPOINT w")
-            try:
-                out = op(ctx, key, [arg])
-            except Exception as exc:
-                conn.execute("ROLLBACK TO w")
-                conn.execute("RELEASE w")
-                ctx.forget_created(mark)
-                what = getattr(op, "what", "writing")
-                results.append(translate(exc, what, record=getattr(op, "record", False)))
+        for op, key, arg, fut in batch:
+            if type(fut) is list:  # a run of rows: each row alone
+                width = len(arg) // len(fut)
+                for i in range(0, len(arg), width):
+                    results.append(self._one(op, key, arg[i:i + width]))
             else:
-                conn.execute("RELEASE w")
-                results.append(out[0] if out is not None else None)
+                results.append(self._one(op, key, [arg]))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -317,9 +372,42 @@ class GroupWriter:
         return results
 
 
+    def _one(self, op: Op, key: Any, args: Any) -> Any:
+        """The result of one write, under its own SAVEPOINT (its error, if it fails)."""
+        ctx = self._ctx
+        conn = ctx.conn
+        mark = len(ctx.created)
+        conn.execute("SAVEPOINT w")
+        try:
+            out = op(ctx, key, args)
+        except Exception as exc:
+            conn.execute("ROLLBACK TO w")
+            conn.execute("RELEASE w")
+            ctx.forget_created(mark)
+            what = getattr(op, "what", "writing")
+            return translate(exc, what, record=getattr(op, "record", False))
+        conn.execute("RELEASE w")
+        return out[0] if out is not None else None
+
+
+def _run_key(item: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, bool]:
+    """Writes that go to ``op`` together: same op, same key, same kind of entry."""
+    return item[0], item[1], type(item[3]) is list
+
+
+def _writes_of(item: tuple[Any, Any, Any, Any]) -> int:
+    return len(item[3]) if type(item[3]) is list else 1
+
+
+def _count(batch: list[Any]) -> int:
+    """Writes in ``batch`` (a row entry holds several)."""
+    return sum(map(_writes_of, batch))
+
+
 def _failed(batch: list[Any], exc: Exception, what: str) -> list[Any]:
     """One error per write of a batch that failed as a whole (each caller its own)."""
-    return [translate(exc, what, record=getattr(item[0], "record", False)) for item in batch]
+    record = [getattr(item[0], "record", False) for item in batch for _ in range(_writes_of(item))]
+    return [translate(exc, what, record=r) for r in record]
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -327,21 +415,35 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _resolve(batch: list[Any], results: list[Any] | None, start: int, stop: int) -> None:
-    """Resolve futures ``start:stop``; ``results`` None means every result is None."""
-    if results is None:
-        for item in batch[start:stop]:
-            try:
-                item[3].set_result(None)
-            except asyncio.InvalidStateError:  # a cancelled caller's write committed anyway
-                pass
-        return
-    for i in range(start, stop):
-        fut = batch[i][3]
-        if fut.done():  # its caller was cancelled; the write committed anyway
-            continue
-        result = results[i]
-        if isinstance(result, BaseException):
-            fut.set_exception(result)
+def _resolve(
+    batch: list[Any], results: list[Any] | None, start: int, done: int
+) -> tuple[int, int]:
+    """Resolve the futures of entries from ``start`` until at least SLICE writes.
+
+    ``done`` counts the writes resolved before ``start`` (the index into
+    ``results``; None means every result is None). Returns the next entry and
+    the new count.
+    """
+    stop = start
+    end = len(batch)
+    limit = done + SLICE
+    while stop < end and done < limit:
+        fut = batch[stop][3]
+        stop += 1
+        if type(fut) is list:
+            for f in fut:
+                _set(f, None if results is None else results[done])
+                done += 1
         else:
-            fut.set_result(result)
+            _set(fut, None if results is None else results[done])
+            done += 1
+    return stop, done
+
+
+def _set(fut: asyncio.Future[Any], result: Any) -> None:
+    if fut.done():  # its caller was cancelled; the write committed anyway
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
