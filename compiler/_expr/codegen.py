@@ -6,11 +6,20 @@ helpers of ``runtime._values`` for everything else, so the semantics live in
 one place. Every piece of user text reaches the generated source through
 ``repr()`` of a str/int/float -- names, keys and literals are data, never
 code -- and the namespace the code runs in holds only the helpers below.
+
+A small static type pass rides along: each generated piece comes with a
+``Ty``, what it is guaranteed to produce when it does not raise (``length``
+gives an int of at most 63 bits, a comparison a bool, ``-`` a number...).
+A check that such a guarantee makes redundant is left out: ``(items|length)
+* 2`` multiplies without a class or size test, ``a.b + <an int>`` tests only
+``a.b``, and a number compared with ``x`` tests only ``x``. Whatever is left
+out, the helper would have done the same thing with those types.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from compiler._expr.fold import BINARY_OPS
@@ -31,12 +40,13 @@ from compiler._expr.nodes import (
 from runtime import _values as V
 from runtime.filters import FILTERS
 
-__all__ = ("CodeGen", "literal", "NAMESPACE")
+__all__ = ("CodeGen", "Ty", "literal", "NAMESPACE")
 
-#: ints below this magnitude multiply without exceeding MAX_INT_BITS: no check needed
-_SMALL = repr(2 ** (V.MAX_INT_BITS // 2 - 1))
 #: the largest finite float: a float sum or difference beyond it is refused by the helper
 _FMAX = repr(1.7976931348623157e308)
+#: ``len()`` returns a Py_ssize_t: at most 63 bits on any CPython we run on
+_LEN_BITS = 63
+_SYM = {"add": "+", "sub": "-", "mul": "*", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
 def _uuid() -> str:
@@ -63,6 +73,52 @@ NAMESPACE: dict[str, Any] = {
     **{f"_{op}": fn for op, fn in BINARY_OPS.items()},
     **{f"_f_{name}": f.fn for name, f in FILTERS.items()},
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Ty:
+    """What a piece of generated code produces when it does not raise: its exact classes.
+
+    ``types`` None means anything (a scope value, a member, most filters).
+    ``bits``, for an int-only piece, bounds the result's ``bit_length()``.
+    """
+
+    types: frozenset[type] | None
+    bits: int = 0
+
+    @property
+    def is_int(self) -> bool:
+        return self.types == _INT
+
+    @property
+    def is_num(self) -> bool:
+        """int or float, never bool: what the arithmetic helpers return."""
+        return self.types is not None and self.types <= _NUMS
+
+    def union(self, other: Ty) -> Ty:
+        """Either of two pieces (the sides of ``and``/``or``, the branches of ``? :``)."""
+        if self.types is None or other.types is None:
+            return ANY
+        return Ty(self.types | other.types, max(self.bits, other.bits))
+
+
+_INT = frozenset({int})
+_NUMS = frozenset({int, float})
+ANY = Ty(None)
+NUM = Ty(_NUMS)
+FLOAT = Ty(frozenset({float}))
+BOOL = Ty(frozenset({bool}))
+STR = Ty(frozenset({str}))
+
+
+def _int(bits: int) -> Ty:
+    return Ty(_INT, bits)
+
+
+def _const_ty(v: Any) -> Ty:
+    if type(v) is int:
+        return _int(v.bit_length())
+    return Ty(frozenset({type(v)}))
 
 
 def literal(v: Any) -> str:
@@ -95,100 +151,173 @@ class CodeGen:
         return f"_t{self.n}"
 
     def gen(self, node: Node) -> str:
+        return self.typed(node)[0]
+
+    def typed(self, node: Node) -> tuple[str, Ty]:
+        """The source of ``node`` and what it is guaranteed to produce."""
         if isinstance(node, Const):
-            return literal(node.value)
+            return literal(node.value), _const_ty(node.value)
         if isinstance(node, Name):
             if node.name == "now":
-                return "scope['__now__']()"
+                return "scope['__now__']()", ANY  # a test clock may give ints: no promise
             if node.name == "uuid":
-                return "_uuid()"
-            return f"scope[{node.name!r}]"
+                return "_uuid()", STR
+            return f"scope[{node.name!r}]", ANY
         if isinstance(node, Member):
-            return self.read(self.gen(node.obj), node.name)
+            return self.read(self.gen(node.obj), node.name), ANY
         if isinstance(node, Index):
             if isinstance(node.key, Const) and type(node.key.value) is str:
-                return self.read(self.gen(node.obj), node.key.value)
-            return f"_index({self.gen(node.obj)}, {self.gen(node.key)})"
+                return self.read(self.gen(node.obj), node.key.value), ANY
+            return f"_index({self.gen(node.obj)}, {self.gen(node.key)})", ANY
         if isinstance(node, Unary):
-            if node.op == "not":
-                return f"(not {self.gen(node.operand)})"
-            return f"_neg({self.gen(node.operand)})"
+            return self.unary(node)
         if isinstance(node, Binary):
             return self.binary(node)
         if isinstance(node, Logical):
-            left, right = self.gen(node.left), self.gen(node.right)
+            (left, lt), (right, rt) = self.typed(node.left), self.typed(node.right)
             if node.op == "??":
                 t = self.tmp()
-                return f"({right} if ({t} := {left}) is None else {t})"
-            return f"({left} {node.op} {right})"
+                if lt.types is not None:
+                    lt = Ty(lt.types - {type(None)}, lt.bits)
+                return f"({right} if ({t} := {left}) is None else {t})", lt.union(rt)
+            return f"({left} {node.op} {right})", lt.union(rt)
         if isinstance(node, Cond):
-            return f"({self.gen(node.then)} if {self.gen(node.test)} else {self.gen(node.other)})"
+            test = self.gen(node.test)
+            (then, tt), (other, ot) = self.typed(node.then), self.typed(node.other)
+            return f"({then} if {test} else {other})", tt.union(ot)
         if isinstance(node, ListLit):
-            return "[" + ", ".join(self.gen(i) for i in node.items) + "]"
+            return "[" + ", ".join(self.gen(i) for i in node.items) + "]", Ty(frozenset({list}))
         if isinstance(node, ObjLit):
-            return "{" + ", ".join(f"{k!r}: {self.gen(v)}" for k, v in node.pairs) + "}"
+            return "{" + ", ".join(f"{k!r}: {self.gen(v)}" for k, v in node.pairs) + "}", Ty(frozenset({dict}))
         if isinstance(node, Filter):
-            value = self.gen(node.value)
-            if node.name in ("length", "count") and not node.args:
-                t = self.tmp()
-                return f"(len({t}) if ({t} := {value}).__class__ is list else _f_{node.name}({t}))"
-            args = "".join(", " + self.gen(a) for a in node.args)
-            return f"_f_{node.name}({value}{args})"
+            return self.filter(node)
         raise AssertionError(f"unknown node {node!r}")  # pragma: no cover
 
     def read(self, obj: str, key: str) -> str:
         t = self.tmp()
         return f"({t}.get({key!r}) if ({t} := {obj}).__class__ is dict else _member({t}, {key!r}))"
 
-    def binary(self, node: Binary) -> str:
+    def unary(self, node: Unary) -> tuple[str, Ty]:
+        operand, ty = self.typed(node.operand)
+        if node.op == "not":
+            return f"(not {operand})", BOOL
+        if ty.is_num:  # -int is an int one bit longer at most; -float is finite
+            return f"(-{operand})", Ty(ty.types, ty.bits + 1)
+        return f"_neg({operand})", NUM
+
+    def filter(self, node: Filter) -> tuple[str, Ty]:
+        value, ty = self.typed(node.value)
+        if node.name in ("length", "count") and not node.args:
+            # len() of a list, text or dict is what the filter returns; len() gives an int of 63 bits at most
+            if ty.types is not None and ty.types <= {list, str, dict}:
+                return f"len({value})", _int(_LEN_BITS)
+            t = self.tmp()
+            return f"(len({t}) if ({t} := {value}).__class__ is list else _f_{node.name}({t}))", _int(_LEN_BITS)
+        args = "".join(", " + self.gen(a) for a in node.args)
+        return f"_f_{node.name}({value}{args})", ANY
+
+    def bind(self, left: str, right: str) -> tuple[str, str, str]:
+        """A test that evaluates ``left`` then ``right`` into temporaries and is always true."""
+        a, b = self.tmp(), self.tmp()
+        return f"(({a} := {left}) is not ({b} := {right}) or True)", a, b
+
+    def binary(self, node: Binary) -> tuple[str, Ty]:
         op, ln, rn = node.op, node.left, node.right
-        left, right = self.gen(ln), self.gen(rn)
-        lc = isinstance(ln, Const) and type(ln.value) is int
-        rc = isinstance(rn, Const) and type(rn.value) is int
+        (left, lt), (right, rt) = self.typed(ln), self.typed(rn)
         if op in ("add", "sub", "mul"):
-            sym = {"add": "+", "sub": "-", "mul": "*"}[op]
-            if lc and rc:  # a constant that did not fold: let the helper raise at run time
-                return f"_{op}({left}, {right})"
-            a, b = self.tmp(), self.tmp()
-            if rc:
-                test, ea, eb = f"({a} := {left}).__class__ is int", a, right
-                small = [a]
-            elif lc:  # the constant left side has no effects, so order is kept
-                test, ea, eb = f"({b} := {right}).__class__ is int", left, b
-                small = [b]
-            else:
-                test, ea, eb = f"({a} := {left}).__class__ is ({b} := {right}).__class__ is int", a, b
-                small = [a, b]
-            if op == "mul":
-                test += "".join(f" and -{_SMALL} < {x} < {_SMALL}" for x in small)
-            if op != "mul" and not (lc or rc):
-                # two floats (Unix times, amounts): the result only needs to stay finite
-                r = self.tmp()
-                floats = (f"({r} if {a}.__class__ is {b}.__class__ is float and "
-                          f"-{_FMAX} <= ({r} := {a} {sym} {b}) <= {_FMAX} else _{op}({a}, {b}))")
-                return f"({ea} {sym} {eb} if {test} else {floats})"
-            return f"({ea} {sym} {eb} if {test} else _{op}({ea}, {eb}))"
+            return self.arith(op, ln, rn, left, lt, right, rt)
         if op in ("lt", "le", "gt", "ge"):
-            sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
-            a, b = self.tmp(), self.tmp()
-            if isinstance(rn, Const) and type(rn.value) in (int, float):
-                return f"({a} {sym} {right} if ({a} := {left}).__class__ is int or {a}.__class__ is float else _{op}({a}, {right}))"
-            both = f"(({a} := {left}) is not ({b} := {right}) or True)"
-            return f"({a} {sym} {b} if {both} and {a}.__class__ in _NUM and {b}.__class__ in _NUM else _{op}({a}, {b}))"
-        if op == "mod" and rc and rn.value != 0:  # type: ignore[attr-defined]
+            return self.order(op, rn, left, lt, right, rt), BOOL
+        if op == "mod" and rt.is_int and isinstance(rn, Const) and rn.value != 0:
             # an int % a non-zero int constant: the result is smaller than the constant, no check needed
+            if lt.is_int:
+                return f"({left} % {right})", rt
             a = self.tmp()
-            return f"({a} % {right} if ({a} := {left}).__class__ is int else _mod({a}, {right}))"
+            return f"({a} % {right} if ({a} := {left}).__class__ is int else _mod({a}, {right}))", NUM
         if op in ("eq", "ne"):
-            return self.equality(op, ln, rn, left, right)
-        if op == "concat" and isinstance(ln, Const) and type(ln.value) is str:
+            return self.equality(op, ln, rn, left, lt, right, rt), BOOL
+        if op == "concat":
+            return self.concat(ln, rn, left, right), STR
+        if op in ("in", "not_in"):
+            return f"_{op}({left}, {right})", BOOL
+        return f"_{op}({left}, {right})", FLOAT if op == "div" else NUM
+
+    def arith(self, op: str, ln: Node, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> tuple[str, Ty]:
+        """``+``, ``-``, ``*``: plain Python where the types make the helper's checks pass, else guarded."""
+        sym = _SYM[op]
+        if lt.is_int and rt.is_int:
+            if op != "mul":  # int + int and int - int are never refused
+                return f"({left} {sym} {right})", _int(max(lt.bits, rt.bits) + 1)
+            if lt.bits + rt.bits <= V.MAX_INT_BITS:  # the product cannot pass the limit
+                return f"({left} * {right})", _int(lt.bits + rt.bits)
+            return f"_mul({left}, {right})", _int(V.MAX_INT_BITS)
+        # the result of a number and anything, when there is one, is a number (only text + text
+        # and list + list give something else)
+        ty = NUM if op != "add" or lt.is_num or rt.is_num else ANY
+        if lt.is_int or rt.is_int:
+            return self.one_int(op, ln, rn, left, lt, right, rt), ty
+        a, b = self.tmp(), self.tmp()
+        test = f"({a} := {left}).__class__ is ({b} := {right}).__class__ is int"
+        if op == "mul":
+            small = f"-{_small(0)} < {a} < {_small(0)} and -{_small(0)} < {b} < {_small(0)}"
+            return f"({a} * {b} if {test} and {small} else _mul({a}, {b}))", ty
+        # two floats (Unix times, amounts): the result only needs to stay finite
+        r = self.tmp()
+        floats = f"({r} if {a}.__class__ is {b}.__class__ is float and -{_FMAX} <= ({r} := {a} {sym} {b}) <= {_FMAX} else _{op}({a}, {b}))"
+        return f"({a} {sym} {b} if {test} else {floats})", ty
+
+    def one_int(self, op: str, ln: Node, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> str:
+        """One side is a known int: only the other side is tested (its class, and its size for ``*``)."""
+        sym = _SYM[op]
+        known_left = lt.is_int
+        known, other = (lt, rt) if known_left else (rt, lt)
+        if other.types is not None and int not in other.types:
+            return f"_{op}({left}, {right})"  # never two ints: the helper decides
+        x = self.tmp()
+        if isinstance(ln if known_left else rn, Const):
+            # the constant has no effects: testing the other side first reorders nothing
+            test = f"({x} := {right if known_left else left}).__class__ is int"
+            ea, eb = (left, x) if known_left else (x, right)
+        else:
+            a, b = (self.tmp(), x) if known_left else (x, self.tmp())
+            test = f"(({a} := {left}) is not ({b} := {right}) or True) and {x}.__class__ is int"
+            ea, eb = a, b
+        if op == "mul":
+            # bit_length(x) + known.bits <= MAX_INT_BITS: the product stays within the limit
+            bound = _small(known.bits)
+            test += f" and -{bound} < {x} < {bound}"
+        return f"({ea} {sym} {eb} if {test} else _{op}({ea}, {eb}))"
+
+    def order(self, op: str, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> str:
+        """``<`` ``<=`` ``>`` ``>=``: a side known to be a number (or both texts) needs no test."""
+        sym = _SYM[op]
+        if (lt.is_num and rt.is_num) or (lt.types == rt.types == STR.types):
+            return f"({left} {sym} {right})"
+        if rt.is_num and isinstance(rn, Const):
+            a = self.tmp()
+            return f"({a} {sym} {right} if ({a} := {left}).__class__ is int or {a}.__class__ is float else _{op}({a}, {right}))"
+        if lt.is_num or rt.is_num:
+            test, a, b = self.bind(left, right)
+            x, c = (b if lt.is_num else a), self.tmp()
+            return f"({a} {sym} {b} if {test} and (({c} := {x}.__class__) is int or {c} is float) else _{op}({a}, {b}))"
+        test, a, b = self.bind(left, right)
+        return f"({a} {sym} {b} if {test} and {a}.__class__ in _NUM and {b}.__class__ in _NUM else _{op}({a}, {b}))"
+
+    def concat(self, ln: Node, rn: Node, left: str, right: str) -> str:
+        if isinstance(ln, Const) and type(ln.value) is str:
             b = self.tmp()
             room = V.MAX_STRING_LENGTH - len(ln.value)
             return f"({left} + {b} if ({b} := {right}).__class__ is str and len({b}) <= {room} else _concat({left}, {b}))"
-        return f"_{op}({left}, {right})"
+        if isinstance(rn, Const) and type(rn.value) is str:
+            a = self.tmp()
+            room = V.MAX_STRING_LENGTH - len(rn.value)
+            return f"({a} + {right} if ({a} := {left}).__class__ is str and len({a}) <= {room} else _concat({a}, {right}))"
+        return f"_concat({left}, {right})"
 
-    def equality(self, op: str, ln: Node, rn: Node, left: str, right: str) -> str:
+    def equality(self, op: str, ln: Node, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> str:
         neg = "not " if op == "ne" else ""
+        if (lt.is_num and rt.is_num) or (lt.types == rt.types and lt.types in (STR.types, BOOL.types)):
+            return f"({left} {'!=' if neg else '=='} {right})"  # numbers by value, texts, booleans: Python's ==
         if isinstance(ln, Const) and not isinstance(rn, Const):
             ln, rn, left, right = rn, ln, right, left  # == is symmetric; put the constant right
         if isinstance(rn, Const):
@@ -203,3 +332,10 @@ class CodeGen:
         a, b = self.tmp(), self.tmp()
         same = f"({a} := {left}).__class__ is ({b} := {right}).__class__ and {a}.__class__ is not list and {a}.__class__ is not dict"
         return f"({neg}({a} == {b} if {same} else _eq({a}, {b})))"
+
+
+def _small(known_bits: int) -> str:
+    """Ints below this magnitude times an int of ``known_bits`` bits (0: one of the same bound) stay in the limit."""
+    if known_bits == 0:
+        return repr(2 ** (V.MAX_INT_BITS // 2 - 1))
+    return repr(2 ** max(V.MAX_INT_BITS - known_bits, 0))
