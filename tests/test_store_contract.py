@@ -5,6 +5,8 @@ A new backend joins the ``store`` fixture's params and passes this file unchange
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from engine._store import (
@@ -267,6 +269,75 @@ async def test_claim_fire_runs_each_fire_once(store):
     await store.insert_run({"id": "m1", "task": "t", "scheduled_at": 60.0, "trigger": "retry"})
     with pytest.raises(StoreError):
         await store.claim_fire("t", 180.0, {"id": "x", "trigger": "manual"})
+
+
+async def test_claim_fires_claims_a_wave_in_one_write(store):
+    rows = [{"id": "a", "task": "t", "scheduled_at": 60.0}, {"id": "b", "task": "u", "scheduled_at": 60.0},
+            {"id": "c", "task": "t", "scheduled_at": 60.0, "status": "skipped"},
+            {"id": "d", "task": "v", "scheduled_at": 60.0, "trigger": "catchup"}]
+    assert await store.claim_fires(rows) == [True, True, False, True]
+    assert await store.get_run("c") is None
+    assert (await store.get_run("a"))["trigger"] == "schedule"
+    # a fire claimed one by one is taken for the wave too, and the other way round
+    assert await store.claim_fire("u", 120.0, {"id": "e"}) is True
+    assert await store.claim_fires([{"id": "f", "task": "u", "scheduled_at": 120.0},
+                                    {"id": "g", "task": "t", "scheduled_at": 120.0}]) == [False, True]
+    assert await store.claim_fire("t", 120.0, {"id": "h"}) is False
+    assert await store.claim_fires([]) == []
+    with pytest.raises(StoreError):
+        await store.claim_fires([{"id": "x", "task": "t", "scheduled_at": 180.0, "trigger": "manual"}])
+    with pytest.raises(StoreError):
+        await store.claim_fires([{"id": "y", "task": "t"}])
+    assert await store.get_run("x") is None and await store.get_run("y") is None
+
+
+async def test_finish_run_writes_outcome_and_trace_together(store, clock):
+    await store.insert_run({"id": "r1", "task": "t", "status": "running"})
+    clock.t = 1_020.0
+    entry = {"path": "stack[0]", "kind": "return", "started": 1.0, "duration": 0.0,
+             "inputs": None, "output": {"x": 1}, "error": None}
+    await store.finish_run("r1", {"status": "completed", "result": {"ok": True}, "finished_at": 1_019.0},
+                           [entry])
+    run = await store.get_run("r1")
+    assert run["status"] == "completed" and run["result"] == {"ok": True}
+    assert run["finished_at"] == 1_019.0 and run["updated_at"] == 1_020.0
+    assert await store.get_trace("r1") == [entry]
+    await store.insert_run({"id": "r2", "task": "t", "status": "running"})
+    await store.finish_run("r2", {"status": "failed", "error": {"message": "boom"}})
+    assert (await store.get_run("r2"))["status"] == "failed" and await store.get_trace("r2") == []
+    with pytest.raises(RunNotFound):
+        await store.finish_run("missing", {"status": "completed"}, [entry])
+    assert await store.get_trace("missing") == []
+    with pytest.raises(StoreError):
+        await store.finish_run("r1", {"status": "bogus"})
+
+
+async def test_run_writes_batched_together_fail_only_their_own_caller(store):
+    """Writes of many runs committed in one batch: one bad write fails alone, the order is kept."""
+    await store.insert_run({"id": "dup", "task": "t"})
+    rows = [{"id": f"b{i}", "task": "t"} for i in range(20)]
+    rows[7] = {"id": "dup", "task": "t"}
+    results = await asyncio.gather(*(store.insert_run(r) for r in rows), return_exceptions=True)
+    assert isinstance(results[7], StoreError) and "unique" in str(results[7])
+    assert all(r is None for i, r in enumerate(results) if i != 7)
+    assert await store.count_runs("t") == 20
+    updates = [store.update_run(f"b{i}", {"status": "running"}) for i in range(11) if i != 7]
+    updates.insert(4, store.update_run("nobody", {"status": "running"}))
+    updates.append(store.finish_run("nobody", {"status": "completed"}, [{"path": "p", "kind": "k"}]))
+    updates += [store.finish_run(f"b{i}", {"status": "completed", "result": i}, [{"path": f"p{i}"}])
+                for i in range(11, 16)]
+    # two writes to one run in the same batch land in the order they were made
+    updates += [store.update_run("b16", {"status": "running", "started_at": 5.0}),
+                store.update_run("b16", {"status": "failed"}),
+                store.update_run("b16", {"status": "completed", "started_at": 6.0})]
+    results = await asyncio.gather(*updates, return_exceptions=True)
+    assert isinstance(results[4], RunNotFound) and isinstance(results[11], RunNotFound)
+    assert sum(isinstance(r, Exception) for r in results) == 2
+    assert await store.count_runs("t", "running") == 10
+    assert [(await store.get_run(f"b{i}"))["result"] for i in range(11, 16)] == list(range(11, 16))
+    assert await store.get_trace("b12") == [{"path": "p12"}] and await store.get_trace("nobody") == []
+    b16 = await store.get_run("b16")
+    assert b16["status"] == "completed" and b16["started_at"] == 6.0
 
 
 async def test_due_and_claim_run(store):

@@ -83,9 +83,32 @@ class Store(abc.ABC):
     async def claim_fire(self, task: str, scheduled_at: float, run_row: dict[str, Any]) -> bool:
         """Insert the run of a scheduled fire unless that fire already has one."""
 
+    async def claim_fires(self, rows: list[dict[str, Any]]) -> list[bool]:
+        """``claim_fire`` for every row of a wave (each has ``task`` and ``scheduled_at``), in one write.
+
+        Per row, whether its fire was new. The scheduler claims the fires due
+        at one instant this way: one durable write instead of one per task.
+        This default claims them one by one; a backend overrides it with one
+        transaction.
+        """
+        return [await self.claim_fire(r["task"], r["scheduled_at"], r) for r in rows]
+
     @abc.abstractmethod
     async def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
         """Set ``fields`` of run ``run_id``; ``RunNotFound`` if it is not stored."""
+
+    async def finish_run(
+        self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None = None
+    ) -> None:
+        """A run's outcome (``update_run``) and its trace entries (``add_trace``), as one write.
+
+        ``RunNotFound`` (and no trace) if the run is not stored. This default
+        makes two writes; a backend overrides it with one transaction, so
+        that finishing a run costs one commit.
+        """
+        await self.update_run(run_id, fields)
+        if trace:
+            await self.add_trace(run_id, trace)
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> dict[str, Any] | None:

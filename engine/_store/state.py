@@ -10,8 +10,9 @@ rather than failing the run that produced it.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import lru_cache
+from itertools import groupby
 from typing import Any
 
 from engine._store import codec
@@ -35,6 +36,10 @@ _JSON_COLUMNS = frozenset({"result", "error", "inputs"})
 _ALLOWED = {"status": RUN_STATUSES, "trigger": RUN_TRIGGERS, "kind": RUN_KINDS}
 _FINISHED = ("completed", "failed", "timed_out", "cancelled", "skipped", "crashed")
 _SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM cronstack_runs"
+_MISSING: Any = object()
+#: the group-commit key of run writes: consecutive ones reach the writer's op together
+_RUNS = "cronstack_runs"
+_TRACE_SQL = "INSERT INTO cronstack_traces (run_id, entries, created_at) VALUES (?, ?, ?)"
 _CRASH_ERROR = {
     "message": "the engine running this run stopped without finishing it",
     "type": "EngineCrashed",
@@ -49,16 +54,23 @@ def _run(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _check_fields(fields: dict[str, Any], what: str) -> dict[str, Any]:
-    unknown = fields.keys() - _COLUMN_SET
-    if unknown:
+    """``fields`` checked and with JSON columns encoded, in place: callers pass a dict they own.
+
+    Every run start and finish goes through here, so it allocates nothing
+    for a valid row (no key-set difference, no copy).
+    """
+    if not _COLUMN_SET.issuperset(fields):
+        unknown = fields.keys() - _COLUMN_SET
         raise StoreError(f"{what}: unknown run fields {sorted(unknown)}; known: {list(RUN_COLUMNS)}")
     for col, allowed in _ALLOWED.items():
-        if col in fields and fields[col] not in allowed:
-            raise StoreError(f"{what}: {col} {fields[col]!r} is not one of {sorted(allowed)}")
-    out = dict(fields)
-    for col in _JSON_COLUMNS & out.keys():
-        out[col] = None if out[col] is None else codec.encode_lenient(out[col])
-    return out
+        value = fields.get(col, _MISSING)
+        if value is not _MISSING and value not in allowed:
+            raise StoreError(f"{what}: {col} {value!r} is not one of {sorted(allowed)}")
+    for col in _JSON_COLUMNS:
+        value = fields.get(col)
+        if value is not None:
+            fields[col] = codec.encode_lenient(value)
+    return fields
 
 
 @lru_cache(maxsize=256)
@@ -79,29 +91,95 @@ def _update_sql(cols: tuple[str, ...]) -> str:
 # -- writer-thread half ---------------------------------------------------------
 
 
+def _runs_of_shape(
+    items: list[Any], shape_of: Callable[[Any], tuple[str, ...]]
+) -> Iterator[tuple[tuple[str, ...], list[Any]]]:
+    """Consecutive items with the same columns, in order: one ``executemany`` each.
+
+    Only neighbours are grouped, so the statements run in the order they were
+    submitted (rowids, and two writes to one run, keep that order).
+    """
+    for shape, group in groupby(items, shape_of):
+        yield shape, list(group)
+
+
 def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> None:
-    for row in args:
+    """Insert a batch of runs, one ``executemany`` per run of rows of one shape (a burst shares one).
+
+    A failing row raises: the writer then replays the batch one write at a
+    time, so only that row's caller gets the error.
+    """
+    for shape, rows in _runs_of_shape(args, tuple):
         try:
-            ctx.conn.execute(_insert_sql(tuple(row)), tuple(row.values()))
+            ctx.conn.executemany(_insert_sql(shape), [tuple(row.values()) for row in rows])
         except sqlite3.IntegrityError as exc:
-            raise StoreError(f"run {row['id']!r} cannot be stored ({exc}); run ids must be unique") from exc
+            raise StoreError(f"run {rows[0]['id']!r} cannot be stored ({exc}); run ids must be unique") from exc
+
+
+_FIRE_CONFLICT = " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
 
 
 def _op_claim_fire(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> list[bool]:
-    conflict = (
-        " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
-    )
     return [
-        ctx.conn.execute(_insert_sql(tuple(row), conflict), tuple(row.values())).rowcount == 1
+        ctx.conn.execute(_insert_sql(tuple(row), _FIRE_CONFLICT), tuple(row.values())).rowcount == 1
         for row in args
     ]
 
 
-def _op_update_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[Any]:
-    out: list[Any] = []
-    for run_id, fields in args:
-        cur = ctx.conn.execute(_update_sql(tuple(fields)), (*fields.values(), run_id))
-        out.append(None if cur.rowcount else RunNotFound(f"no run with id {run_id!r} is stored"))
+def _fields_shape(arg: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(arg[1])
+
+
+def _op_update_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[Any] | None:
+    """Update a batch of runs; a missing run fails only its own write (RunNotFound).
+
+    Neighbouring updates of one shape go in one ``executemany``; when its row
+    count says some run was missing, that group is redone row by row to find
+    which (an update is idempotent, so repeating the found ones changes
+    nothing).
+    """
+    out: list[Any] | None = None
+    start = 0
+    for shape, group in _runs_of_shape(args, _fields_shape):
+        sql = _update_sql(shape)
+        params = [(*fields.values(), run_id) for run_id, fields in group]
+        if ctx.conn.executemany(sql, params).rowcount != len(params):
+            if out is None:
+                out = [None] * len(args)
+            for i, p in enumerate(params, start):
+                if not ctx.conn.execute(sql, p).rowcount:
+                    out[i] = RunNotFound(f"no run with id {args[i][0]!r} is stored")
+        start += len(params)
+    return out
+
+
+def _op_finish_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[Any] | None:
+    """A batch of finished runs: each outcome, and its trace when it has one, in the same transaction.
+
+    A run that is not stored gets RunNotFound and no trace (a trace never
+    outlives its run).
+    """
+    out = _op_update_run(ctx, _key, [(run_id, fields) for run_id, fields, _t, _now in args])
+    traces = [
+        (run_id, text, now)
+        for i, (run_id, _f, text, now) in enumerate(args)
+        if text is not None and (out is None or out[i] is None)
+    ]
+    if traces:
+        ctx.conn.executemany(_TRACE_SQL, traces)
+    return out
+
+
+def _op_claim_fires(ctx: WriteContext, _key: Any, args: list[list[dict[str, Any]]]) -> list[list[bool]]:
+    """Claim every fire of a wave (one write: a list of rows); per row, whether it was new."""
+    execute = ctx.conn.execute
+    out = []
+    for rows in args:
+        claimed = []
+        for shape, group in _runs_of_shape(rows, tuple):
+            sql = _insert_sql(shape, _FIRE_CONFLICT)
+            claimed.extend([execute(sql, tuple(row.values())).rowcount == 1 for row in group])
+        out.append(claimed)
     return out
 
 
@@ -133,9 +211,7 @@ def _op_recover(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> li
 
 
 def _op_add_trace(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> None:
-    ctx.conn.executemany(
-        "INSERT INTO cronstack_traces (run_id, entries, created_at) VALUES (?, ?, ?)", args
-    )
+    ctx.conn.executemany(_TRACE_SQL, args)
 
 
 def _op_set_state(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> None:
@@ -212,7 +288,7 @@ class StateMixin:
         return _check_fields(full, what)
 
     async def insert_run(self, row: dict[str, Any]) -> None:
-        await self._writer.submit(_op_insert_run, None, self._new_run(row, "insert_run"))
+        await self._writer.submit(_op_insert_run, _RUNS, self._new_run(row, "insert_run"))
 
     async def claim_fire(self, task: str, scheduled_at: float, run_row: dict[str, Any]) -> bool:
         row = dict(run_row, task=task, scheduled_at=scheduled_at)
@@ -221,12 +297,36 @@ class StateMixin:
             raise StoreError(f"claim_fire: trigger must be 'schedule' or 'catchup', got {row['trigger']!r}")
         return await self._writer.submit(_op_claim_fire, None, self._new_run(row, "claim_fire"))
 
-    async def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+    async def claim_fires(self, rows: list[dict[str, Any]]) -> list[bool]:
+        checked = []
+        for run_row in rows:
+            row = dict(run_row)
+            row.setdefault("trigger", "schedule")
+            if row["trigger"] not in ("schedule", "catchup") or "scheduled_at" not in row:
+                raise StoreError("claim_fires: every row needs a scheduled_at and the trigger "
+                                 f"'schedule' or 'catchup', got {run_row!r}")
+            checked.append(self._new_run(row, "claim_fires"))
+        if not checked:
+            return []
+        return await self._writer.submit(_op_claim_fires, None, checked)
+
+    def _updated(self, run_id: str, fields: dict[str, Any], what: str) -> dict[str, Any]:
         if "id" in fields:
-            raise StoreError("update_run: a run's id cannot change")
-        fields = _check_fields(dict(fields), f"update_run({run_id!r})")
-        fields.setdefault("updated_at", self._clock())
-        await self._writer.submit(_op_update_run, None, (run_id, fields))
+            raise StoreError(f"{what}: a run's id cannot change")
+        fields = _check_fields(dict(fields), f"{what}({run_id!r})")
+        if "updated_at" not in fields:
+            fields["updated_at"] = self._clock()
+        return fields
+
+    async def update_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        await self._writer.submit(_op_update_run, _RUNS, (run_id, self._updated(run_id, fields, "update_run")))
+
+    async def finish_run(
+        self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None = None
+    ) -> None:
+        fields = self._updated(run_id, fields, "finish_run")
+        text = codec.encode_lenient(list(trace)) if trace else None
+        await self._writer.submit(_op_finish_run, _RUNS, (run_id, fields, text, fields["updated_at"]))
 
     async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
         return await self._writer.submit(
