@@ -145,6 +145,12 @@ class CodeGen:
 
     def __init__(self) -> None:
         self.n = 0
+        #: scope names already read into a temporary on every path before the current point
+        self.seen: dict[str, str] = {}
+        #: > 0 while generating code that may not run (a branch of ``? :``, the right of ``and``/``or``/``??``)
+        self.maybe = 0
+        #: code of an int-first ``+``/``-`` -> (test, int result, the other cases), for ``fused``
+        self.parts: dict[str, tuple[str, str, str]] = {}
 
     def tmp(self) -> str:
         self.n += 1
@@ -164,17 +170,18 @@ class CodeGen:
                 return "_uuid()", STR
             return f"scope[{node.name!r}]", ANY
         if isinstance(node, Member):
-            return self.read(self.gen(node.obj), node.name), ANY
+            return self.member(node.obj, node.name), ANY
         if isinstance(node, Index):
             if isinstance(node.key, Const) and type(node.key.value) is str:
-                return self.read(self.gen(node.obj), node.key.value), ANY
+                return self.member(node.obj, node.key.value), ANY
             return f"_index({self.gen(node.obj)}, {self.gen(node.key)})", ANY
         if isinstance(node, Unary):
             return self.unary(node)
         if isinstance(node, Binary):
             return self.binary(node)
         if isinstance(node, Logical):
-            (left, lt), (right, rt) = self.typed(node.left), self.typed(node.right)
+            left, lt = self.typed(node.left)
+            right, rt = self.branch(node.right)
             if node.op == "??":
                 t = self.tmp()
                 if lt.types is not None:
@@ -183,7 +190,7 @@ class CodeGen:
             return f"({left} {node.op} {right})", lt.union(rt)
         if isinstance(node, Cond):
             test = self.gen(node.test)
-            (then, tt), (other, ot) = self.typed(node.then), self.typed(node.other)
+            (then, tt), (other, ot) = self.branch(node.then), self.branch(node.other)
             return f"({then} if {test} else {other})", tt.union(ot)
         if isinstance(node, ListLit):
             return "[" + ", ".join(self.gen(i) for i in node.items) + "]", Ty(frozenset({list}))
@@ -192,6 +199,30 @@ class CodeGen:
         if isinstance(node, Filter):
             return self.filter(node)
         raise AssertionError(f"unknown node {node!r}")  # pragma: no cover
+
+    def branch(self, node: Node) -> tuple[str, Ty]:
+        """``typed`` for code that may not run: the names it reads are not reused after it."""
+        self.maybe += 1
+        try:
+            return self.typed(node)
+        finally:
+            self.maybe -= 1
+
+    def member(self, obj: Node, key: str) -> str:
+        """``obj.key``; a scope name already read on every path to here is not read again.
+
+        Nothing an expression does changes the scope, so a second ``scope['x']``
+        would give the object the first one bound (``stats.done + stats.failed``).
+        """
+        if isinstance(obj, Name) and obj.name not in ("now", "uuid"):
+            t = self.seen.get(obj.name)
+            if t is not None:
+                return f"({t}.get({key!r}) if {t}.__class__ is dict else _member({t}, {key!r}))"
+            code = self.read(self.gen(obj), key)
+            if not self.maybe:
+                self.seen[obj.name] = f"_t{self.n}"  # the temporary ``read`` just bound
+            return code
+        return self.read(self.gen(obj), key)
 
     def read(self, obj: str, key: str) -> str:
         t = self.tmp()
@@ -263,8 +294,31 @@ class CodeGen:
             return f"({a} * {b} if {test} and {small} else _mul({a}, {b}))", ty
         # two floats (Unix times, amounts): the result only needs to stay finite
         r = self.tmp()
-        floats = f"({r} if {a}.__class__ is {b}.__class__ is float and -{_FMAX} <= ({r} := {a} {sym} {b}) <= {_FMAX} else _{op}({a}, {b}))"
-        return f"({a} {sym} {b} if {test} else {floats})", ty
+        finite = f"-{_FMAX} <= ({r} := {a} {sym} {b}) <= {_FMAX}"
+        if _likely_float(ln) or _likely_float(rn):  # test for floats first: one class test fewer
+            ftest = f"({a} := {left}).__class__ is ({b} := {right}).__class__ is float and {finite}"
+            ints = f"({a} {sym} {b} if {a}.__class__ is {b}.__class__ is int else _{op}({a}, {b}))"
+            return f"({r} if {ftest} else {ints})", ty
+        rest = f"({r} if {a}.__class__ is {b}.__class__ is float and {finite} else _{op}({a}, {b}))"
+        code = f"({a} {sym} {b} if {test} else {rest})"
+        self.parts[code] = (test, f"{a} {sym} {b}", rest)
+        return code, ty
+
+    def fused(self, op: str, inner: str, k: str, k_left: bool) -> str | None:
+        """``inner ± k`` (k an int constant) where ``inner`` is an int-first ``+``/``-``: one test, not two.
+
+        In the inner's int branch the sum is an int, so ``± k`` needs no test
+        there (``stats.done + stats.failed + 1``); its other cases go through
+        the usual one-sided test.
+        """
+        parts = self.parts.get(inner)
+        if parts is None or op == "mul":
+            return None
+        test, ints, rest = parts
+        sym, x = _SYM[op], self.tmp()
+        fast = f"{k} {sym} ({ints})" if k_left else f"{ints} {sym} {k}"
+        ea, eb = (k, x) if k_left else (x, k)
+        return f"({fast} if {test} else ({ea} {sym} {eb} if ({x} := {rest}).__class__ is int else _{op}({ea}, {eb})))"
 
     def one_int(self, op: str, ln: Node, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> str:
         """One side is a known int: only the other side is tested (its class, and its size for ``*``)."""
@@ -273,6 +327,10 @@ class CodeGen:
         known, other = (lt, rt) if known_left else (rt, lt)
         if other.types is not None and int not in other.types:
             return f"_{op}({left}, {right})"  # never two ints: the helper decides
+        if isinstance(ln if known_left else rn, Const):
+            fused = self.fused(op, right if known_left else left, left if known_left else right, known_left)
+            if fused is not None:
+                return fused
         x = self.tmp()
         if isinstance(ln if known_left else rn, Const):
             # the constant has no effects: testing the other side first reorders nothing
@@ -332,6 +390,15 @@ class CodeGen:
         a, b = self.tmp(), self.tmp()
         same = f"({a} := {left}).__class__ is ({b} := {right}).__class__ and {a}.__class__ is not list and {a}.__class__ is not dict"
         return f"({neg}({a} == {b} if {same} else _eq({a}, {b})))"
+
+
+def _likely_float(node: Node) -> bool:
+    """``now`` and sums or differences with it: Unix times are floats (a hint for test order only)."""
+    if isinstance(node, Name):
+        return node.name == "now"
+    if isinstance(node, Binary) and node.op in ("add", "sub"):
+        return _likely_float(node.left) or _likely_float(node.right)
+    return False
 
 
 def _small(known_bits: int) -> str:
