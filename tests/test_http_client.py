@@ -17,6 +17,7 @@ from email.utils import formatdate
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from engine._http import (
     HttpClient,
@@ -32,6 +33,7 @@ from engine._http import (
     InvalidResponse,
     ResponseTooLarge,
 )
+from engine._http.translate import translate
 from runtime import HttpResponse, RunError
 
 pytestmark = pytest.mark.anyio
@@ -479,6 +481,51 @@ async def test_slow_endpoint_times_out(server, client):
     assert not isinstance(info.value, TimeoutError)  # never mistaken for the run's own timeout
     resp = await client.request("GET", server["base"] + "/slow?delay=0.01", timeout=5)
     assert resp.body == {"slow": True}
+
+
+async def test_queue_for_a_pooled_connection_is_not_connecting(server, monkeypatch):
+    """Waiting for a free pooled connection counts against the attempt's timeout only.
+
+    With one connection and a short connect limit, the second request waits
+    longer than that limit for the first to finish, and still succeeds.
+    """
+    monkeypatch.setattr("engine._http.client.CONNECT_TIMEOUT", 0.05)
+    async with HttpClient(limit=1, limit_per_host=1) as http:
+        first = asyncio.ensure_future(http.request("GET", server["base"] + "/slow?delay=0.3", timeout=5))
+        await asyncio.sleep(0.05)  # the first holds the only connection
+        second = await http.request("GET", server["base"] + "/slow?delay=0.01", timeout=5)
+        assert second.body == {"slow": True}
+        assert (await first).body == {"slow": True}
+
+
+async def test_queued_request_still_times_out_in_all(server):
+    async with HttpClient(limit=1, limit_per_host=1) as http:
+        first = asyncio.ensure_future(http.request("GET", server["base"] + "/slow?delay=0.5", timeout=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(HttpTimeout, match=r"after 0\.1 s"):
+            await http.request("GET", server["base"] + "/slow?delay=0.01", timeout=0.1)
+        await first
+
+
+async def test_client_timeout_is_built_once_per_value(server, client):
+    first = client._client_timeout(30.0)
+    assert client._client_timeout(30.0) is first
+    assert (first.total, first.sock_connect, first.connect) == (30.0, 10.0, None)
+    short = client._client_timeout(0.5)
+    assert short is not first and (short.total, short.sock_connect) == (0.5, 0.5)
+    for n in range(1, 200):  # many distinct timeouts: the cache stays bounded
+        assert client._client_timeout(float(n)).total == float(n)
+    assert len(client._timeouts) <= 64
+
+
+def test_connect_timeout_names_the_connect_limit():
+    """A new connection that never opens reports its own limit and the attempt's."""
+    timeout = aiohttp.ClientTimeout(total=30.0, sock_connect=10.0)
+    err = translate(aiohttp.ConnectionTimeoutError("x"), "GET", URL("http://h.example/x"), timeout)
+    assert isinstance(err, HttpTimeout)
+    assert "timed out connecting (at most 10 s for a new connection, 30 s in all)" in err.message
+    err = translate(aiohttp.ServerTimeoutError("x"), "GET", URL("http://h.example/x"), timeout)
+    assert "timed out waiting after 30 s" in err.message
 
 
 async def test_hanging_endpoint_and_stalled_body_time_out(server, client):

@@ -50,6 +50,10 @@ DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_RETRIES = 10
 #: Longest raw text an ``InvalidResponse`` error keeps (characters).
 MAX_ERROR_TEXT = 2_000
+#: Longest wait for a new connection (TCP and TLS) inside one attempt's timeout.
+CONNECT_TIMEOUT = 10.0
+#: Distinct step timeouts whose ``aiohttp.ClientTimeout`` is kept for reuse.
+_TIMEOUT_CACHE_SIZE = 64
 
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -103,6 +107,7 @@ class HttpClient:
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     async def __aenter__(self) -> HttpClient:
         self._get_session()
@@ -203,7 +208,7 @@ class HttpClient:
                 method=verb,
                 url=shown_url,
             )
-        client_timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0))
+        client_timeout = self._client_timeout(timeout)
         can_retry = retries > 0 and may_retry_method(verb, retry_non_idempotent)
         attempt = 0
         while True:
@@ -223,6 +228,27 @@ class HttpClient:
                         exc.extra["attempts"] = attempt
                     raise
             await self._sleep(delay)
+
+    def _client_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        """The aiohttp timeout of one attempt, built once per distinct step timeout.
+
+        ``total`` bounds the whole attempt, the wait for a free pooled
+        connection included; ``sock_connect`` bounds opening a new connection
+        (TCP and TLS). Not ``connect``: aiohttp starts that timer around the
+        wait for a pool slot as well, so under load (more runs than pooled
+        connections) a request queued for 10 s failed as "timed out
+        connecting" to a healthy server, and every queued request paid for a
+        timer. A ``ClientTimeout`` is immutable, so one object serves every
+        request with the same timeout.
+        """
+        cached = self._timeouts.get(seconds)
+        if cached is None:
+            if len(self._timeouts) >= _TIMEOUT_CACHE_SIZE:
+                self._timeouts.clear()
+            cached = self._timeouts[seconds] = aiohttp.ClientTimeout(
+                total=seconds, sock_connect=min(seconds, CONNECT_TIMEOUT)
+            )
+        return cached
 
     def _retry_delay(self, exc: HttpError, attempt: int) -> float | None:
         """Seconds to wait before retrying after ``exc``, or None to give up."""

@@ -56,10 +56,16 @@ def translate(
             f"{where}: the URL {_bad_url(exc)} is not valid", method=verb, url=shown
         )
     if isinstance(exc, TimeoutError):
-        phase = "connecting" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "waiting"
-        limit = client_timeout.connect if phase == "connecting" else client_timeout.total
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            # a new connection's own limit, or the attempt's while queued for a pooled one
+            phase = (
+                f"connecting (at most {client_timeout.sock_connect:g} s for a new connection, "
+                f"{client_timeout.total:g} s in all)"
+            )
+        else:
+            phase = f"waiting after {client_timeout.total:g} s"
         return HttpTimeout(
-            f"{where}: timed out {phase} after {limit:g} s; the server is slow or "
+            f"{where}: timed out {phase}; the server is slow or "
             "unreachable (raise the step's timeout, or add retries)",
             method=verb,
             url=shown,
