@@ -271,3 +271,104 @@ def test_catastrophic_regex_is_refused():
     with pytest.raises(ExpressionError, match="invalid regular expression"):
         fn({"x": "a", "p": "(unclosed"})
     assert fn({"x": "order-123", "p": r"\d+$"}) is True
+
+
+# -- generated code: the static type pass and the fast paths it allows -----------------
+
+
+def _code(src):
+    from compiler._expr.cache import expression_code
+
+    return expression_code(src).code
+
+
+def test_a_bounded_int_times_a_small_constant_has_no_check():
+    # length gives an int of at most 63 bits; times 2 it stays far below the 256-bit limit
+    code = _code("(items|length) * 2")
+    assert "_mul" not in code and "__class__ is int" not in code
+    assert compile_expression("(items|length) * 2", "p")[0].fn({"items": [1, 2, 3]}) == 6
+
+
+def test_an_unknown_plus_a_known_int_tests_one_side_only():
+    code = _code("a.b + (items|length) * 2")
+    assert code.count("__class__ is int") == 1 and "_add(" in code
+    fn = compile_expression("a.b + (items|length) * 2", "p")[0].fn
+    assert fn({"a": {"b": 40}, "items": [1]}) == 42
+    assert fn({"a": {"b": 0.5}, "items": [1]}) == 2.5  # not an int: the helper
+    with pytest.raises(ExpressionError, match="cannot add boolean and number"):
+        fn({"a": {"b": True}, "items": [1]})
+    with pytest.raises(ExpressionError, match="cannot add text and number"):
+        fn({"a": {"b": "x"}, "items": []})
+
+
+def test_a_number_compared_tests_only_the_other_side():
+    code = _code("(now - stats.started_at) > config.max_time")
+    assert "_NUM" not in code and "_gt(" in code
+    fn = compile_expression("(now - stats.started_at) > config.max_time", "p")[0].fn
+    scope = {"stats": {"started_at": 100.0}, "config": {"max_time": 10}, "__now__": lambda: 120.5}
+    assert fn(scope) is True
+    scope["config"]["max_time"] = "10"
+    with pytest.raises(ExpressionError, match="cannot order number and text"):
+        fn(scope)
+
+
+def test_now_from_an_int_clock_still_works():
+    # now is tested for floats first (Unix times), but a test clock may give ints
+    fn = compile_expression("now - x", "p")[0].fn
+    assert fn({"x": 5, "__now__": lambda: 12}) == 7
+    assert type(fn({"x": 5, "__now__": lambda: 12})) is int
+    assert fn({"x": 0.5, "__now__": lambda: 12}) == 11.5
+    with pytest.raises(ExpressionError, match="too large"):
+        fn({"x": -1.7976931348623157e308, "__now__": lambda: 1.7976931348623157e308})
+
+
+def test_a_constant_added_to_a_sum_joins_its_int_branch():
+    code = _code("stats.done + stats.failed + 1")
+    assert "_t2 + _t3 + 1 if" in code
+    fn = compile_expression("stats.done + stats.failed + 1", "p")[0].fn
+    assert fn({"stats": {"done": 7, "failed": 1}}) == 9
+    assert fn({"stats": {"done": 7.5, "failed": 1}}) == 9.5
+    with pytest.raises(ExpressionError, match="cannot add text and number"):
+        fn({"stats": {"done": "a", "failed": "b"}})
+
+
+def test_a_name_read_on_every_path_is_read_once():
+    assert _code("stats.done + stats.failed").count("scope['stats']") == 1
+    assert _code("x.a ? x.b : x.c").count("scope['x']") == 1
+
+
+def test_a_name_first_read_in_a_branch_is_read_again_after_it():
+    # the branch may not run: its temporary would be unbound (or stale) after it
+    for src, expected in (("(c ? x.a : 1) + x.b", 3), ("(c and x.a) + x.b", 2), ("(c ?? x.a) + x.b", 2)):
+        assert _code(src).count("scope['x']") == 2, src
+        fn = compile_expression(src, "p")[0].fn
+        assert fn({"c": 0, "x": {"a": 5, "b": 2}}) == expected, src
+
+
+def test_multiplying_by_a_large_folded_constant_keeps_the_limit():
+    # 2**100 times a 252-bit constant used to skip the check (the bound ignored the constant's size)
+    c = "9223372036854775807"
+    fn = compile_expression(f"x * (({c}*{c})*({c}*{c}))", "p")[0].fn
+    with pytest.raises(LimitExceeded):
+        fn({"x": 2**100})
+    assert fn({"x": 3}) == 3 * (int(c) * int(c)) ** 2
+
+
+def test_fast_paths_are_not_taken_for_the_wrong_types():
+    cases = [
+        ("x + 1", {"x": True}, ExpressionError),
+        ("1 + x", {"x": False}, ExpressionError),
+        ("x * 2", {"x": "ab"}, ExpressionError),
+        ("x * 2", {"x": [1]}, ExpressionError),
+        ("x * 2", {"x": 2**255}, LimitExceeded),
+        ("(items|length) * x", {"items": [1, 2], "x": 2**255}, LimitExceeded),
+        ("(items|length) * x", {"items": [1, 2], "x": True}, ExpressionError),
+        ("x + y", {"x": 1.7976931348623157e308, "y": 1.7976931348623157e308}, ExpressionError),
+        ("x - 1", {"x": None}, ExpressionError),
+        ("-(x - y)", {"x": "a", "y": 1}, ExpressionError),
+        ("(x - y) < z", {"x": 1, "y": 1, "z": None}, ExpressionError),
+        ("x ~ 'ab'", {"x": "y" * (10_000_000 - 1)}, LimitExceeded),
+    ]
+    for src, scope, error in cases:
+        with pytest.raises(error):
+            compile_expression(src, "p")[0].fn(scope)

@@ -2,7 +2,8 @@
 
 import math
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compiler._errors import CompileError
@@ -155,3 +156,102 @@ def test_fuzz_arbitrary_text_as_template(text):
         value.fn({"__now__": lambda: 0.0})
     except (ExpressionError, LimitExceeded, KeyError):
         pass
+
+
+# -- the inlined fast paths against the helpers they stand in for ----------------------
+#
+# codegen inlines int/float/text/dict fast paths and, where its static type pass
+# knows a side's type (``length`` gives an int of at most 63 bits, a difference is
+# a number...), drops tests. Whatever path the generated code takes, it must give
+# what the helpers of runtime._values give: the same value of the same type, or the
+# same error with the same message.
+
+from runtime import _values as V  # noqa: E402
+from runtime._limits import MAX_LIST_LENGTH, MAX_STRING_LENGTH  # noqa: E402
+
+FMAX = 1.7976931348623157e308
+EDGE_INTS = [0, 1, -1, 2, 2**30, 2**62, 2**63 - 1, -(2**63), 2**64, 2**127 - 1, 2**127, -(2**127), 2**128,
+             2**192, 2**254, 2**255 - 1, 2**255, -(2**255), 2**256 - 1, 2**256, 2**300]  # fmt: skip
+EDGE_FLOATS = [0.0, -0.0, 0.5, -2.5, 1e300, -1e300, 1e308, FMAX, -FMAX, 8.98846567431158e307, 1_700_000_000.25]
+LONG_TEXT = "x" * (MAX_STRING_LENGTH - 3)
+LONG_LIST = [0] * MAX_LIST_LENGTH
+VALUES = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.sampled_from(EDGE_INTS).flatmap(lambda i: st.sampled_from([i, -i, i + 1, i - 1])),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(EDGE_FLOATS),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=5),
+    st.sampled_from([LONG_TEXT, LONG_TEXT + "yz", LONG_LIST]),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.sampled_from("abc"), st.integers(-3, 3), max_size=2),
+)
+#: a folded constant of 252 bits (int literals stop at 64 bits; products of them fold)
+BIG = "((9223372036854775807 * 9223372036854775807) * (9223372036854775807 * 9223372036854775807))"
+BIG_VALUE = (9223372036854775807 * 9223372036854775807) ** 2
+
+
+from runtime.filters import FILTERS  # noqa: E402
+
+_length = FILTERS["length"].fn
+_count = FILTERS["count"].fn
+
+# (expression, the same through the helpers); x, y, z and l come from VALUES, n is now
+FAST_PATHS = [
+    ("x + y", lambda s: V.add(s["x"], s["y"])),
+    ("x - y", lambda s: V.sub(s["x"], s["y"])),
+    ("x * y", lambda s: V.mul(s["x"], s["y"])),
+    ("x + 1", lambda s: V.add(s["x"], 1)),
+    ("1 - x", lambda s: V.sub(1, s["x"])),
+    ("x * 3", lambda s: V.mul(s["x"], 3)),
+    ("3 * x", lambda s: V.mul(3, s["x"])),
+    (f"x * {BIG}", lambda s: V.mul(s["x"], BIG_VALUE)),
+    ("x * 9223372036854775807", lambda s: V.mul(s["x"], 9223372036854775807)),
+    ("(l|length) * 2", lambda s: V.mul(_length(s["l"]), 2)),
+    ("(l|length) * x", lambda s: V.mul(_length(s["l"]), s["x"])),
+    ("x * (l|count)", lambda s: V.mul(s["x"], _count(s["l"]))),
+    ("x + (l|length) * 2", lambda s: V.add(s["x"], V.mul(_length(s["l"]), 2))),
+    ("(l|length) - x", lambda s: V.sub(_length(s["l"]), s["x"])),
+    ("(l|length) + 2.5", lambda s: V.add(_length(s["l"]), 2.5)),
+    ("x + y + 1", lambda s: V.add(V.add(s["x"], s["y"]), 1)),
+    ("1 - (x - y)", lambda s: V.sub(1, V.sub(s["x"], s["y"]))),
+    ("x - y - 2", lambda s: V.sub(V.sub(s["x"], s["y"]), 2)),
+    ("now - x", lambda s: V.sub(s["__now__"](), s["x"])),
+    ("x + now", lambda s: V.add(s["x"], s["__now__"]())),
+    ("(now - x) > y", lambda s: V.gt(V.sub(s["__now__"](), s["x"]), s["y"])),
+    ("(x - y) <= z", lambda s: V.le(V.sub(s["x"], s["y"]), s["z"])),
+    ("z < (x * 2)", lambda s: V.lt(s["z"], V.mul(s["x"], 2))),
+    ("(l|length) >= x", lambda s: V.ge(_length(s["l"]), s["x"])),
+    ("x < 5", lambda s: V.lt(s["x"], 5)),
+    ("x < y", lambda s: V.lt(s["x"], s["y"])),
+    ("(x - y) == z", lambda s: V.eq(V.sub(s["x"], s["y"]), s["z"])),
+    ("(x - y) != (l|length)", lambda s: V.ne(V.sub(s["x"], s["y"]), _length(s["l"]))),
+    ("x == y", lambda s: V.eq(s["x"], s["y"])),
+    ("x == 1", lambda s: V.eq(s["x"], 1)),
+    ("'a' ~ x", lambda s: V.concat("a", s["x"])),
+    ("x ~ 'ab'", lambda s: V.concat(s["x"], "ab")),
+    ("-(x - y)", lambda s: V.neg(V.sub(s["x"], s["y"]))),
+    ("-x", lambda s: V.neg(s["x"])),
+    ("x % 3", lambda s: V.mod(s["x"], 3)),
+    ("(l|length) % 3", lambda s: V.mod(_length(s["l"]), 3)),
+    ("(x ?? 2) + 1", lambda s: V.add(2 if s["x"] is None else s["x"], 1)),
+    ("(z ? x : 1) * 2", lambda s: V.mul(s["x"] if s["z"] else 1, 2)),
+]
+
+
+def _outcome(fn, scope):
+    try:
+        r = fn(scope)
+    except (ExpressionError, LimitExceeded) as exc:
+        return ("error", type(exc).__name__, exc.message)
+    return ("value", type(r).__name__, repr(r) if type(r) is float else r)
+
+
+@pytest.mark.parametrize("src, helpers", FAST_PATHS, ids=[s for s, _ in FAST_PATHS])
+@settings(max_examples=100)
+@given(x=VALUES, y=VALUES, z=VALUES, items=VALUES, now=VALUES)
+def test_fast_paths_agree_with_the_helpers(src, helpers, x, y, z, items, now):
+    scope = {"x": x, "y": y, "z": z, "l": items, "__now__": lambda: now}
+    fn = compile_expression(src, "p")[0].fn
+    assert _outcome(fn, dict(scope)) == _outcome(helpers, scope), src
