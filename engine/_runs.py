@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +37,15 @@ RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
 
 def new_run_id(now: float | None = None) -> str:
-    """Run ids sort by creation time: 12 hex digits of milliseconds, then 8 random ones."""
+    """Run ids sort by creation time: 12 hex digits of milliseconds, then 8 random ones.
+
+    The random part only keeps ids of one millisecond apart (ids are not
+    secrets: the admin API that shows them is behind its token), so it comes
+    from ``random`` (seeded from the OS, reseeded in a forked child) rather
+    than a system call per run.
+    """
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{secrets.token_hex(4)}"
+    return f"{ms:012x}{random.getrandbits(32):08x}"
 
 
 @dataclass(slots=True)
@@ -49,16 +55,23 @@ class _Active:
     Runs are plain asyncio tasks: creating an anyio task and cancel scope per
     run cost more than the rest of a short run. Every cancellation of a run
     goes through ``cancel`` with a reason, which is how the run tells a
-    timeout, a user's cancel, a newer fire and a shutdown apart.
+    timeout, a user's cancel, a newer fire and a shutdown apart. A run whose
+    task has not taken its first step yet is not cancelled through the task
+    (a coroutine cancelled before it starts never runs its ``finally``, so
+    its outcome would never be written): it sees the reason as it starts.
     """
 
     task: str
     row: dict[str, Any]
     handle: asyncio.Task[Any] | None = None
     reason: str | None = None
+    #: the run's task has taken its first step (see ``cancel``)
+    started: bool = False
     #: the outcome is being written: too late to cancel
     finishing: bool = False
     finished: bool = False
+    #: a queued run got its slot from the gate (the slot is released when it ends)
+    admitted: bool = False
     #: the timeout under an injected clock: a task sleeping on it, or its timer handle
     watchdog: Any = None
     _event: asyncio.Event | None = None
@@ -67,7 +80,7 @@ class _Active:
         if self.finishing or self.finished:
             return
         self.reason = self.reason or reason
-        if self.handle is not None:
+        if self.started and self.handle is not None:
             self.handle.cancel()
 
     def done(self) -> asyncio.Event:
@@ -142,11 +155,11 @@ class RunLifecycle:
             if not stored and admitted:  # already claimed, or the database refused: free the slot
                 self._gate.release()
             self._launch_end()
-        active = _Active(row["task"], row)
+        active = _Active(row["task"], row, admitted=admitted)
         self._active[row["id"]] = active
         if isinstance(defn, Task):
             self._running.setdefault(defn.name, set()).add(row["id"])
-        active.handle = self._spawn(self._execute(defn, row, active, admitted))
+        active.handle = self._spawn_run(self._execute(defn, row, active))
         if run_log.isEnabledFor(logging.INFO):
             run_log.info("run %s id=%s task=%s trigger=%s attempt=%s", "started" if admitted else "queued",
                      row["id"], row["task"], row["trigger"], row["attempt"])
@@ -159,47 +172,69 @@ class RunLifecycle:
         task.add_done_callback(self._task_done)
         return task
 
+    def _spawn_run(self, coro: Any) -> asyncio.Task[Any]:
+        """A run's task: like ``_spawn``, but the run leaves ``_tasks`` itself as it ends.
+
+        ``_execute`` records every outcome and logs its own internal errors,
+        so a done callback (and the loop callback it costs per run) has
+        nothing to do.
+        """
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        return task
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
-    async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool) -> None:
-        run_id = row["id"]
-        is_task = isinstance(defn, Task)
-        status, result, error = "completed", None, None
-        trace: RunTrace | None = None
-        limit = defn.timeout if is_task else 300.0
+    async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
+        """The run's task: the attempt, then its outcome recorded, whatever happens."""
+        active.started = True
         try:
-            if not admitted:
-                await self._gate.acquire(row["task"])
-                admitted = True
-                row["started_at"] = self.clock.time()
-                try:
-                    await self.store.update_run(run_id, {"status": "running", "started_at": row["started_at"]})
-                except CronstackError as exc:
-                    status, error = "failed", _store_failure(exc, "starting the run")
-                    return
-            history = defn.request_history.enabled if is_task else True
-            trace = RunTrace(prepared=self._trace_secrets) if history else None
-            ctx = RunContext(
-                records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
-                tracer=trace, clock=self.clock, env=self.env,
-                task={"name": row["task"], "run_id": run_id, "attempt": row["attempt"],
-                      "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
-            )
-            status, result, error = await self._attempt(defn, ctx, row, active, limit)
+            status, result, error, trace = await self._attempt_admitted(defn, row, active)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
-            status, result, error = "cancelled", None, _cancel_error(active.reason if admitted else "queued", limit)
+            limit = defn.timeout if isinstance(defn, Task) else 300.0
+            reason = active.reason if active.admitted else "queued"
+            status, result, error, trace = "cancelled", None, _cancel_error(reason, limit), None
             if active.reason == "timeout":
                 status = "timed_out"
-        finally:
+        try:
             active.finishing = True
-            await self._finish(defn, row, active, admitted, status, result, error, trace)
+            await self._finish(defn, row, active, active.admitted, status, result, error, trace)
+        except Exception as exc:  # a defect in the engine: logged, never silent
+            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        finally:
+            self._tasks.discard(active.handle)  # type: ignore[arg-type]
+
+    async def _attempt_admitted(self, defn: Task | Function, row: dict[str, Any],
+                                active: _Active) -> tuple[str, Any, Any, RunTrace | None]:
+        """Wait for a slot (a queued run), then run the attempt: (status, result, error, trace)."""
+        if active.reason is not None:  # cancelled before its task started
+            raise asyncio.CancelledError
+        if not active.admitted:
+            await self._gate.acquire(row["task"])
+            active.admitted = True
+            row["started_at"] = self.clock.time()
+            try:
+                await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"]})
+            except CronstackError as exc:
+                return "failed", None, _store_failure(exc, "starting the run"), None
+        is_task = isinstance(defn, Task)
+        history = defn.request_history.enabled if is_task else True
+        trace = RunTrace(prepared=self._trace_secrets) if history else None
+        ctx = RunContext(
+            records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
+            tracer=trace, clock=self.clock, env=self.env,
+            task={"name": row["task"], "run_id": row["id"], "attempt": row["attempt"],
+                  "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
+        )
+        status, result, error = await self._attempt(defn, ctx, row, active, defn.timeout if is_task else 300.0)
+        return status, result, error, trace
 
     async def _attempt(self, defn: Task | Function, ctx: RunContext, row: dict[str, Any], active: _Active,
                        limit: float) -> tuple[str, Any, Any]:
@@ -251,13 +286,10 @@ class RunLifecycle:
                 # start marks it crashed and retries it, so the retry is late but never lost.
                 if not await self._maybe_retry(defn, row, status):
                     return
-            if not await self._final_write(run_id, {"status": status, "finished_at": now, "result": result, "error": error}):
+            entries = trace.export() if trace is not None and (trace.entries or trace.logs) else None
+            outcome = {"status": status, "finished_at": now, "result": result, "error": error}
+            if not await self._final_write(run_id, outcome, entries):
                 return  # still `running` in the database: the next start marks it crashed and retries it
-            if trace is not None and (trace.entries or trace.logs):
-                try:
-                    await self.store.add_trace(run_id, trace.export())
-                except CronstackError as exc:
-                    db_log.error("run %s of %s: its trace could not be stored: %s", run_id, row["task"], exc)
             self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
             if run_log.isEnabledFor(logging.INFO):
                 run_log.info("run finished id=%s task=%s status=%s duration=%.3f%s", run_id, row["task"], status,
@@ -277,20 +309,26 @@ class RunLifecycle:
                 scheduled_at, trigger = self._pending.pop(defn.name)
                 self._spawn(self._fire(defn.name, scheduled_at, trigger))
 
-    async def _final_write(self, run_id: str, fields: dict[str, Any]) -> bool:
-        """Record a run's outcome, retrying briefly; False (logged) if the database keeps refusing.
+    async def _final_write(self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None) -> bool:
+        """Record a run's outcome and its trace (one write), retrying briefly; False (logged) if refused.
 
         A store error here must not escape: it would tear down the engine's
         task group and every other run with it. A run whose outcome could not
         be written stays ``running`` in the database and is recovered (marked
-        ``crashed``, retried under its policy) by the next start.
+        ``crashed``, retried under its policy) by the next start. A trace
+        never costs a run its outcome: when the database keeps refusing the
+        two, the outcome is tried once more alone (the trace is lost, logged).
         """
         for delay in (*FINAL_WRITE_BACKOFF, None):
             try:
-                await self.store.update_run(run_id, fields)
+                await self.store.finish_run(run_id, fields, trace)
                 return True
             except CronstackError as exc:
                 if delay is None:
+                    if trace is not None:
+                        db_log.error("run %s: its outcome and trace could not be stored, trying the "
+                                     "outcome alone: %s", run_id, exc)
+                        return await self._final_write(run_id, fields, None)
                     db_log.error("run %s: its outcome (%s) could not be stored, it stays 'running' until "
                               "the next start recovers it: %s", run_id, fields.get("status"), exc)
                     return False

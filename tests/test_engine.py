@@ -161,6 +161,38 @@ async def test_cancel_and_shutdown_record_cancelled_runs():
         assert run["status"] == "cancelled" and "stopped" in run["error"]["message"]
 
 
+async def test_a_run_cancelled_before_its_task_starts_still_records_its_outcome():
+    """Cancel and stop right after trigger (the run's task has not taken a step): never a hang."""
+    clock = FakeClock(T0)
+    async with Engine.open([task("w", [WAIT(1000)])], clock=clock) as engine:
+        a = await engine.trigger("w")
+        with anyio.fail_after(5):
+            assert await engine.cancel(a) is True
+        run = await engine.run(a)
+        assert run["status"] == "cancelled" and run["finished_at"] is not None
+        b = await engine.trigger("w")
+        with anyio.fail_after(5):
+            await engine.stop(grace=0)
+        assert (await engine.run(b))["status"] == "cancelled"
+        assert engine._gate.holders == 0 and not engine._active and not engine._tasks
+
+
+async def test_finished_runs_store_outcome_and_trace_in_one_write():
+    stack = [{"function": "create_variable", "name": "x", "value": 2}, RET("{{ x * 21 }}")]
+    async with Engine.open([task("t", stack)]) as engine:
+        writes = []
+        finish_run = engine.store.finish_run
+
+        async def spy(run_id, fields, trace=None):
+            writes.append((run_id, fields["status"], len(trace or ())))
+            await finish_run(run_id, fields, trace)
+
+        engine.store.finish_run = spy
+        run = await engine.run((await engine.trigger("t", wait=True))["id"])
+        assert run["result"] == 42 and [e["kind"] for e in run["trace"]] == ["create_variable", "return"]
+        assert writes == [(run["id"], "completed", 2)]
+
+
 async def test_paused_task_does_not_fire_until_resumed():
     clock = FakeClock(T0 - 20)
     async with Engine.open([task("p", [RET(1)], schedule="* * * * *")], clock=clock) as engine:
