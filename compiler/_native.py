@@ -14,8 +14,10 @@ Semantics are the VM's, by construction rather than by copy:
   anything can see the scope: the yield, the loop's end, an error leaving it;
 * loops go through the VM's ``_start_loop``/``_pop_loop`` on ``frame.loops``,
   variables change through ``_update`` (fast paths only for plain numbers and a
-  ``set`` of an existing name), effects, waits, calls, logs and throws call the
+  ``set`` of an existing name), waits, calls, logs and throws call the
   VM's own handlers with the instruction arguments the lowering produced;
+  an effect (records, HTTP) evaluates its fields inline and awaits the same
+  ``EFFECTS`` handler the VM's ``_a_effect`` awaits, one frame less per call;
 * errors become error objects through ``_error_object`` with the path and the
   argument of the instruction the VM would have been executing: the generated
   code keeps the index of that "site" in a local (``_at``), a store that costs
@@ -47,8 +49,9 @@ from compiler._native_locals import (
     localize,
     writes,
 )
-from compiler._steps import EFFECT_STEPS
+from compiler._steps import EFFECT_STEPS, STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
+from runtime._effects import EFFECTS
 from runtime._errors import error_from_object
 from runtime._limits import NATIVE_INSTRUCTIONS_PER_YIELD
 from runtime._values import check_limits, to_text
@@ -73,6 +76,9 @@ _localize, _NoLocals = localize, NoLocals
 
 #: ``async def native(frame, ctx) -> result``
 NativeFunction = Callable[..., Any]
+
+#: Types of constants an effect's fields may share between calls (nothing can change them).
+_SCALARS = (str, int, float, bool, type(None))
 
 #: Python refuses more than 20 nested blocks in one function; deeper stacks stay on the VM.
 _MAX_PY_BLOCKS = 20
@@ -110,6 +116,7 @@ _HELPERS: dict[str, Any] = {
     "_throw": _h_throw,
     "_wait": _a_wait,
     "_effect": _a_effect,
+    "_EFFECTS": EFFECTS,  # looked up at each call, as the VM does (tests replace handlers)
     "_call": _a_call,
     "_log": _a_log,
 }
@@ -592,9 +599,48 @@ class _Gen:
         self.call_handler("_log", path)
 
     def do_effect(self, step: dict, path: str, kind: str) -> None:
+        """``await _EFFECTS[kind](ctx, {field: value})``, what the VM's ``_a_effect`` does.
+
+        Each field is evaluated in the VM's order into a local of its own, under
+        a site naming that field's expression (as ``_eval`` names it); a constant
+        that surely evaluates needs none. Errors of the handler itself are the
+        step's, unnamed, as on the VM. Inside a loop body that keeps variables in
+        locals (never the case today: such bodies only compute) the VM's handler
+        runs instead.
+        """
         if kind not in EFFECT_STEPS:  # pragma: no cover - the lowering refused it first
             raise AssertionError(f"step kind {kind!r} has no native form")
-        self.call_handler("_effect", path)
+        if self.local is not None:  # pragma: no cover - effects keep a loop's variables in the scope
+            self.call_handler("_effect", path)
+            return
+        arg = self.args[path]
+        _, fields, return_as = arg
+        choices = STEPS[kind].choices
+        items = []
+        for key, value in fields.items():
+            items.append(f"{key!r}: {self.effect_field(step, path, arg, key, value, key in choices)}")
+        self.site(path, arg, None, "call")
+        call = f"await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}})"
+        self.line(f"scope[{return_as!r}] = {call}" if return_as is not None else call)
+
+    def effect_field(self, step: dict, path: str, arg: Any, key: str, value: Value, choice: bool) -> str:
+        """Emit the evaluation of one effect field; return the name holding its value."""
+        safe = value.constant and _evaluates(value)
+        if safe and type(value.fn({})) in _SCALARS:  # immutable: one object serves every call
+            return self.const(value.fn({}))
+        if key in step and not choice:
+            target = self.fresh("_e")
+            if not safe:
+                self.site(path, arg, value, f"field {key}")
+            self.line(f"{target} = {self.expr(step[key], f'{path}.{key}')}")
+            self.holders.add(target)
+            return target
+        # a default or a choice that is not a plain scalar: the lowering's value, called
+        target = self.fresh("_e")
+        self.site(path, arg, value, f"field {key}")
+        self.line(f"{target} = {self.const(value)}.fn(scope)")
+        self.holders.add(target)
+        return target
 
     def call_handler(self, handler: str, path: str) -> None:
         """Steps that await: the VM's own handler, with the instruction's argument."""

@@ -1,5 +1,6 @@
 """Native backend: explicit cases against the VM, cooperation, the seed's stacks, the source dump."""
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,8 @@ from test_native_diff import PRELUDE, compile_stack, cv, same
 
 from compiler import CompileError, lower_stack
 from compiler._native import native_source
-from runtime import RunContext, RunFailed, execute
+from runtime import HttpResponse, RunContext, RunError, RunFailed, execute
+from runtime._vm import Frame, _new_scope, _run
 
 pytestmark = pytest.mark.anyio
 
@@ -422,3 +424,105 @@ async def test_a_long_times_loop_with_locals_is_cancelled():
             await execute(program)
     assert scope.cancelled_caught
     assert ticks > 10
+
+
+# -- effects: fields evaluated inline, the EFFECTS handler awaited directly ---------------------
+class RecordingHttp:
+    """An ``Http`` that records what each request was given and answers with the URL."""
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.fail = fail
+
+    async def request(self, method, url, **kw):
+        self.calls.append((method, url, copy.deepcopy(kw)))
+        if self.fail:
+            raise RunError(self.fail, error_type="HttpError")
+        if isinstance(kw.get("headers"), dict):
+            kw["headers"]["mutated"] = "by the handler"  # must not leak into the next call
+        return HttpResponse(200, {}, {"url": url})
+
+
+async def _both(stack, make_ctx):
+    """(outcome, ctx) on the VM, then on the native code, each with a fresh context."""
+    program = compile_stack(stack)
+    results = []
+    for native in (False, True):
+        ctx = make_ctx()
+        frame = Frame(program, _new_scope(ctx, None, None))
+        try:
+            got = ("ok", await (program.native(frame, ctx) if native else _run(frame, ctx)))
+        except RunFailed as exc:
+            got = ("failed", exc.error)
+        results.append((got, ctx))
+    (vm, vm_ctx), (nat, nat_ctx) = results
+    assert nat == vm, f"\nVM:     {vm}\nnative: {nat}"
+    return vm, vm_ctx, nat_ctx
+
+
+HTTP_STEP = {"function": "external_api_request", "url": "{{ base }}/x", "method": "post",
+             "headers": {"Authorization": "Bearer {{ base }}", "n": 1}, "query": {"page": "{{ index }}"},
+             "body": {"items": "{{ [index] }}"}, "body_format": "form", "timeout": "{{ 5 }}", "retries": 2,
+             "return_as": "r"}
+
+
+async def test_effect_fields_reach_the_handler_as_on_the_vm():
+    stack = [cv("base", "http://h"), cv("out", []),
+             loop([HTTP_STEP, uv("out", "append", "{{ r }}")], times=2), ret("{{ out }}")]
+    src = native_source(stack)
+    assert "_EFFECTS['external_api_request'](ctx, {" in src and "_effect(" not in src, src
+    outcome, vm_ctx, nat_ctx = await _both(stack, lambda: RunContext(http=RecordingHttp()))
+    assert outcome == ("ok", [{"url": "http://h/x"}, {"url": "http://h/x"}])
+    assert nat_ctx.http.calls == vm_ctx.http.calls
+    method, url, kw = nat_ctx.http.calls[1]
+    assert kw["headers"] == {"Authorization": "Bearer http://h", "n": 1}  # a fresh object per call
+    assert kw["query"] == {"page": 1} and kw["body"] == {"items": [1]} and kw["body_format"] == "form"
+    assert (kw["timeout"], kw["retries"]) == (5.0, 2)
+
+
+async def test_effect_defaults_and_missing_fields_as_on_the_vm():
+    stack = [{"function": "external_api_request", "url": "http://h/only"}]
+    outcome, vm_ctx, nat_ctx = await _both(stack, lambda: RunContext(http=RecordingHttp()))
+    assert outcome == ("ok", None)
+    assert nat_ctx.http.calls == vm_ctx.http.calls
+    assert nat_ctx.http.calls[0][2]["timeout"] == 30.0
+
+
+@pytest.mark.parametrize("bad", [
+    {"url": "{{ a }}"},  # read before it is set: named like _eval names it
+    {"headers": "{{ base.x.y }}"},  # an expression error in a later field
+    {"timeout": "{{ 'ten' }}"},  # a value the handler refuses
+    {"url": "{{ 1 / 0 }}"},
+])
+async def test_effect_errors_are_the_vms(bad):
+    stack = [cv("base", "http://h"), {**HTTP_STEP, **bad}]
+    outcome, _, _ = await _both(stack, lambda: RunContext(http=RecordingHttp()))
+    assert outcome[0] == "failed" and outcome[1]["step"] == "stack[1]"
+
+
+async def test_effect_handler_errors_are_caught_as_on_the_vm():
+    stack = [cv("base", "http://h"),
+             try_([cv("x", 1), HTTP_STEP], [cv("e", "{{ error }}")]),
+             {"function": "add_record", "table": "t", "data": {"a": 1}, "return_as": "never"},
+             ret("{{ e }}")]
+    outcome, _, _ = await _both(stack, lambda: RunContext(http=RecordingHttp(fail="down")))
+    assert outcome[0] == "failed" and outcome[1]["type"] == "NoDatabase"
+    stack[-2:] = [ret("{{ e }}")]
+    outcome, _, _ = await _both(stack, lambda: RunContext(http=RecordingHttp(fail="down")))
+    assert outcome == ("ok", {"message": "down", "type": "HttpError", "step": "stack[1].try_block[1]"})
+    outcome, _, _ = await _both(stack, lambda: RunContext())
+    assert outcome[1]["type"] == "NoHttp"
+
+
+async def test_effect_handlers_are_looked_up_at_each_call(monkeypatch):
+    from runtime import _effects
+
+    seen = []
+
+    async def fake(ctx, fields):
+        seen.append(fields)
+        return "patched"
+
+    program = compile_stack([{"function": "count_records", "table": "t", "return_as": "n"}, ret("{{ n }}")])
+    monkeypatch.setitem(_effects.EFFECTS, "count_records", fake)
+    assert await execute(program) == "patched" and seen == [{"table": "t"}]
