@@ -24,6 +24,8 @@ MAX_SUMMARY_BYTES = 2048
 MAX_TRACE_ENTRIES = 2000
 
 _encode = msgspec.json.encode
+#: values a summary keeps as they are (immutable, small, nothing to scrub)
+_PLAIN = frozenset({type(None), int, float, bool})
 
 
 class Secrets:
@@ -78,7 +80,7 @@ class RunTrace:
         they are (texts scrubbed), without a round of encoding.
         """
         kind = type(value)
-        if value is None or kind is int or kind is float or kind is bool:
+        if kind in _PLAIN:
             return value
         if kind is str and len(value) <= MAX_SUMMARY_BYTES // 2:
             return self._secrets.scrub(value)
@@ -117,14 +119,15 @@ class RunTrace:
             return
         if kind == "external_api_request":
             inputs = self._request_inputs(inputs)
+        # a step of a traced run costs this call: plain values skip the call to summary()
         self.entries.append(
             {
                 "path": self._prefix + path,
                 "kind": kind,
                 "started": started,
                 "duration": duration,
-                "inputs": self.summary(inputs),
-                "output": self.summary(output),
+                "inputs": inputs if type(inputs) in _PLAIN else self.summary(inputs),
+                "output": output if type(output) in _PLAIN else self.summary(output),
                 "error": self.summary(error) if error else None,
             }
         )
