@@ -372,3 +372,23 @@ def test_fast_paths_are_not_taken_for_the_wrong_types():
     for src, scope, error in cases:
         with pytest.raises(error):
             compile_expression(src, "p")[0].fn(scope)
+
+
+def test_a_float_difference_is_compared_inside_its_float_branch():
+    src = "(now - x.a) > x.b"
+    code = _code(src)
+    assert code.count("scope['x']") == 1 and code.count("_gt(") == 2
+    fn = compile_expression(src, "p")[0].fn
+    assert fn({"x": {"a": 1.5, "b": 10}, "__now__": lambda: 20.0}) is True
+    assert fn({"x": {"a": 1.5, "b": 10.5}, "__now__": lambda: 2.0}) is False
+    assert fn({"x": {"a": 1, "b": 10}, "__now__": lambda: 20}) is True  # an int clock: the other branch
+    with pytest.raises(ExpressionError, match="cannot order number and null"):
+        fn({"x": {"a": 1.5}, "__now__": lambda: 20.0})
+    # the difference fails first, before the right side is read
+    fn = compile_expression("(now - x) > y.z", "p")[0].fn
+    with pytest.raises(ExpressionError, match="cannot subtract"):
+        fn({"x": "a", "y": [1], "__now__": lambda: 20.0})
+    with pytest.raises(ExpressionError, match="cannot read .z of list"):
+        fn({"x": 1.0, "y": [1], "__now__": lambda: 20.0})
+    with pytest.raises(ExpressionError, match="cannot read .z of list"):
+        fn({"x": 1, "y": [1], "__now__": lambda: 20})

@@ -46,6 +46,8 @@ __all__ = ("CodeGen", "Ty", "literal", "NAMESPACE")
 _FMAX = repr(1.7976931348623157e308)
 #: ``len()`` returns a Py_ssize_t: at most 63 bits on any CPython we run on
 _LEN_BITS = 63
+#: longest code ``order`` repeats in its two branches (the repeats could nest)
+_COPY_LIMIT = 400
 _SYM = {"add": "+", "sub": "-", "mul": "*", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -151,6 +153,8 @@ class CodeGen:
         self.maybe = 0
         #: code of an int-first ``+``/``-`` -> (test, int result, the other cases), for ``fused``
         self.parts: dict[str, tuple[str, str, str]] = {}
+        #: code of a float-first ``+``/``-`` -> (test, float result, the other cases), for ``order``
+        self.fparts: dict[str, tuple[str, str, str]] = {}
 
     def tmp(self) -> str:
         self.n += 1
@@ -296,9 +300,13 @@ class CodeGen:
         r = self.tmp()
         finite = f"-{_FMAX} <= ({r} := {a} {sym} {b}) <= {_FMAX}"
         if _likely_float(ln) or _likely_float(rn):  # test for floats first: one class test fewer
-            ftest = f"({a} := {left}).__class__ is ({b} := {right}).__class__ is float and {finite}"
+            # (no chained ``is``: a chain compiles to extra stack shuffles on the path taken)
+            ftest = (f"({a} := {left}).__class__ is ({b} := {right}).__class__ and {a}.__class__ is float"
+                     f" and -{_FMAX} <= ({r} := {a} {sym} {b}) and {r} <= {_FMAX}")
             ints = f"({a} {sym} {b} if {a}.__class__ is {b}.__class__ is int else _{op}({a}, {b}))"
-            return f"({r} if {ftest} else {ints})", ty
+            code = f"({r} if {ftest} else {ints})"
+            self.fparts[code] = (ftest, r, ints)
+            return code, ty
         rest = f"({r} if {a}.__class__ is {b}.__class__ is float and {finite} else _{op}({a}, {b}))"
         code = f"({a} {sym} {b} if {test} else {rest})"
         self.parts[code] = (test, f"{a} {sym} {b}", rest)
@@ -354,6 +362,15 @@ class CodeGen:
         if rt.is_num and isinstance(rn, Const):
             a = self.tmp()
             return f"({a} {sym} {right} if ({a} := {left}).__class__ is int or {a}.__class__ is float else _{op}({a}, {right}))"
+        fparts = self.fparts.get(left)
+        if fparts is not None and not isinstance(rn, Const) and len(right) <= _COPY_LIMIT:
+            # ``(now - x) > y``: compared inside the float branch, where the left side is a known
+            # float, without binding it first; the other branch repeats ``y``'s code (each path
+            # evaluates it once, after the left side, and binds the same temporaries)
+            ftest, r, others = fparts
+            b, c = self.tmp(), self.tmp()
+            inner = f"({r} {sym} {b} if (({c} := ({b} := {right}).__class__) is int or {c} is float) else _{op}({r}, {b}))"
+            return f"({inner} if {ftest} else _{op}({others}, {right}))"
         if lt.is_num or rt.is_num:
             test, a, b = self.bind(left, right)
             x, c = (b if lt.is_num else a), self.tmp()
