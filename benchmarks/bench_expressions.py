@@ -6,9 +6,10 @@ For each expression we measure evaluations per second of
 (3) Jinja2's ``Environment().compile_expression``, compiled once (the field's
 usual tool). Targets: within 2x of hand-written, at least 20x Jinja2.
 Everything runs in one process, so the ratios are what a target is checked against.
-Ours and the hand-written function are timed in alternating repetitions (CPU
-time of this process), so that other load on the machine falls on both alike;
-the note of each row gives the range of the per-repetition ratios.
+Ours, the hand-written function and Jinja2 are timed in turn within each
+repetition (CPU time of this process), so that other load on the machine falls
+on all three alike; the note of each row gives the range of the per-repetition
+ratios.
 Run: ``.venv/bin/python -m benchmarks.bench_expressions [--quick] [--json PATH]``.
 """
 
@@ -65,13 +66,6 @@ CASES: list[tuple[str, str, Callable[[dict[str, Any]], Any], str]] = [
 ]  # fmt: skip
 
 
-def _rate(fn: Callable[[dict[str, Any]], Any], n: int, repeat: int) -> float:
-    """Median evals/s in CPU time (the clock the paired figures use)."""
-    _cpu_seconds(fn, n)
-    gc.collect()
-    return n / statistics.median(_cpu_seconds(fn, n) for _ in range(repeat))
-
-
 def _cpu_seconds(fn: Callable[[dict[str, Any]], Any], n: int) -> float:
     scope = SCOPE
     t0 = time.process_time()
@@ -81,23 +75,22 @@ def _cpu_seconds(fn: Callable[[dict[str, Any]], Any], n: int) -> float:
 
 
 def _paired_rates(
-    ours: Callable[[dict[str, Any]], Any], hand: Callable[[dict[str, Any]], Any], n: int, repeat: int
-) -> tuple[float, float, list[float]]:
-    """Median evals/s of each, timed in alternating repetitions, and each repetition's ratio.
+    fns: Sequence[tuple[Callable[[dict[str, Any]], Any], int]], repeat: int
+) -> list[tuple[float, list[float]]]:
+    """Per ``(fn, n)``: median evals/s, and the ratios of the first one's rate to it, repetition by repetition.
 
-    Timing all of ours and then all of the baseline let a burst of other load
-    fall on one side only (quick runs swung 0.4x-1.8x on a loaded 2-core machine).
+    The functions are timed in turn within each repetition (CPU time): timing
+    all of ours and then all of a baseline let a burst of other load fall on
+    one side only (quick runs swung 0.4x-1.8x on a loaded 2-core machine).
     """
-    _cpu_seconds(ours, n)
-    _cpu_seconds(hand, n)
-    mine: list[float] = []
-    theirs: list[float] = []
+    for fn, n in fns:
+        _cpu_seconds(fn, n)
+    rates: list[list[float]] = [[] for _ in fns]
     gc.collect()
     for _ in range(repeat):
-        mine.append(_cpu_seconds(ours, n))
-        theirs.append(_cpu_seconds(hand, n))
-    ratios = sorted(t / m for m, t in zip(mine, theirs))
-    return n / statistics.median(mine), n / statistics.median(theirs), ratios
+        for i, (fn, n) in enumerate(fns):
+            rates[i].append(n / _cpu_seconds(fn, n))
+    return [(statistics.median(r), sorted(a / b for a, b in zip(rates[0], r))) for r in rates]
 
 
 def run(quick: bool) -> list[Result]:
@@ -112,16 +105,19 @@ def run(quick: bool) -> list[Result]:
             raise AssertionError(f"{name}: compiled {value.fn(SCOPE)!r} != hand-written {hand(SCOPE)!r}")
         jfn = env.compile_expression(jexpr)
         jscope = dict(SCOPE, now=time.time)
-        ours, theirs_hand, ratios = _paired_rates(value.fn, hand, n, repeat)
-        theirs_jinja = _rate(lambda s, f=jfn, js=jscope: f(**js), max(n // 20, 1000), repeat)
+        jinja = lambda s, f=jfn, js=jscope: f(**js)  # noqa: E731
+        (ours, _), (theirs_hand, by_hand), (theirs_jinja, by_jinja) = _paired_rates(
+            [(value.fn, n), (hand, n), (jinja, max(n // 20, 1000))], repeat
+        )
         results.append(
             Result("expressions", f"{name} vs hand-written", ours, "evals/s", "hand-written", theirs_hand,
                    ">= 0.5x", ours / theirs_hand >= 0.5,
-                   note=f"per-repetition ratios {ratios[0]:.2f}-{ratios[-1]:.2f}")
+                   note=f"per-repetition ratios {by_hand[0]:.2f}-{by_hand[-1]:.2f}")
         )  # fmt: skip
         results.append(
             Result("expressions", f"{name} vs jinja2", ours, "evals/s", "jinja2 compile_expression", theirs_jinja,
-                   ">= 20x", ours / theirs_jinja >= 20)
+                   ">= 20x", ours / theirs_jinja >= 20,
+                   note=f"per-repetition ratios {by_jinja[0]:.1f}-{by_jinja[-1]:.1f}")
         )  # fmt: skip
     t0 = time.perf_counter()
     count = 200 if quick else 2000
