@@ -135,9 +135,7 @@ class RunLifecycle:
     async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
                       claimed: bool = False) -> _Active | None:
         """Admit, record and start a run. Returns None when a scheduled fire was already claimed."""
-        admitted = self._gate.try_acquire()
-        if admitted:
-            row["status"], row["started_at"] = "running", self.clock.time()
+        admitted = self._admit(row)
         self._launch_begin()
         stored = False
         try:
@@ -155,6 +153,17 @@ class RunLifecycle:
             if not stored and admitted:  # already claimed, or the database refused: free the slot
                 self._gate.release()
             self._launch_end()
+        return self._start(defn, row, admitted)
+
+    def _admit(self, row: dict[str, Any]) -> bool:
+        """Take a run slot now if one is free: the row says ``running`` from this moment."""
+        admitted = self._gate.try_acquire()
+        if admitted:
+            row["status"], row["started_at"] = "running", self.clock.time()
+        return admitted
+
+    def _start(self, defn: Task | Function, row: dict[str, Any], admitted: bool) -> _Active:
+        """Start the task of a run whose row is stored (``admitted``: it holds a slot)."""
         active = _Active(row["task"], row, admitted=admitted)
         self._active[row["id"]] = active
         if isinstance(defn, Task):

@@ -107,6 +107,64 @@ async def test_overlap_policies(overlap, expected):
         assert await by_status(engine, "slow") == expected
 
 
+async def test_a_wave_of_fires_is_claimed_in_one_write_with_every_overlap_policy():
+    """Tasks due at the same instant: one claim write per wave; each policy as when it fires alone."""
+    clock = FakeClock(T0 - 20)  # fires at T0+40, +100, +160; each slow run waits 90 s
+    policies = ("skip", "queue", "allow", "cancel_previous")
+    defs = [task(f"slow_{p}", [WAIT(90)], schedule="* * * * *", overlap=p, max_concurrency=3) for p in policies]
+    defs += [task("quick", [RET(1)], schedule="* * * * *"), task("paused", [RET(1)], schedule="* * * * *")]
+    async with Engine.open(defs, clock=clock) as engine:
+        waves = []
+        claim_fires = engine.store.claim_fires
+
+        async def spy(rows):
+            waves.append(sorted(r["task"] for r in rows))
+            return await claim_fires(rows)
+
+        engine.store.claim_fires = spy
+        await engine.pause("paused")
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        await advance(clock, engine, 60 + 60 + 60 + 5, step=5)
+        expected = {
+            "skip": [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "skipped", 1)],
+            "queue": [("schedule", "completed", 1), ("schedule", "running", 1)],
+            "allow": [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "running", 1)],
+            "cancel_previous": [("schedule", "cancelled", 1), ("schedule", "cancelled", 1), ("schedule", "running", 1)],
+        }
+        for p in policies:
+            assert await by_status(engine, f"slow_{p}") == expected[p], p
+        assert await by_status(engine, "quick") == [("schedule", "completed", 1)] * 3
+        assert await engine.runs("paused") == []
+        # the first wave holds every unpaused task; later ones leave out the paused task and
+        # cancel_previous (its fire goes alone, after the running runs are cancelled)
+        assert len(waves) == 3 and waves[0] == sorted(["quick"] + [f"slow_{p}" for p in policies])
+        assert all("paused" not in w and "slow_cancel_previous" not in w for w in waves[1:])
+        assert engine._gate.holders == len(engine._active)
+
+
+async def test_a_wave_the_database_refuses_is_tried_fire_by_fire():
+    from engine._store import StoreError
+
+    clock = FakeClock(T0)
+    defs = [task(f"t{i}", [RET(i)], schedule="* * * * * *") for i in range(3)]
+    async with Engine.open(defs, clock=clock) as engine:
+        calls = []
+
+        async def refuse(rows):
+            calls.append(len(rows))
+            raise StoreError("database or disk is full")
+
+        engine.store.claim_fires = refuse
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        await advance(clock, engine, 1)
+        assert calls == [3] and engine._gate.holders == 0
+        for i in range(3):
+            runs = await eventually(lambda i=i: engine.runs(f"t{i}"))
+            assert [(r["status"], r["result"]) for r in runs] == [("completed", i)]
+
+
 async def test_retries_with_backoff_are_stored_rows():
     clock = FakeClock(T0)
     defs = [task("flaky", [FAIL], retry_policy={"max_retries": 2, "retry_delay": 10, "backoff": 2})]
