@@ -340,6 +340,15 @@ class CodeGen:
             if fused is not None:
                 return fused
         x = self.tmp()
+        if not known_left and not isinstance(rn, Const) and len(right) <= _COPY_LIMIT:
+            # ``a.b + (items|length) * 2``: test the left side as soon as it is known, then evaluate
+            # the right side in whichever branch runs (its code is repeated, evaluated once, after
+            # the left side as always): no binding of the right side, no test of it
+            test = f"({x} := {left}).__class__ is int"
+            if op == "mul":
+                bound = _small(known.bits)
+                test += f" and -{bound} < {x} < {bound}"
+            return f"({x} {sym} {right} if {test} else _{op}({x}, {right}))"
         if isinstance(ln if known_left else rn, Const):
             # the constant has no effects: testing the other side first reorders nothing
             test = f"({x} := {right if known_left else left}).__class__ is int"
