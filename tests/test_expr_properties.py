@@ -255,3 +255,33 @@ def test_fast_paths_agree_with_the_helpers(src, helpers, x, y, z, items, now):
     scope = {"x": x, "y": y, "z": z, "l": items, "__now__": lambda: now}
     fn = compile_expression(src, "p")[0].fn
     assert _outcome(fn, dict(scope)) == _outcome(helpers, scope), src
+
+
+FIELD_PAIRS = [
+    ("x.a + x.b", lambda s: V.add(V.member(s["x"], "a"), V.member(s["x"], "b"))),
+    ("x.a - x['b'] + 1", lambda s: V.add(V.sub(V.member(s["x"], "a"), V.member(s["x"], "b")), 1)),
+    ("x.c + (x.a + x.b)", lambda s: V.add(V.member(s["x"], "c"), V.add(V.member(s["x"], "a"), V.member(s["x"], "b")))),
+    ("(y ? x.a - x.b : 0) + x.c", lambda s: V.add(V.sub(V.member(s["x"], "a"), V.member(s["x"], "b")) if s["y"] else 0,
+                                                  V.member(s["x"], "c"))),
+]  # fmt: skip
+
+
+class _Env(dict):
+    """Not a dict for ``.__class__ is dict``: the checked path for any read-only mapping."""
+
+
+@pytest.mark.parametrize("src, helpers", FIELD_PAIRS, ids=[s for s, _ in FIELD_PAIRS])
+@settings(max_examples=150)
+@given(
+    x=st.one_of(
+        st.dictionaries(st.sampled_from("abc"), VALUES, max_size=3),
+        st.dictionaries(st.sampled_from("abc"), VALUES, max_size=3).map(_Env),
+        VALUES,
+    ),
+    y=st.booleans(),
+)
+def test_field_pairs_agree_with_the_helpers(src, helpers, x, y):
+    # x.a +/- x.b tests "x is a dict" once and both fields together; anything else takes the usual code
+    scope = {"x": x, "y": y}
+    fn = compile_expression(src, "p")[0].fn
+    assert _outcome(fn, dict(scope)) == _outcome(helpers, scope), src

@@ -258,6 +258,10 @@ class CodeGen:
 
     def binary(self, node: Binary) -> tuple[str, Ty]:
         op, ln, rn = node.op, node.left, node.right
+        if op in ("add", "sub"):
+            fl, fr = _field(ln), _field(rn)
+            if fl is not None and fr is not None and fl[0] == fr[0]:
+                return self.pair(op, ln, rn, fl[0], fl[1], fr[1])
         (left, lt), (right, rt) = self.typed(ln), self.typed(rn)
         if op in ("add", "sub", "mul"):
             return self.arith(op, ln, rn, left, lt, right, rt)
@@ -310,6 +314,30 @@ class CodeGen:
         rest = f"({r} if {a}.__class__ is {b}.__class__ is float and {finite} else _{op}({a}, {b}))"
         code = f"({a} {sym} {b} if {test} else {rest})"
         self.parts[code] = (test, f"{a} {sym} {b}", rest)
+        return code, ty
+
+    def pair(self, op: str, ln: Node, rn: Node, name: str, k1: str, k2: str) -> tuple[str, Ty]:
+        """``x.a + x.b`` (or ``-``): one test that ``x`` is a dict, then both fields' classes at once.
+
+        When that fails, the usual code runs on the same object (read once,
+        in the test); it evaluates the fields again, which reads data only.
+        """
+        sym, o = _SYM[op], self.seen.get(name)
+        first = o
+        if o is None:
+            o = self.tmp()
+            first = f"({o} := scope[{name!r}])"
+        a, b = self.tmp(), self.tmp()
+        test = (f"{first}.__class__ is dict and "
+                f"({a} := {o}.get({k1!r})).__class__ is ({b} := {o}.get({k2!r})).__class__ is int")
+        saved = dict(self.seen)
+        self.seen[name] = o  # bound by the test, which runs before the usual code
+        (left, lt), (right, rt) = self.typed(ln), self.typed(rn)
+        usual, ty = self.arith(op, ln, rn, left, lt, right, rt)
+        if self.maybe:
+            self.seen = saved
+        code = f"({a} {sym} {b} if {test} else {usual})"
+        self.parts[code] = (test, f"{a} {sym} {b}", usual)
         return code, ty
 
     def fused(self, op: str, inner: str, k: str, k_left: bool) -> str | None:
@@ -416,6 +444,19 @@ class CodeGen:
         a, b = self.tmp(), self.tmp()
         same = f"({a} := {left}).__class__ is ({b} := {right}).__class__ and {a}.__class__ is not list and {a}.__class__ is not dict"
         return f"({neg}({a} == {b} if {same} else _eq({a}, {b})))"
+
+
+def _field(node: Node) -> tuple[str, str] | None:
+    """``(name, key)`` of ``name.key`` / ``name['key']`` read from a scope name, else None."""
+    if isinstance(node, Member):
+        obj, key = node.obj, node.name
+    elif isinstance(node, Index) and isinstance(node.key, Const) and type(node.key.value) is str:
+        obj, key = node.obj, node.key.value
+    else:
+        return None
+    if isinstance(obj, Name) and obj.name not in ("now", "uuid"):
+        return obj.name, key
+    return None
 
 
 def _likely_float(node: Node) -> bool:
