@@ -526,3 +526,33 @@ async def test_effect_handlers_are_looked_up_at_each_call(monkeypatch):
     program = compile_stack([{"function": "count_records", "table": "t", "return_as": "n"}, ret("{{ n }}")])
     monkeypatch.setitem(_effects.EFFECTS, "count_records", fake)
     assert await execute(program) == "patched" and seen == [{"table": "t"}]
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"url": ""}, "'url' must be text"),
+    ({"method": 3}, "'method' must be text"),
+    ({"timeout": True}, "'timeout' must be a positive number"),
+    ({"timeout": 0}, "'timeout' must be a positive number"),
+    ({"headers": ["a"]}, "'headers' must be an object"),
+    ({"query": "a=1"}, "'query' must be an object"),
+    ({"retries": -1}, "'retries' must be a whole number"),
+    ({"retries": 1.5}, "'retries' must be a whole number"),
+])
+async def test_http_step_checks_its_fields(fields, message):
+    from runtime._effects import EFFECTS
+
+    http = RecordingHttp()
+    with pytest.raises(RunError, match=message):
+        await EFFECTS["external_api_request"](RunContext(http=http), {"url": "http://h/x", **fields})
+    assert http.calls == []
+
+
+async def test_http_step_passes_empty_objects_and_absent_fields_as_none():
+    from runtime._effects import EFFECTS
+
+    http = RecordingHttp()
+    fields = {"url": "http://h/x", "method": "patch", "headers": {}, "query": {}, "retries": 2.0, "timeout": 3}
+    assert await EFFECTS["external_api_request"](RunContext(http=http), fields) == {"url": "http://h/x"}
+    assert http.calls == [("PATCH", "http://h/x", {
+        "headers": None, "query": None, "body": None, "body_format": "json", "timeout": 3.0, "retries": 2,
+        "follow_redirects": True})]
