@@ -110,6 +110,8 @@ class Engine(RunLifecycle, Scheduling):
         self._reschedule = False
         self._gate = FairGate(config.max_running)
         self._active: dict[str, _Active] = {}
+        #: run timeouts with the real clock, by millisecond of the loop's clock (see _runs._TimeoutGroup)
+        self._timeouts: dict[int, Any] = {}
         self._running: dict[str, set[str]] = {name: set() for name in defs.tasks}
         self._pending: dict[str, tuple[float, str]] = {}
         self._paused: set[str] = set()

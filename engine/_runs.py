@@ -48,7 +48,7 @@ def new_run_id(now: float | None = None) -> str:
     return f"{ms:012x}{random.getrandbits(32):08x}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared (and hashed) by identity: timeout groups hold them in sets
 class _Active:
     """A run that is executing: its task, and why it was cancelled (if it was).
 
@@ -74,6 +74,8 @@ class _Active:
     admitted: bool = False
     #: the timeout under an injected clock: a task sleeping on it, or its timer handle
     watchdog: Any = None
+    #: the timeout with the real clock (see ``_TimeoutGroup``)
+    timeout_group: Any = None
     _event: asyncio.Event | None = None
 
     def cancel(self, reason: str) -> None:
@@ -95,6 +97,40 @@ class _Active:
         self.finished = True
         if self._event is not None:
             self._event.set()
+
+
+class _TimeoutGroup:
+    """The runs whose timeouts fall in one millisecond of the loop's clock, behind one timer.
+
+    A burst of runs started together would otherwise put one timer handle
+    each on the loop's heap (and cancel nearly all of them a moment later).
+    The group's timer fires at the end of its millisecond, so a timeout is
+    never early and at most 1 ms late; it leaves the heap when its last run
+    finishes.
+    """
+
+    __slots__ = ("runs", "handle", "key", "groups")
+
+    def __init__(self, groups: dict[int, _TimeoutGroup], key: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.runs: set[_Active] = set()
+        self.key = key
+        self.groups = groups
+        self.handle = loop.call_at(key / 1000, self._expire)
+
+    def _expire(self) -> None:
+        if self.groups.get(self.key) is self:
+            del self.groups[self.key]
+        for active in list(self.runs):
+            active.cancel("timeout")
+
+    def leave(self, active: _Active) -> None:
+        """``active`` finished: drop it, and the timer with the last run."""
+        runs = self.runs
+        runs.discard(active)
+        if not runs:
+            self.handle.cancel()
+            if self.groups.get(self.key) is self:
+                del self.groups[self.key]
 
 
 class RunLifecycle:
@@ -250,14 +286,20 @@ class RunLifecycle:
         """One attempt; ``limit`` is the timeout in seconds.
 
         The timeout is a timer that cancels the run with the reason
-        "timeout": the event loop's ``call_at`` with the real clock (a timer
-        handle per run is all it costs), the injected clock's ``call_at`` (or
-        a watchdog sleeping on it) otherwise, so tests run in virtual time.
+        "timeout": with the real clock, the event loop timer of the run's
+        ``_TimeoutGroup`` (shared by the runs due to time out in the same
+        millisecond), the injected clock's ``call_at`` (or a watchdog sleeping
+        on it) otherwise, so tests run in virtual time.
         """
         inputs = row.get("inputs") if isinstance(defn, Function) else None
         if self._real_clock:
             loop = asyncio.get_running_loop()
-            active.watchdog = loop.call_at(loop.time() + limit, active.cancel, "timeout")
+            key = int((loop.time() + limit) * 1000) + 1
+            group = self._timeouts.get(key)
+            if group is None:
+                group = self._timeouts[key] = _TimeoutGroup(self._timeouts, key, loop)
+            group.runs.add(active)
+            active.timeout_group = group
         else:
             call_at = getattr(self.clock, "call_at", None)
             if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
@@ -306,7 +348,9 @@ class RunLifecycle:
             if started is not None:
                 self.durations.observe(row["task"], now - started)
         finally:
-            if active.watchdog is not None:
+            if active.timeout_group is not None:
+                active.timeout_group.leave(active)
+            elif active.watchdog is not None:
                 active.watchdog.cancel()
             self._active.pop(run_id, None)
             if isinstance(defn, Task):

@@ -205,6 +205,36 @@ async def test_timeout_of_a_compute_loop_with_the_real_clock():
         assert run["status"] == "timed_out"
 
 
+async def test_real_clock_timeouts_share_a_timer_per_millisecond_and_are_never_early():
+    """Runs started together share one loop timer: it times out the ones still running, not
+    before their limit, and leaves the loop's heap when its last run ends."""
+    import asyncio
+    import time
+
+    defs = [task("slow", [WAIT(5)], timeout=0.3), task("fast", [WAIT(0.05)], timeout=0.3)]
+    async with Engine.open(defs) as engine:
+        t0 = time.monotonic()
+        ids = await asyncio.gather(*(engine.trigger(n) for n in ["slow", "fast"] * 20))
+        assert 1 <= len(engine._timeouts) <= 40
+        assert sum(len(g.runs) for g in engine._timeouts.values()) == 40
+        with anyio.fail_after(5):
+            for run_id in ids:
+                active = engine._active.get(run_id)
+                if active is not None:
+                    await active.done().wait()
+        elapsed = time.monotonic() - t0
+        by_task = {}
+        for run_id in ids:
+            run = await engine.run(run_id, trace=False)
+            by_task.setdefault(run["task"], set()).add(run["status"])
+            if run["status"] == "timed_out":
+                assert run["finished_at"] - run["started_at"] >= 0.3
+        assert by_task == {"slow": {"timed_out"}, "fast": {"completed"}}
+        assert elapsed >= 0.3 and engine._timeouts == {}
+        assert not any(h for h in asyncio.get_running_loop()._scheduled if not h.cancelled()
+                       and getattr(h._callback, "__self__", None).__class__.__name__ == "_TimeoutGroup")
+
+
 async def test_cancel_and_shutdown_record_cancelled_runs():
     clock = FakeClock(T0)
     async with Engine.open([task("w", [WAIT(1000)])], clock=clock) as engine:
