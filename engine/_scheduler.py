@@ -188,9 +188,11 @@ class Scheduling:
         self._launch_begin()
         try:
             claimed = await self.store.claim_fires(rows)
-        except CronstackError as exc:
+        except BaseException as exc:
             for _ in range(sum(admitted)):  # the slots of the fires just admitted
                 self._gate.release()
+            if not isinstance(exc, CronstackError):
+                raise
             db_log.error("%d fires at %s could not be recorded together, trying each alone: %s",
                          len(rows), iso_time(rows[0]["scheduled_at"]), exc)
             for row in rows:
