@@ -242,3 +242,130 @@ async def test_file_store_checkpoints_every_10000_wal_pages(store):
     conn = store._conn
     got = await store._writer.call(lambda: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
     assert got == 10_000
+
+
+# -- row entries and the one-statement path ---------------------------------------
+
+
+async def _statements_of(store, writes):
+    """SQL the writer thread ran while ``writes`` (awaitables) completed."""
+    seen: list[str] = []
+    conn = store._conn
+    await store._writer.call(lambda: conn.set_trace_callback(seen.append))
+    try:
+        results = await asyncio.gather(*writes, return_exceptions=True)
+    finally:
+        await store._writer.call(lambda: conn.set_trace_callback(None))
+    return results, [s for s in seen if "set_trace_callback" not in s]
+
+
+async def test_adds_to_a_known_table_commit_as_one_statement(store):
+    await store.add("t", {"warm": True})  # creates the table, loads its id counter
+    results, sql = await _statements_of(store, [store.add("t", {"i": i}) for i in range(300)])
+    assert [r["id"] for r in results] == list(range(2, 302))
+    assert not any(s.startswith(("BEGIN", "COMMIT", "SAVEPOINT")) for s in sql), sql
+    inserts = [s for s in sql if s.startswith('INSERT INTO "t"')]
+    assert len(inserts) == 1 and "FROM (VALUES" in inserts[0]
+    rows = await store.query("t")  # insertion (rowid) order is the callers' order
+    assert [r["id"] for r in rows] == list(range(1, 302))
+    assert not await store.count("t", filter={"id": ""})  # no padding row was stored
+
+
+async def test_one_statement_path_is_not_taken_for_a_new_table_or_mixed_writes(store):
+    results, sql = await _statements_of(store, [store.add("fresh", {"i": i}) for i in range(5)])
+    assert [r["id"] for r in results] == [1, 2, 3, 4, 5]
+    assert any(s.startswith("BEGIN") for s in sql) and any(s.startswith("CREATE TABLE") for s in sql)
+    results, sql = await _statements_of(
+        store, [store.add("fresh", {"i": 5}), store.delete("fresh", 1), store.add("fresh", {"i": 6})]
+    )
+    assert results[1] is True and [results[0]["id"], results[2]["id"]] == [6, 7]
+    assert any(s.startswith("BEGIN") for s in sql)
+    assert await store.count("fresh") == 6
+
+
+async def test_a_failing_one_statement_batch_is_replayed_row_by_row(store):
+    await store.add("t", {"id": "taken"})
+    calls = [store.add("t", {"i": i}) for i in range(10)] + [store.add("t", {"id": "taken"})]
+    results, sql = await _statements_of(store, calls)
+    assert isinstance(results[10], DuplicateRecord)
+    assert [r["i"] for r in results[:10]] == list(range(10))
+    assert any(s.startswith("SAVEPOINT") for s in sql)  # the isolated replay ran
+    assert await store.count("t") == 11  # each good row once: the failed statement wrote nothing
+
+
+async def test_rows_never_commit_inside_a_transaction_left_open(store):
+    await store.add("t", {"v": 0})
+    conn = store._conn
+    await store._writer.call(lambda: conn.execute("BEGIN"))
+    results = await asyncio.gather(*(store.add("t", {"v": i}) for i in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, StoreError) for r in results)
+    await store._writer.call(lambda: conn.execute("ROLLBACK"))
+    assert await store.count("t") == 1
+    assert (await store.add("t", {"v": 9}))["v"] == 9
+
+
+async def test_a_write_between_rows_keeps_its_place(store):
+    await store.add("t", {"warm": True})
+    first, deleted, again = await asyncio.gather(
+        store.add("t", {"id": 7, "v": 1}), store.delete("t", 7), store.add("t", {"id": 7, "v": 2})
+    )
+    assert first["v"] == 1 and deleted is True and again["v"] == 2
+    assert (await store.get("t", id=7))["v"] == 2
+
+
+async def test_a_cancelled_caller_among_rows_of_one_entry(store):
+    await store.add("t", {"warm": True})
+    tasks = [asyncio.ensure_future(store.add("t", {"i": i})) for i in range(10)]
+    await asyncio.sleep(0)  # all ten queued in one entry
+    tasks[3].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert [r["id"] for i, r in enumerate(results) if i != 3] == [2, 3, 4, 6, 7, 8, 9, 10, 11]
+    for _ in range(100):
+        if await store.count("t") == 11:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(r["i"] for r in await store.query("t", filter={"i": {"$gte": 0}})) == list(range(10))
+
+
+async def test_batches_stop_near_max_batch_with_row_entries(store, monkeypatch):
+    from engine._store import writer
+
+    monkeypatch.setattr(writer, "MAX_BATCH", 100)
+    await store.add("t", {"warm": True})
+    before = dict(store.write_stats)
+    results = await asyncio.gather(*(store.add("t", {"i": i}) for i in range(600)))
+    assert [r["id"] for r in results] == list(range(2, 602))
+    assert store.write_stats["writes"] - before["writes"] == 600
+    assert store.write_stats["batches"] - before["batches"] >= 3  # 256 + 256 + 88 rows
+    assert await store.count("t") == 601
+
+
+@pytest.mark.parametrize("n", [2, 5, 100, 700, 4097])
+async def test_rows_keep_the_callers_order_at_every_size(store, n):
+    # padded single statements (size classes), and over 4096 rows the chunked transaction
+    await store.add("t", {"warm": True})
+    recs = await asyncio.gather(*(store.add("t", {"i": i}) for i in range(n)))
+    rows = await store.query("t")
+    assert [r["id"] for r in rows] == [1] + [r["id"] for r in recs]
+    assert [r.get("i") for r in rows[1:]] == list(range(n))
+
+
+def test_size_classes_pad_at_most_a_third():
+    from engine._store.records import ALONE_MAX, _size_class
+
+    assert [_size_class(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    sizes = {_size_class(n) for n in range(1, ALONE_MAX + 1)}
+    assert max(sizes) == ALONE_MAX and len(sizes) <= 24
+    assert all(n <= _size_class(n) <= max(n * 3 // 2, 2) for n in range(1, ALONE_MAX + 1))
+
+
+async def test_ids_are_not_reused_after_delete_many_and_reopen(tmp_path):
+    url = f"sqlite:///{tmp_path}/hw.db"
+    async with open_store(url) as store:
+        for i in range(5):
+            await store.add("items", {"i": i})
+        assert await store.delete_many("items", {"i": {"$gte": 3}}) == 2
+    async with open_store(url) as store:
+        assert (await store.add("items", {}))["id"] == 6

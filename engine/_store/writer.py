@@ -47,6 +47,8 @@ _OP = itemgetter(0)
 _OP_AND_KEY = itemgetter(0, 1)
 _ARG = itemgetter(2)
 _flatten = chain.from_iterable
+_DONE = object()  # _alone: the batch is committed
+_FAILED = object()  # _alone: its statement failed, nothing written
 #: futures resolved per loop callback; the resumed callers run (and queue
 #: their next writes) before the next slice is resolved
 SLICE = 256
@@ -113,10 +115,8 @@ class GroupWriter:
         # entries (op, key, arg, future), or (op, key, flat row parameters,
         # [futures]) for a run of ``submit_row`` rows
         self._local: list[tuple[Any, Any, Any, Any]] = []
-        self._local_writes = 0
         self._rows: tuple[Any, Any, list[Any], list[Any]] | None = None  # the open row entry
         self._handed: list[tuple[Any, Any, Any, Any]] = []
-        self._handed_writes = 0
         self._lock = threading.Lock()
         # released (by the loop, under _lock) to wake the thread when it is idle:
         # plain lock calls, cheaper than a Condition's Python-level notify
@@ -146,7 +146,6 @@ class GroupWriter:
         self._rows = None  # a later row must not jump ahead of this write
         local = self._local
         local.append((op, key, arg, fut))
-        self._local_writes += 1
         if len(local) == 1:
             self._loop.call_soon(self._flush)
         return fut
@@ -162,7 +161,6 @@ class GroupWriter:
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
         fut = self._new_future()
-        self._local_writes += 1
         entry = self._rows
         if entry is not None and entry[0] is op and entry[1] == key and len(entry[3]) < GROUP_ROWS:
             entry[2].extend(row)
@@ -200,13 +198,11 @@ class GroupWriter:
             return
         self._local = []
         self._rows = None
-        writes, self._local_writes = self._local_writes, 0
         with self._lock:
             if self._handed:
                 self._handed.extend(local)
             else:
                 self._handed = local
-            self._handed_writes += writes
             self._wake_thread()
 
     def _wake_thread(self) -> None:
@@ -266,12 +262,16 @@ class GroupWriter:
                 pass
 
     def _take(self) -> list[Any] | None:
-        """Under ``_lock``: the next batch, at most about MAX_BATCH writes (None: nothing)."""
+        """Under ``_lock``: the next batch, at most about MAX_BATCH writes (None: nothing).
+
+        Writes are counted only when there are enough entries to exceed it
+        (a row entry holds up to GROUP_ROWS), so the loop side counts nothing.
+        """
         handed = self._handed
         if not handed:
             return None
-        if self._handed_writes <= MAX_BATCH:
-            self._handed, self._handed_writes = [], 0
+        if len(handed) * GROUP_ROWS <= MAX_BATCH or _count(handed) <= MAX_BATCH:
+            self._handed = []
             return handed
         taken = n = 0
         while taken < MAX_BATCH:
@@ -279,7 +279,6 @@ class GroupWriter:
             n += 1
         batch = handed[:n]
         del handed[:n]
-        self._handed_writes -= taken
         return batch
 
     def _commit(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
@@ -307,6 +306,11 @@ class GroupWriter:
             ]
 
     def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
+        alone = self._alone(batch)
+        if alone is _DONE:
+            return None
+        if alone is _FAILED:  # nothing was written: find the bad rows one by one
+            return self._isolated(batch)
         conn = self._ctx.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -322,6 +326,29 @@ class GroupWriter:
             return self._isolated(batch)
         del self._ctx.created[:]
         return results
+
+    def _alone(self, batch: list[tuple[Op, Any, Any, Any]]) -> object:
+        """Commit a batch of rows for one op and key in one statement, if its op can.
+
+        An op with an ``alone(ctx, key, params) -> bool`` attribute can commit
+        the flat rows of a whole batch as a single autocommit statement (see
+        ``records._add_alone``: why one statement). Returns _DONE (committed),
+        _FAILED (the statement failed, so nothing was written) or None (not
+        possible here: use a transaction).
+        """
+        op, key, _, futs = batch[0]
+        alone = getattr(op, "alone", None)
+        if alone is None or type(futs) is not list or self._ctx.conn.in_transaction:
+            return None
+        for item in batch:
+            if item[0] is not op or type(item[3]) is not list or item[1] != key:
+                return None
+        params = batch[0][2] if len(batch) == 1 else list(_flatten(map(_ARG, batch)))
+        try:
+            return _DONE if alone(self._ctx, key, params) else None
+        except Exception:
+            _rollback(self._ctx.conn)  # one statement is atomic; this is belt and braces
+            return _FAILED
 
     def _optimistic(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         ctx = self._ctx
@@ -422,28 +449,34 @@ def _resolve(
 
     ``done`` counts the writes resolved before ``start`` (the index into
     ``results``; None means every result is None). Returns the next entry and
-    the new count.
+    the new count. Kept inline: it runs once per write on the event loop.
     """
     stop = start
     end = len(batch)
     limit = done + SLICE
+    if results is None:  # the common case: a batch of adds, every result None
+        while stop < end and done < limit:
+            futs = batch[stop][3]
+            stop += 1
+            if type(futs) is not list:
+                futs = (futs,)
+            for fut in futs:
+                try:
+                    fut.set_result(None)
+                except asyncio.InvalidStateError:  # a cancelled caller's write committed anyway
+                    pass
+            done += len(futs)
+        return stop, done
     while stop < end and done < limit:
-        fut = batch[stop][3]
+        futs = batch[stop][3]
         stop += 1
-        if type(fut) is list:
-            for f in fut:
-                _set(f, None if results is None else results[done])
-                done += 1
-        else:
-            _set(fut, None if results is None else results[done])
+        for fut in futs if type(futs) is list else (futs,):
+            result = results[done]
             done += 1
+            if fut.done():  # its caller was cancelled; the write committed anyway
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
     return stop, done
-
-
-def _set(fut: asyncio.Future[Any], result: Any) -> None:
-    if fut.done():  # its caller was cancelled; the write committed anyway
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
