@@ -244,7 +244,7 @@ async def test_file_store_checkpoints_every_10000_wal_pages(store):
     assert got == 10_000
 
 
-# -- row entries and the one-statement path ---------------------------------------
+# -- row entries: runs of adds share one queue entry and one parameter list -------
 
 
 async def _statements_of(store, writes):
@@ -259,38 +259,30 @@ async def _statements_of(store, writes):
     return results, [s for s in seen if "set_trace_callback" not in s]
 
 
-async def test_adds_to_a_known_table_commit_as_one_statement(store):
+async def test_a_batch_of_adds_is_one_transaction_of_multi_row_inserts(store):
     await store.add("t", {"warm": True})  # creates the table, loads its id counter
     results, sql = await _statements_of(store, [store.add("t", {"i": i}) for i in range(300)])
     assert [r["id"] for r in results] == list(range(2, 302))
-    assert not any(s.startswith(("BEGIN", "COMMIT", "SAVEPOINT")) for s in sql), sql
-    inserts = [s for s in sql if s.startswith('INSERT INTO "t"')]
-    assert len(inserts) == 1 and "FROM (VALUES" in inserts[0]
+    assert [s.split(" ")[0] for s in sql] == ["BEGIN"] + ["INSERT"] * 4 + ["COMMIT"]
+    rows_per_insert = [s.count("), (") + 1 for s in sql[1:-1]]  # traced with values bound
+    assert rows_per_insert == [256, 32, 8, 4]
+    assert "cronstack_counters" not in " ".join(sql)  # the high-water mark is kept on delete
     rows = await store.query("t")  # insertion (rowid) order is the callers' order
     assert [r["id"] for r in rows] == list(range(1, 302))
-    assert not await store.count("t", filter={"id": ""})  # no padding row was stored
+    conn = store._conn
+    kinds = await store._writer.call(
+        lambda: conn.execute("SELECT DISTINCT typeof(data) FROM t").fetchall())
+    assert kinds == [("text",)]
 
 
-async def test_one_statement_path_is_not_taken_for_a_new_table_or_mixed_writes(store):
-    results, sql = await _statements_of(store, [store.add("fresh", {"i": i}) for i in range(5)])
-    assert [r["id"] for r in results] == [1, 2, 3, 4, 5]
-    assert any(s.startswith("BEGIN") for s in sql) and any(s.startswith("CREATE TABLE") for s in sql)
-    results, sql = await _statements_of(
-        store, [store.add("fresh", {"i": 5}), store.delete("fresh", 1), store.add("fresh", {"i": 6})]
-    )
-    assert results[1] is True and [results[0]["id"], results[2]["id"]] == [6, 7]
-    assert any(s.startswith("BEGIN") for s in sql)
-    assert await store.count("fresh") == 6
-
-
-async def test_a_failing_one_statement_batch_is_replayed_row_by_row(store):
+async def test_a_failing_run_of_rows_is_replayed_row_by_row(store):
     await store.add("t", {"id": "taken"})
     calls = [store.add("t", {"i": i}) for i in range(10)] + [store.add("t", {"id": "taken"})]
     results, sql = await _statements_of(store, calls)
     assert isinstance(results[10], DuplicateRecord)
     assert [r["i"] for r in results[:10]] == list(range(10))
     assert any(s.startswith("SAVEPOINT") for s in sql)  # the isolated replay ran
-    assert await store.count("t") == 11  # each good row once: the failed statement wrote nothing
+    assert await store.count("t") == 11  # each good row once: the failed attempt was rolled back
 
 
 async def test_rows_never_commit_inside_a_transaction_left_open(store):
@@ -342,23 +334,14 @@ async def test_batches_stop_near_max_batch_with_row_entries(store, monkeypatch):
     assert await store.count("t") == 601
 
 
-@pytest.mark.parametrize("n", [2, 5, 100, 700, 4097])
+@pytest.mark.parametrize("n", [2, 5, 100, 700, 2049])
 async def test_rows_keep_the_callers_order_at_every_size(store, n):
-    # padded single statements (size classes), and over 4096 rows the chunked transaction
+    # statements of 256, 128, ... 1 rows; over 256 rows one entry becomes several
     await store.add("t", {"warm": True})
     recs = await asyncio.gather(*(store.add("t", {"i": i}) for i in range(n)))
     rows = await store.query("t")
     assert [r["id"] for r in rows] == [1] + [r["id"] for r in recs]
     assert [r.get("i") for r in rows[1:]] == list(range(n))
-
-
-def test_size_classes_pad_at_most_a_third():
-    from engine._store.records import ALONE_MAX, _size_class
-
-    assert [_size_class(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
-    sizes = {_size_class(n) for n in range(1, ALONE_MAX + 1)}
-    assert max(sizes) == ALONE_MAX and len(sizes) <= 24
-    assert all(n <= _size_class(n) <= max(n * 3 // 2, 2) for n in range(1, ALONE_MAX + 1))
 
 
 async def test_ids_are_not_reused_after_delete_many_and_reopen(tmp_path):

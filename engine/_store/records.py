@@ -102,7 +102,7 @@ ROW_WIDTH = 4
 
 
 def _insert_sql(table: str, n: int) -> str:
-    # data arrives as str; CAST keeps it TEXT should bytes ever be bound
+    # data arrives as str (see _with_texts); CAST keeps it TEXT should bytes be bound
     return f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES ' + ", ".join(
         ["(?, ?, ?, CAST(? AS TEXT))"] * n
     )
@@ -146,7 +146,7 @@ def _with_texts(params: list[Any]) -> list[Any]:
     sqlite3 binds int, float and str directly but looks for an adapter for
     bytes (two failing attribute lookups, each formatting an AttributeError:
     about 2,000 instructions per row under the GIL). Decoding here, in one
-    C-level map per statement, is a fraction of that, and keeps the decode off
+    C-level map per batch, is a fraction of that, and keeps the decode off
     the event loop. The caller's list is left as it is, for a row-by-row replay.
     """
     texts = params.copy()
@@ -170,59 +170,6 @@ def _op_add(ctx: WriteContext, table: str, params: list[Any]) -> None:
         raise
 
 
-def _add_alone(ctx: WriteContext, table: str, params: list[Any]) -> bool:
-    """Commit a batch made only of these rows as ONE statement (False: not possible).
-
-    Called by the writer outside any transaction, so the INSERT is its own
-    transaction (autocommit): one ``sqlite3_step`` inserts every row and
-    commits, with the GIL released throughout. Written as several statements,
-    the writer thread retakes the GIL after each one and, while the event loop
-    is busy resuming callers, waits for it each time; in one statement its
-    SQLite work overlaps the loop's. The row count is padded with rows whose
-    id is '' (filtered out by the WHERE) to one of a few sizes, so each table has a few
-    cached statement texts. Tables not known yet, and batches over
-    ``ALONE_MAX`` rows, take the transaction path (False).
-    """
-    n = len(params) // ROW_WIDTH
-    if n > ALONE_MAX or table not in ctx.tables:
-        return False
-    size = _size_class(n)
-    sql = ctx.sql.get((table, "alone", size))
-    if sql is None:
-        sql = ctx.sql[(table, "alone", size)] = _alone_sql(table, size)
-    params = _with_texts(params)
-    if size > n:  # padding rows: an id no record can have, values bound without adapters
-        params += _PAD * (size - n)
-    ctx.conn.execute(sql, params)
-    return True
-
-
-#: rows of the largest single-statement batch (4 parameters each: under 32,766)
-ALONE_MAX = 4096
-#: one padding row: text ids have 1 to 255 characters, so '' is never a record's
-_PAD = ["", 0.0, 0.0, ""]
-
-
-def _size_class(n: int) -> int:
-    """The smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... that holds ``n`` rows
-    (at most a third of a statement is padding)."""
-    size = 1
-    while size < n:
-        size *= 2
-    three_quarters = size // 4 * 3
-    return three_quarters if size >= 4 and three_quarters >= n else size
-
-
-def _alone_sql(table: str, size: int) -> str:
-    # VALUES rows are taken in order, so rowids follow the callers' order
-    values = ", ".join(["(?, ?, ?, ?)"] * size)
-    return (
-        f'INSERT INTO "{table}" (id, created_at, updated_at, data) '
-        f"SELECT column1, column2, column3, CAST(column4 AS TEXT) FROM (VALUES {values}) "
-        "WHERE column1 <> ''"
-    )
-
-
 def _keep_high_water(ctx: WriteContext, table: str) -> None:
     """Before a delete: the table's largest integer id (an index lookup) becomes its
     high-water mark, so ids of deleted records are never assigned again.
@@ -238,7 +185,6 @@ def _keep_high_water(ctx: WriteContext, table: str) -> None:
     )
 
 
-_op_add.alone = _add_alone  # type: ignore[attr-defined]
 _op_add.record = True  # type: ignore[attr-defined]
 _op_add.what = "adding a record"  # type: ignore[attr-defined]
 

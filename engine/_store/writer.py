@@ -47,8 +47,6 @@ _OP = itemgetter(0)
 _OP_AND_KEY = itemgetter(0, 1)
 _ARG = itemgetter(2)
 _flatten = chain.from_iterable
-_DONE = object()  # _alone: the batch is committed
-_FAILED = object()  # _alone: its statement failed, nothing written
 #: futures resolved per loop callback; the resumed callers run (and queue
 #: their next writes) before the next slice is resolved
 SLICE = 256
@@ -306,11 +304,6 @@ class GroupWriter:
             ]
 
     def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
-        alone = self._alone(batch)
-        if alone is _DONE:
-            return None
-        if alone is _FAILED:  # nothing was written: find the bad rows one by one
-            return self._isolated(batch)
         conn = self._ctx.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -326,29 +319,6 @@ class GroupWriter:
             return self._isolated(batch)
         del self._ctx.created[:]
         return results
-
-    def _alone(self, batch: list[tuple[Op, Any, Any, Any]]) -> object:
-        """Commit a batch of rows for one op and key in one statement, if its op can.
-
-        An op with an ``alone(ctx, key, params) -> bool`` attribute can commit
-        the flat rows of a whole batch as a single autocommit statement (see
-        ``records._add_alone``: why one statement). Returns _DONE (committed),
-        _FAILED (the statement failed, so nothing was written) or None (not
-        possible here: use a transaction).
-        """
-        op, key, _, futs = batch[0]
-        alone = getattr(op, "alone", None)
-        if alone is None or type(futs) is not list or self._ctx.conn.in_transaction:
-            return None
-        for item in batch:
-            if item[0] is not op or type(item[3]) is not list or item[1] != key:
-                return None
-        params = batch[0][2] if len(batch) == 1 else list(_flatten(map(_ARG, batch)))
-        try:
-            return _DONE if alone(self._ctx, key, params) else None
-        except Exception:
-            _rollback(self._ctx.conn)  # one statement is atomic; this is belt and braces
-            return _FAILED
 
     def _optimistic(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
         ctx = self._ctx
