@@ -13,7 +13,9 @@ off, >= 5,000 with history on.
 Baseline in the same run: APScheduler 3.11's ``AsyncIOScheduler`` with its
 in-memory job store, running the same computation as a Python coroutine for
 the same number of one-shot jobs (no persistence at all: it is the cost of a
-scheduler, not of durability). Both loops (asyncio, uvloop).
+scheduler, not of durability). Both loops (asyncio, uvloop). Two more rows
+(no target) run every task once before the clock starts, so that the first
+runs' compiles of the 100 stacks are left out: the steady state.
 Run: ``.venv/bin/python -m benchmarks.bench_runs [--quick] [--json PATH]``.
 """
 
@@ -82,14 +84,24 @@ async def _wait_finished(engine: Any, target: int) -> None:
         await asyncio.sleep(0.001)
 
 
-async def engine_triggered(folder: Path, runs: int, *, history: bool, tasks: int = TASKS) -> float:
-    """Seconds to trigger ``runs`` runs at once and have every one completed and committed."""
+async def engine_triggered(folder: Path, runs: int, *, history: bool, tasks: int = TASKS,
+                           warm_all: bool = False) -> float:
+    """Seconds to trigger ``runs`` runs at once and have every one completed and committed.
+
+    ``warm_all`` runs every task once before the clock starts (not only the
+    first): each task's first run finishes compiling its stack (about 1 ms
+    per task, see docs/internals.md "Compile speed"), a one-time cost that
+    the cold rows count inside their window (100 tasks: about 0.1 s of a
+    0.5-0.8 s window) and the warm rows leave out: those are the engine's
+    steady state.
+    """
     from engine import Engine
 
     db = folder / f"runs-{time.monotonic_ns()}.db"
     async with Engine.open(definitions(tasks, history=history), database=f"sqlite:///{db}", env={}) as engine:
         names = engine.task_names()
-        await engine.trigger(names[0], wait=True)  # warm the store and the tables
+        for name in names if warm_all else names[:1]:
+            await engine.trigger(name, wait=True)  # warm the store and the tables (and the stacks)
         base = sum(engine.runs_total.values())
         t0 = time.perf_counter()
         await asyncio.gather(*(engine.trigger(names[i % len(names)]) for i in range(runs)))
@@ -170,12 +182,16 @@ def run(quick: bool, *, runs: int | None = None, repeat: int | None = None) -> l
                 aps = [r.run(apscheduler_jobs(runs)) for _ in range(repeat)]
                 off = [r.run(engine_triggered(folder, runs, history=False)) for _ in range(repeat)]
                 on = [r.run(engine_triggered(folder, runs, history=True)) for _ in range(repeat)]
+                off_warm = [r.run(engine_triggered(folder, runs, history=False, warm_all=True)) for _ in range(repeat)]
+                on_warm = [r.run(engine_triggered(folder, runs, history=True, warm_all=True)) for _ in range(repeat)]
                 sch = [r.run(engine_scheduled(folder, sched_tasks)) for _ in range(repeat)]
             aps_rate, _ = _median_rate(aps, runs)
             for label, samples, n, target in (
                 ("trigger, history off", off, runs, 10_000),
                 ("trigger, history on", on, runs, 5_000),
                 ("scheduler fire, history off", sch, sched_tasks, None),
+                ("trigger, history off, every task run once before", off_warm, runs, None),
+                ("trigger, history on, every task run once before", on_warm, runs, None),
             ):
                 rate, note = _median_rate(samples, n)
                 results.append(Result(
