@@ -170,3 +170,14 @@ async def test_fake_clock_timers_fire_in_order_and_are_not_sleepers():
     assert clock.next_deadline() == 103.0
     await clock.advance(10)
     assert fired == [("a", 103.0), ("b", 105.0)]
+
+
+async def test_real_clock_sleep_waits_is_cancellable_and_takes_negative_as_zero():
+    clock = RealClock()
+    t0 = time.monotonic()
+    await clock.sleep(0.03)
+    assert time.monotonic() - t0 >= 0.029
+    await clock.sleep(-1)  # a deadline already past: returns at once
+    with anyio.move_on_after(0.02) as scope:
+        await clock.sleep(10)
+    assert scope.cancelled_caught and time.monotonic() - t0 < 5

@@ -36,7 +36,12 @@ class RealClock:
         return _time.time()
 
     async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(max(0.0, seconds))
+        """Every ``wait`` step of a run sleeps here: on asyncio straight through ``asyncio.sleep``
+        (anyio's dispatch costs a third more per sleep), through anyio on other backends."""
+        if asyncio._get_running_loop() is not None:
+            await asyncio.sleep(max(0.0, seconds))
+        else:
+            await anyio.sleep(max(0.0, seconds))
 
     async def sleep_until(self, t: float) -> None:
         while True:
