@@ -12,7 +12,9 @@ Consecutive writes of the same batchable op on the same table (``add``) go to
 SQLite together. Row writes (``submit_row``) are queued as one entry per run
 of rows: one flat parameter list and the callers' futures, rather than a
 tuple per write, so a batch of adds leaves little for the cyclic GC to scan
-and reaches the thread as ready-made statement parameters. If anything in the optimistic pass fails, the transaction is
+and reaches the thread as ready-made statement parameters.
+
+If anything in the optimistic pass fails, the transaction is
 rolled back and the batch replayed with one SAVEPOINT per write, so a bad
 write fails only its own caller and the others still commit. Writes that
 fail without touching the database (``edit`` of a missing id) return their
@@ -216,11 +218,11 @@ class GroupWriter:
         from ``done``), then schedule the next slice."""
         if start == 0:
             self._delivering += 1
-            self.batches += 1
         stop, done = _resolve(batch, results, start, done)
         if stop < len(batch):
             self._loop.call_soon(self._deliver, batch, results, stop, done)
-        else:
+        else:  # counted once every write of the batch is resolved
+            self.batches += 1
             self.writes += done
             self._delivering -= 1
             self._maybe_stopped()
