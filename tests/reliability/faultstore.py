@@ -30,8 +30,8 @@ __all__ = ("FaultPlan", "FaultStore", "install", "RECORD_WRITES", "STATE_WRITES"
 RECORD_WRITES = frozenset({"add", "edit", "delete", "upsert", "delete_many", "edit_many"})
 RECORD_READS = frozenset({"query", "get", "count"})
 STATE_WRITES = frozenset({
-    "insert_run", "claim_fire", "update_run", "claim_run", "add_trace", "set_task_state",
-    "prune_history",
+    "insert_run", "claim_fire", "claim_fires", "update_run", "finish_run", "claim_run", "add_trace",
+    "set_task_state", "prune_history",
 })
 STATE_READS = frozenset({"get_run", "list_runs", "due_runs", "get_task_state", "last_runs",
                          "count_runs", "all_task_states", "get_trace"})
