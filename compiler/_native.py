@@ -700,6 +700,8 @@ def _weight(steps: Any) -> int:
     total = 0
     for step in steps or ():
         total += 1
+        if not isinstance(step, dict):  # a value's list that merely starts with an object: [{}, null]
+            continue
         for key, val in step.items():
             if isinstance(val, list) and key != "array" and val and isinstance(val[0], dict):
                 total += 1 + _weight(val)

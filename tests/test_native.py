@@ -556,3 +556,10 @@ async def test_http_step_passes_empty_objects_and_absent_fields_as_none():
     assert http.calls == [("PATCH", "http://h/x", {
         "headers": None, "query": None, "body": None, "body_format": "json", "timeout": 3.0, "retries": 2,
         "follow_redirects": True})]
+
+
+def test_a_value_list_that_starts_with_an_object_compiles():
+    """The yield countdown's weight walks lists of objects; a value such as [{}, null] is one (found by fuzzing)."""
+    stack = [cv("a", 1), loop([{"function": "conditional", "condition": "true",
+                                "true_branch": [cv("x", [{}, None, 3])]}]), ret("{{ x }}")]
+    assert same(stack) == ("ok", [{}, None, 3])
