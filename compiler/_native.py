@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -49,7 +50,7 @@ from compiler._native_locals import (
     localize,
     writes,
 )
-from compiler._steps import EFFECT_STEPS, STEPS
+from compiler._steps import EFFECT_STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
 from runtime._effects import EFFECTS
 from runtime._errors import error_from_object
@@ -615,27 +616,21 @@ class _Gen:
             return
         arg = self.args[path]
         _, fields, return_as = arg
-        choices = STEPS[kind].choices
         items = []
         for key, value in fields.items():
-            items.append(f"{key!r}: {self.effect_field(step, path, arg, key, value, key in choices)}")
+            items.append(f"{key!r}: {self.effect_field(path, arg, key, value)}")
         self.site(path, arg, None, "call")
         call = f"await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}})"
         self.line(f"scope[{return_as!r}] = {call}" if return_as is not None else call)
 
-    def effect_field(self, step: dict, path: str, arg: Any, key: str, value: Value, choice: bool) -> str:
+    def effect_field(self, path: str, arg: Any, key: str, value: Value) -> str:
         """Emit the evaluation of one effect field; return the name holding its value."""
         safe = value.constant and _evaluates(value)
         if safe and type(value.fn({})) in _SCALARS:  # immutable: one object serves every call
             return self.const(value.fn({}))
-        if key in step and not choice:
-            target = self.fresh("_e")
-            if not safe:
-                self.site(path, arg, value, f"field {key}")
-            self.line(f"{target} = {self.expr(step[key], f'{path}.{key}')}")
-            self.holders.add(target)
-            return target
-        # a default or a choice that is not a plain scalar: the lowering's value, called
+        # the lowering's value, called: its code is compiled once, at its first
+        # call; generating the field's code again here, inline, saved a call per
+        # field but doubled the load time of stacks full of effect steps
         target = self.fresh("_e")
         self.site(path, arg, value, f"field {key}")
         self.line(f"{target} = {self.const(value)}.fn(scope)")
@@ -675,18 +670,16 @@ def _bare(cond: str) -> str:
     return cond
 
 
+#: a temporary (``_t1``...) not inside a longer name or just after a quote
+_TEMP = re.compile(r"(?<![\w'\"])_t\d+")
+
+
 def _temps(stmts: tuple[str, ...], result: str) -> set[str]:
     """Names of the walrus/assignment temporaries (``_t1``...) the expression code binds."""
     found: set[str] = set()
     for text in (*stmts, result):
-        start = 0
-        while (at := text.find("_t", start)) != -1:
-            end = at + 2
-            while end < len(text) and text[end].isdigit():
-                end += 1
-            if end > at + 2 and (at == 0 or not (text[at - 1].isalnum() or text[at - 1] in "_'\"")):
-                found.add(text[at:end])
-            start = end
+        if "_t" in text:
+            found.update(_TEMP.findall(text))
     return found
 
 
