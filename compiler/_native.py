@@ -16,8 +16,8 @@ Semantics are the VM's, by construction rather than by copy:
   variables change through ``_update`` (fast paths only for plain numbers and a
   ``set`` of an existing name), waits, calls, logs and throws call the
   VM's own handlers with the instruction arguments the lowering produced;
-  an effect (records, HTTP) evaluates its fields inline and awaits the same
-  ``EFFECTS`` handler the VM's ``_a_effect`` awaits, one frame less per call;
+  an effect (records, HTTP) calls each field's compiled value and awaits the
+  same ``EFFECTS`` handler the VM's ``_a_effect`` awaits, one frame less per call;
 * errors become error objects through ``_error_object`` with the path and the
   argument of the instruction the VM would have been executing: the generated
   code keeps the index of that "site" in a local (``_at``), a store that costs
