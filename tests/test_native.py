@@ -327,15 +327,16 @@ def test_too_deep_for_python_stays_on_the_vm():
     for _ in range(12):
         stack = [loop(stack, times=1)]
     low = lower_stack(stack, "deep")
-    assert low.diagnostics == [] and low.program.native is None
+    assert low.diagnostics == [] and low.program.native.source is None
     assert anyio.run(execute, low.program) == 1
+    assert low.program.native.fn is _run  # the VM ran it
     with pytest.raises(CompileError, match="nests deeper"):
         native_source(stack)
 
 
 async def test_source_is_compiled_at_the_first_run_only():
     program = compile_stack([cv("a", 1), ret("{{ a }}")])
-    assert program.native.fn is None
+    assert program.native.fn is None and program.native._made is None  # nothing generated at load
     assert await execute(program) == 1
     fn = program.native.fn
     assert fn is not None and await execute(program) == 1 and program.native.fn is fn
