@@ -34,10 +34,13 @@ or float; the code runs in a namespace without builtins.
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import re
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from compiler._expr import EXPRESSION_NAMESPACE, field_code
 from compiler._native_locals import (
@@ -793,7 +796,18 @@ def generate_native(stack: list[Any], program: Program, *, path: str = "stack") 
     The source is generated and compiled at the first call; a stack nesting
     deeper than Python allows in one function is run by the VM then.
     """
-    return _Native(stack, program, path)
+    return _Native(_snapshot(stack), program, path)
+
+
+def _snapshot(stack: list[Any]) -> list[Any]:
+    """A private copy of ``stack``: the native code is generated at the first run,
+    and must describe the stack as it was lowered even if the caller's dicts
+    change after loading (msgspec's round trip: about 15 µs for a 3 KB stack,
+    a deep copy where it cannot encode a value)."""
+    try:
+        return msgspec.json.decode(msgspec.json.encode(stack))
+    except (msgspec.MsgspecError, TypeError, ValueError, OverflowError):
+        return copy.deepcopy(stack)
 
 
 def native_source(stack: list[Any], name: str = "stack") -> str:

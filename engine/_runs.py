@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ run_log = logging.getLogger("cronstack.runs")
 
 #: real seconds between attempts at a run's final write when the database refuses it
 FINAL_WRITE_BACKOFF = (0.05, 0.25, 1.0)
+#: longest run timeout a loop timer is armed for (about 10 years; beyond it, never)
+MAX_TIMER_SECONDS = 3.2e8
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
@@ -41,11 +44,16 @@ def new_run_id(now: float | None = None) -> str:
 
     The random part only keeps ids of one millisecond apart (ids are not
     secrets: the admin API that shows them is behind its token), so it comes
-    from ``random`` (seeded from the OS, reseeded in a forked child) rather
-    than a system call per run.
+    from a generator of the engine's own (seeded from the OS, reseeded in a
+    forked child) rather than a system call per run: the process-wide
+    ``random`` would repeat ids after a user's ``random.seed(k)``.
     """
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{random.getrandbits(32):08x}"
+    return f"{ms:012x}{_ids.getrandbits(32):08x}"
+
+
+_ids = random.Random()  # seeded from os.urandom
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 @dataclass(slots=True, eq=False)  # compared (and hashed) by identity: timeout groups hold them in sets
@@ -248,6 +256,10 @@ class RunLifecycle:
             status, result, error, trace = "cancelled", None, _cancel_error(reason, limit), None
             if active.reason == "timeout":
                 status = "timed_out"
+        except Exception as exc:  # a defect around the attempt: the run still gets its outcome and slot back
+            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            status, result, trace = "failed", None, None
+            error = {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
         try:
             active.finishing = True
             await self._finish(defn, row, active, active.admitted, status, result, error, trace)
@@ -294,7 +306,7 @@ class RunLifecycle:
         inputs = row.get("inputs") if isinstance(defn, Function) else None
         if self._real_clock:
             loop = asyncio.get_running_loop()
-            key = int((loop.time() + limit) * 1000) + 1
+            key = int((loop.time() + min(limit, MAX_TIMER_SECONDS)) * 1000) + 1
             group = self._timeouts.get(key)
             if group is None:
                 group = self._timeouts[key] = _TimeoutGroup(self._timeouts, key, loop)

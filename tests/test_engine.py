@@ -480,3 +480,44 @@ async def test_crashed_attempt_left_without_retry_gets_one_at_the_next_start(tmp
     async with Engine.open(defs, database=db) as engine:  # and only once
         retries = [r for r in await engine.runs("c") if r["parent_id"] == "lost1"]
         assert len(retries) == 1
+
+
+async def test_a_timeout_beyond_any_timer_runs_and_stops_cleanly():
+    # the real clock arms a loop timer per millisecond of deadlines; 1e306 s once overflowed it
+    # outside the attempt, which left the run `running`, its slot taken and stop() hanging
+    with anyio.fail_after(10):
+        async with Engine.open([task("forever", [RET(1)], timeout=1e306)]) as engine:
+            run = await engine.trigger("forever", wait=True)
+            assert run["status"] == "completed" and run["result"] == 1
+
+
+async def test_a_defect_around_the_attempt_still_records_the_outcome(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken context")
+
+    with anyio.fail_after(10):
+        async with Engine.open([task("alpha", [RET(1)])]) as engine:
+            monkeypatch.setattr("engine._runs.RunContext", broken)
+            run = await engine.trigger("alpha", wait=True)
+            assert run["status"] == "failed"
+            assert run["error"]["type"] == "InternalError" and "broken context" in run["error"]["message"]
+    assert "internal error in the engine: RuntimeError" in caplog.text
+
+
+def test_run_ids_do_not_repeat_after_a_user_seeds_random():
+    import random
+
+    from engine._runs import new_run_id
+
+    random.seed(42)
+    first = new_run_id(T0)
+    random.seed(42)
+    assert new_run_id(T0) != first
+
+
+async def test_native_code_follows_the_stack_as_loaded_not_later_edits():
+    stack = [RET(2)]
+    async with Engine.open([task("alpha", stack, request_history={"enabled": False})]) as engine:
+        stack[0] = RET(7)  # the caller's dict changes after loading, before the first run
+        run = await engine.trigger("alpha", wait=True)
+        assert run["result"] == 2
