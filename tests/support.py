@@ -17,3 +17,27 @@ async def eventually(predicate, seconds=10.0, poll=0.005):
             if result:
                 return result
             await anyio.sleep(poll)
+
+
+async def assert_cancellable_while_others_run(run, seconds=0.2):
+    """``run()`` (a never-ending computation) lets another task run and stops when a timeout cancels it.
+
+    Cooperative yields are what make both true: a loop that never awaited
+    would starve the ticker and never see the cancellation.
+    """
+    import anyio.lowlevel
+
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    with anyio.move_on_after(seconds) as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await run()
+    assert scope.cancelled_caught
+    assert ticks > 10

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from compiler import lower_stack
 from runtime import RunContext, RunFailed, execute
 from runtime._limits import INSTRUCTIONS_PER_YIELD
+from tests.support import assert_cancellable_while_others_run
 
 pytestmark = pytest.mark.anyio
 
@@ -245,20 +246,7 @@ async def test_wait_uses_the_context_clock():
 async def test_compute_loop_yields_and_can_be_cancelled():
     """On the VM, a `while true` loop lets other tasks run and stops at a timeout (test_native: the same natively)."""
     program = compile_stack([cv("i", 0), {"function": "loop", "condition": "true", "operations": [uv("i", "increment")]}])
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await anyio.lowlevel.checkpoint()
-
-    with anyio.move_on_after(0.2) as scope:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            await execute(program, RunContext(tracer=Quiet()))
-    assert scope.cancelled_caught
-    assert ticks > 10
+    await assert_cancellable_while_others_run(lambda: execute(program, RunContext(tracer=Quiet())))
 
 
 async def test_yield_budget_is_the_named_limit():
