@@ -217,24 +217,42 @@ class Scheduling:
         None when there is nothing to claim now: the task is paused, its fire
         is queued behind a running run, or it goes on its own (``cancel_previous``).
         """
-        if name in self._paused:
+        decision = self._decide(name, scheduled_at, "schedule")
+        if decision == "paused":
             self._fired_at(name, scheduled_at)
             return None
-        task = self.definitions.tasks[name]
-        running = self._running.get(name)
-        if running:
-            policy = task.overlap
-            if policy == "queue" and name not in self._pending:
-                self._pending[name] = (scheduled_at, "schedule")
-                return None
-            if policy == "cancel_previous":
-                self._spawn(self._fire(name, scheduled_at, "schedule"))
-                return None
-            if policy != "allow" or len(running) >= task.max_concurrency:
-                return self._skipped_row(name, scheduled_at, "schedule", policy)
+        if decision == "queued":
+            return None
+        if decision == "supersede":
+            self._spawn(self._fire(name, scheduled_at, "schedule"))
+            return None
+        if decision == "skip":
+            return self._skipped_row(name, scheduled_at, "schedule", self.definitions.tasks[name].overlap)
         row = self._row(name, "task", "schedule", scheduled_at=scheduled_at, attempt=1)
         self._admit(row)
         return row
+
+    def _decide(self, name: str, scheduled_at: float, trigger: str) -> str:
+        """What a fire of ``name`` becomes now, by pause state and overlap policy (one place for both paths).
+
+        ``"paused"``; ``"queued"`` (recorded as the task's pending fire, started
+        when its run ends); ``"supersede"`` (cancel the running runs first);
+        ``"skip"``; or ``"run"``.
+        """
+        if name in self._paused:
+            return "paused"
+        running = self._running.get(name)
+        if running:
+            task = self.definitions.tasks[name]
+            policy = task.overlap
+            if policy == "queue" and name not in self._pending:
+                self._pending[name] = (scheduled_at, trigger)
+                return "queued"
+            if policy == "cancel_previous":
+                return "supersede"
+            if policy != "allow" or len(running) >= task.max_concurrency:
+                return "skip"
+        return "run"
 
     def _skipped_row(self, name: str, scheduled_at: float, trigger: str, policy: str) -> dict[str, Any]:
         row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
@@ -253,27 +271,24 @@ class Scheduling:
         task = self.definitions.tasks[name]
         if self._stopping:
             return
-        if name in self._paused:
+        decision = self._decide(name, scheduled_at, trigger)
+        if decision == "paused":
             self._fired_at(name, scheduled_at)
             return
-        running = self._running.get(name)
-        if running:
-            policy = task.overlap
-            if policy == "queue" and name not in self._pending:
-                self._pending[name] = (scheduled_at, trigger)
-                return
-            if policy == "cancel_previous":
-                for run_id in list(running):
-                    active = self._active.get(run_id)
-                    if active is not None:
-                        active.cancel("superseded")
-                        await active.done().wait()
-            elif policy != "allow" or len(running) >= task.max_concurrency:
-                row = self._skipped_row(name, scheduled_at, trigger, policy)
-                await self.store.claim_fire(name, scheduled_at, row)
-                self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
-                self._fired_at(name, scheduled_at)
-                return
+        if decision == "queued":
+            return
+        if decision == "supersede":
+            for run_id in list(self._running.get(name, ())):
+                active = self._active.get(run_id)
+                if active is not None:
+                    active.cancel("superseded")
+                    await active.done().wait()
+        elif decision == "skip":
+            row = self._skipped_row(name, scheduled_at, trigger, task.overlap)
+            await self.store.claim_fire(name, scheduled_at, row)
+            self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
+            self._fired_at(name, scheduled_at)
+            return
         row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
         await self._launch(task, row, claim_fire=True)
         self._fired_at(name, scheduled_at)
