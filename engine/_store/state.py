@@ -119,13 +119,6 @@ def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> 
 _FIRE_CONFLICT = " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
 
 
-def _op_claim_fire(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> list[bool]:
-    return [
-        ctx.conn.execute(_insert_sql(tuple(row), _FIRE_CONFLICT), tuple(row.values())).rowcount == 1
-        for row in args
-    ]
-
-
 def _fields_shape(arg: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(arg[1])
 
@@ -295,7 +288,8 @@ class StateMixin:
         row.setdefault("trigger", "schedule")
         if row["trigger"] not in ("schedule", "catchup"):
             raise StoreError(f"claim_fire: trigger must be 'schedule' or 'catchup', got {row['trigger']!r}")
-        return await self._writer.submit(_op_claim_fire, None, self._new_run(row, "claim_fire"))
+        claimed = await self._writer.submit(_op_claim_fires, None, [self._new_run(row, "claim_fire")])
+        return claimed[0]  # a wave of one
 
     async def claim_fires(self, rows: list[dict[str, Any]]) -> list[bool]:
         checked = []
