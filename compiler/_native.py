@@ -2,8 +2,11 @@
 
 The VM (``runtime/_vm.py``) interprets a flat instruction list; this module
 turns the same stack into structured Python -- ``for``/``while``/``if``/``try``
-with every expression's source inlined -- compiled once at load time. The
-VM runs it instead of the instructions when no tracer watches.
+with every expression's source inlined -- compiled at the stack's first run.
+The VM runs it instead of the instructions; a run with a tracer (request
+history on) runs a second variant, generated at the first traced run, that
+reports every step to the tracer exactly as the VM's traced dispatch does
+(same calls, same order, same values; see ``_Gen.trace_end``).
 
 Semantics are the VM's, by construction rather than by copy:
 
@@ -37,6 +40,7 @@ import asyncio
 import copy
 import math
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +61,7 @@ from compiler._steps import EFFECT_STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
 from runtime._effects import EFFECTS
 from runtime._errors import error_from_object
-from runtime._limits import NATIVE_INSTRUCTIONS_PER_YIELD
+from runtime._limits import INSTRUCTIONS_PER_YIELD, NATIVE_INSTRUCTIONS_PER_YIELD
 from runtime._values import check_limits, to_text
 from runtime._vm import (
     _a_call,
@@ -123,7 +127,13 @@ _HELPERS: dict[str, Any] = {
     "_EFFECTS": EFFECTS,  # looked up at each call, as the VM does (tests replace handlers)
     "_call": _a_call,
     "_log": _a_log,
+    # the traced variant's clocks, as the VM reads them for each step
+    "_time": time.time,
+    "_perf": time.perf_counter,
+    "_len": len,
 }
+#: site tags of VM instructions that carry no step kind: an error there is traced with kind ""
+_UNTRACED_TAGS = frozenset({"condition", "return slot", "reraise"})
 assert not set(_HELPERS) & set(EXPRESSION_NAMESPACE), "helper names shadow expression names"
 
 
@@ -143,15 +153,24 @@ class _Try:
 
 
 class _Gen:
-    """Walks a stack the way ``compiler._lower`` does, writing Python instead of instructions."""
+    """Walks a stack the way ``compiler._lower`` does, writing Python instead of instructions.
 
-    def __init__(self, program: Program, path: str) -> None:
+    With ``traced``, the code also reports each step to ``ctx.tracer`` where
+    and with what the VM's traced dispatch reports it (see ``trace_end``).
+    """
+
+    def __init__(self, program: Program, path: str, traced: bool = False) -> None:
+        self.traced = traced
         self.lines: list[str] = []
         self.depth = 1
         self.blocks = 0
         self.max_blocks = 0
         self.ns: dict[str, Any] = {}
         self.sites: list[tuple[str, Any, Value | None]] = []
+        #: per site, the step kind the VM traces an error there with ("" where its instruction has none)
+        self.site_kinds: list[str] = []
+        #: path -> step kind, from the instructions that carry one
+        self.kinds: dict[str, str] = {}
         self.site_ids: dict[tuple[str, str], int] = {}
         self.holders: set[str] = {"_v"}
         self.ctx: list[_Loop | _Try] = []
@@ -161,6 +180,7 @@ class _Gen:
         for ins in program.instrs:
             if ins.kind is not None:
                 self.args.setdefault(ins.path, ins.arg)
+                self.kinds.setdefault(ins.path, ins.kind)
             elif ins.op is Op.RETURN:
                 self.return_values.setdefault(ins.path, ins.arg)
         self.root = path
@@ -198,9 +218,30 @@ class _Gen:
         if at is None:
             at = self.site_ids[key] = len(self.sites)
             self.sites.append((path, arg, evaluated))
+            self.site_kinds.append("" if tag in _UNTRACED_TAGS else self.kinds.get(path, ""))
         self.line(f"_at = {at}")
 
-    def evaluate(self, target: str, raw: Any, field: str, site: tuple[str, Any, Value]) -> None:
+    # -- tracing (the traced variant only) ---------------------------------------------
+    def trace_start(self) -> None:
+        """Where the VM reads its clocks for a traced step: before the step's instruction runs."""
+        if self.traced:
+            self.line("_t0 = _time()")
+            self.line("_p0 = _perf()")
+
+    def trace_end(self, path: str, inputs: str = "None", output: str = "None") -> None:
+        """``tracer.step`` with what the VM's traced handler leaves in ``frame.t_in``/``t_out``.
+
+        Emitted where the step's instruction has completed: after the head of
+        a conditional, switch, loop or try (before their blocks), after the
+        finally copies of a break, continue or return-through-finally.
+        """
+        if self.traced:
+            kind = self.kinds[path]
+            self.line(f"_tr.step({path!r}, {kind!r}, _t0, _perf() - _p0, {inputs}, {output}, None)")
+
+    def evaluate(
+        self, target: str, raw: Any, field: str, site: tuple[str, Any, Value], *, condition: bool = False
+    ) -> None:
         """``target = <field>`` where the VM evaluates through ``_eval`` (``site`` = path, arg, value).
 
         A constant that evaluates now cannot fail later (constants are pure), so
@@ -212,7 +253,7 @@ class _Gen:
         safe = value.constant and _evaluates(value)
         if not safe:
             self.site(path, arg, value)
-        self.line(f"{target} = {self.expr(raw, field)}")
+        self.line(f"{target} = {self.expr(raw, field, condition=condition)}")
         if value.constant:
             self.site(path, arg, None, "after")
 
@@ -260,6 +301,14 @@ class _Gen:
         getattr(self, f"do_{kind}", self.do_effect)(step, path, kind)
 
     def do_create_variable(self, step: dict, path: str, kind: str) -> None:
+        if self.traced:  # the VM's traced SET goes through ``_eval``: it names a failing constant
+            arg = self.args[path]
+            self.trace_start()
+            self.evaluate("_v", step.get("value"), f"{path}.value", (path, arg, arg[1]))
+            self.line(f"scope[{step['name']!r}] = _v")
+            self.trace_end(path, output="_v")
+            self.created.add(step["name"])
+            return
         self.site(path, self.args[path])
         name = step["name"]
         value = self.expr(step.get("value"), f"{path}.value")
@@ -275,6 +324,7 @@ class _Gen:
         if var is not None:
             self.update_local(step, path, arg, var)
             return
+        self.trace_start()
         if op in ("increment", "decrement") and value.constant and _evaluates(value) and value.fn({}) is None:
             self.site(path, arg, None, "after")
             sign = "+" if op == "increment" else "-"
@@ -283,6 +333,7 @@ class _Gen:
             self.line("else:")
             self.line(f"    _update(scope, {key}, {op!r}, None)")
             self.holders.add("_c")
+            self.trace_end(path, "None", f"scope[{key}]")
             return
         self.evaluate("_v", step.get("value"), f"{path}.value", (path, arg, value))
         if op == "set":
@@ -305,6 +356,7 @@ class _Gen:
             if others:
                 self.line(" = ".join(others) + " = None")
             self.line(f"_update(scope, {key}, {op!r}, _v)")
+        self.trace_end(path, "_v", f"scope[{key}]")
 
     def update_local(self, step: dict, path: str, arg: Any, var: str) -> None:
         """update_variable of a variable held in local ``var`` (it is in the scope: no 'before it is created').
@@ -343,9 +395,16 @@ class _Gen:
             self.line(text.format(v="_v"))
 
     def do_conditional(self, step: dict, path: str, kind: str) -> None:
-        self.site(path, self.args[path])
-        cond = self.expr(step["condition"], f"{path}.condition", condition=True)
-        self.line(f"if {_bare(cond)}:")
+        if self.traced:  # the traced JUMP_IF_NOT evaluates through ``_eval`` and reports the bool
+            arg = self.args[path]
+            self.trace_start()
+            self.evaluate("_v", step["condition"], f"{path}.condition", (path, arg, arg[0]), condition=True)
+            self.trace_end(path, output="_v")
+            cond = "_v"
+        else:
+            self.site(path, self.args[path])
+            cond = _bare(self.expr(step["condition"], f"{path}.condition", condition=True))
+        self.line(f"if {cond}:")
         self.indent()
         self.block(step.get("true_branch"), f"{path}.true_branch")
         self.dedent()
@@ -357,8 +416,10 @@ class _Gen:
 
     def do_switch(self, step: dict, path: str, kind: str) -> None:
         arg = self.args[path]
+        self.trace_start()
         self.evaluate("_v", step["value"], f"{path}.value", (path, arg, arg[0]))
         self.line("_k = _to_text(_v)")
+        self.trace_end(path, output="_k")
         word = "if"
         for key, steps in (step.get("cases") or {}).items():
             self.line(f"{word} _k == {str(key)!r}:")
@@ -376,7 +437,7 @@ class _Gen:
 
     def do_loop(self, step: dict, path: str, kind: str) -> None:
         body = step.get("operations")
-        if self.local is None and local_body(body):
+        if not self.traced and self.local is None and local_body(body):
             allowed = frozenset(self.created) - kept_in_scope(body)
             mark = (len(self.lines), self.depth, self.blocks, len(self.ctx), set(self.created))
             try:
@@ -403,17 +464,25 @@ class _Gen:
         n = self.fresh("")
         weight = 2 + _weight(step.get("operations"))
         src, i = f"_s{n}", f"_i{n}"
+        self.trace_start()
         if mode == "while":
             self.line(f"_start_loop(frame, 'while', {self.const(source)}, -1)")
+            self.trace_end(path)
             self.line(f"{i} = 0")
         else:
             field = "array" if mode == "each" else "times"
             self.evaluate(src, step[field], f"{path}.{field}", (path, arg, source))
         if mode == "each":  # _start_loop returns the end (-1 here) for a null array: no loop at all
-            self.line(f"if _start_loop(frame, 'each', {src}, -1) != -1:")
+            if self.traced:  # the VM reports the length of the list (None for a null array)
+                self.line(f"_z = _start_loop(frame, 'each', {src}, -1)")
+                self.trace_end(path, f"(None if {src} is None else _len({src}))")
+                self.line("if _z != -1:")
+            else:
+                self.line(f"if _start_loop(frame, 'each', {src}, -1) != -1:")
             self.indent()
         elif mode == "times":
             self.line(f"_start_loop(frame, 'times', {src}, -1)")
+            self.trace_end(path, src)
         loads_at = len(self.lines)
         # a for loop with locals counts its iterations to the next yield instead of
         # decrementing ``_b`` each time: the same yields, one comparison per iteration
@@ -512,17 +581,28 @@ class _Gen:
 
     def do_break_loop(self, step: dict, path: str, kind: str) -> None:
         self.exit_tries(self.innermost_loop() + 1)
+        self.trace_start()  # the VM's LOOP_POP (or JUMP) that carries the step comes after the copies
+        self.trace_end(path)
         self.line("break")
 
     def do_continue_loop(self, step: dict, path: str, kind: str) -> None:
         self.exit_tries(self.innermost_loop() + 1)
+        self.trace_start()
+        self.trace_end(path)
         self.line("continue")
 
     def do_return(self, step: dict, path: str, kind: str) -> None:
         arg = self.args[path]
         value = arg[1] if isinstance(arg, tuple) else arg
         through_finally = any(isinstance(c, _Try) and c.finally_steps for c in self.ctx)
-        if through_finally:  # SET $return on the hot path, the finally copies, RETURN (return value)
+        self.trace_start()
+        if through_finally and self.traced:  # the traced SET $return evaluates through ``_eval``
+            self.evaluate("_r", step.get("value"), f"{path}.value", (path, ("$return", value), value))
+            self.trace_end(path, output="_r")
+            self.exit_tries(0)
+            slot = self.return_values.get(path) or Value(lambda s: s["$return"], "(return value)")
+            self.site(path, slot, None, "return slot")
+        elif through_finally:  # SET $return on the hot path, the finally copies, RETURN (return value)
             self.site(path, ("$return", value))
             self.line(f"_r = {self.expr(step.get('value'), f'{path}.value')}")
             self.exit_tries(0)
@@ -531,6 +611,8 @@ class _Gen:
         else:
             self.evaluate("_r", step.get("value"), f"{path}.value", (path, value, value))
         self.line("_check_limits(_r)")
+        if not through_finally:
+            self.trace_end(path, output="_r")
         self.line("return _r")
 
     def do_try_catch(self, step: dict, path: str, kind: str) -> None:
@@ -538,6 +620,8 @@ class _Gen:
         fin_path = f"{path}.finally_block"
         n = self.fresh("")
         flag, err = f"_a{n}", f"_e{n}"
+        self.trace_start()  # TRY_PUSH carries the step
+        self.trace_end(path)
         self.line(f"{flag} = True")
         self.line("try:")
         self.indent()
@@ -581,6 +665,8 @@ class _Gen:
         self.line(f"if not {flag}:  # raised by a finally copy on the way out: not ours")
         self.line("    raise")
         self.line(f"{err} = _error_at(_e, _S[_at])")
+        if self.traced:  # the VM reports the error where it catches it, before the handler runs
+            self.line(f"_tr.step(_S[_at][0], _K[_at], _time(), 0.0, None, None, {err})")
         self.line(f"scope['error'] = {err}")
 
     def reraise(self, fin: list[Any], fin_path: str, path: str, err: str) -> None:
@@ -620,9 +706,18 @@ class _Gen:
         arg = self.args[path]
         _, fields, return_as = arg
         items = []
+        self.trace_start()
         for key, value in fields.items():
             items.append(f"{key!r}: {self.effect_field(path, arg, key, value)}")
         self.site(path, arg, None, "call")
+        if self.traced:  # the VM's _a_effect reports the evaluated fields and the result
+            self.line(f"_ev = {{{', '.join(items)}}}")
+            self.line(f"_res = await _EFFECTS[{kind!r}](ctx, _ev)")
+            if return_as is not None:
+                self.line(f"scope[{return_as!r}] = _res")
+            self.trace_end(path, "_ev", "_res")
+            self.line("_ev = _res = None")
+            return
         call = f"await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}})"
         self.line(f"scope[{return_as!r}] = {call}" if return_as is not None else call)
 
@@ -644,7 +739,16 @@ class _Gen:
         """Steps that await: the VM's own handler, with the instruction's argument."""
         arg = self.args[path]
         self.site(path, arg)
+        if not self.traced:
+            self.line(f"await {handler}(frame, ctx, {self.const(arg)}, {path!r})")
+            return
+        # the handler leaves the step's inputs/output in frame.t_in/t_out, as in the VM;
+        # cleared after, so no value is held past its step (``_update``'s in-place test)
+        self.trace_start()
+        self.line("frame.t_in = frame.t_out = None")
         self.line(f"await {handler}(frame, ctx, {self.const(arg)}, {path!r})")
+        self.trace_end(path, "frame.t_in", "frame.t_out")
+        self.line("frame.t_in = frame.t_out = None")
 
 
 def _evaluates(value: Value) -> bool:
@@ -708,33 +812,48 @@ def _weight(steps: Any) -> int:
 
 def _render(gen: _Gen, name: str) -> str:
     header = [
-        f"async def native(frame, ctx):  # {name}",
+        f"async def native(frame, ctx):  # {name}{' (traced)' if gen.traced else ''}",
         "    scope = frame.scope",
+        *(["    _tr = ctx.tracer"] if gen.traced else []),
         "    _at = 0",
         "    _b = _BUDGET",
         "    try:",
     ]
-    footer = [
-        "    except _Exception as _e:",
-        "        raise _RunFailed(_error_at(_e, _S[_at])) from None",
-        "    return None",
-    ]
+    if gen.traced:  # an error no catch takes: reported, as the VM does, then the run fails
+        footer = [
+            "    except _Exception as _e:",
+            "        _e = _error_at(_e, _S[_at])",
+            "        _tr.step(_S[_at][0], _K[_at], _time(), 0.0, None, None, _e)",
+            "        raise _RunFailed(_e) from None",
+            "    return None",
+        ]
+    else:
+        footer = [
+            "    except _Exception as _e:",
+            "        raise _RunFailed(_error_at(_e, _S[_at])) from None",
+            "    return None",
+        ]
     return "\n".join(header + gen.lines + footer) + "\n"
 
 
-def _generate(stack: list[Any], program: Program, path: str) -> tuple[str, dict[str, Any]] | None:
-    gen = _Gen(program, path)
+def _generate(stack: list[Any], program: Program, path: str, traced: bool = False) -> tuple[str, dict[str, Any]] | None:
+    gen = _Gen(program, path, traced)
     gen.depth = 2
     gen.block(stack, path)
     if gen.max_blocks + 2 > _MAX_PY_BLOCKS:
         return None
     ns = dict(EXPRESSION_NAMESPACE, **_HELPERS, **gen.ns)
     ns["_S"] = tuple(gen.sites) or ((path, None, None),)
+    ns["_K"] = tuple(gen.site_kinds) or ("",)
+    if traced:
+        # a traced step costs about what the VM's dispatch of it did (the tracer's
+        # summaries dominate), so the VM's yield budget keeps the VM's slices of time
+        ns["_BUDGET"] = INSTRUCTIONS_PER_YIELD
     return _render(gen, program.name), ns
 
 
 class _Native:
-    """The native function of one stack, generated and compiled at its first run.
+    """The native functions of one stack, each generated and compiled at its first run.
 
     Most loaded tasks run rarely, and generating the source cost about as
     much as the rest of loading (1,000 seed-like files: 0.66 of 1.64 s under
@@ -743,48 +862,74 @@ class _Native:
     past a limit of CPython's compiler, runs on the VM instead: the same
     semantics, slower. Calling returns the coroutine of the compiled
     ``native(frame, ctx)`` -- no extra frame per run.
+
+    ``traced`` is the variant for runs with a tracer (request history on):
+    the same code plus the VM's ``tracer.step`` calls. It is generated at the
+    first traced run, so the private copy of the stack is kept until both
+    variants exist (a task runs with history on or off, rarely both).
     """
 
-    __slots__ = ("_stack", "_program", "_path", "_made", "name", "fn")
+    __slots__ = ("_stack", "_program", "_path", "_made", "_made_traced", "name", "fn", "traced_fn")
 
     def __init__(self, stack: list[Any], program: Program, path: str) -> None:
         self._stack = stack
         self._program = program
         self._path = path
         self._made: tuple[str, dict[str, Any]] | None = None
+        self._made_traced: tuple[str, dict[str, Any]] | None = None
         self.name = program.name
         self.fn: NativeFunction | None = None
+        self.traced_fn: NativeFunction | None = None
 
     @property
     def source(self) -> str | None:
         """The generated Python source; None when the stack nests too deep for one function."""
-        made = self._generated()
+        made = self._generated(False)
         return None if made is None else made[0]
 
-    def _generated(self) -> tuple[str, dict[str, Any]] | None:
-        if self._made is None and self._stack is not None:
-            self._made = _generate(self._stack, self._program, self._path)
-            self._stack = self._program = None  # type: ignore[assignment]  # done with them
-        return self._made
+    @property
+    def traced_source(self) -> str | None:
+        """The traced variant's source; None when the stack nests too deep for one function."""
+        made = self._generated(True)
+        return None if made is None else made[0]
+
+    def _generated(self, traced: bool) -> tuple[str, dict[str, Any]] | None:
+        made = self._made_traced if traced else self._made
+        if made is None and self._stack is not None:
+            made = _generate(self._stack, self._program, self._path, traced)
+            if traced:
+                self._made_traced = made
+            else:
+                self._made = made
+            if made is None or (self._made is not None and self._made_traced is not None):
+                self._stack = self._program = None  # type: ignore[assignment]  # done with them
+        return made
 
     def __call__(self, frame: Any, ctx: Any) -> Any:
         fn = self.fn
         if fn is None:
-            fn = self.fn = self._compile()
+            fn = self.fn = self._compile(False)
         return fn(frame, ctx)
 
-    def _compile(self) -> NativeFunction:
-        made = self._generated()
+    def traced(self, frame: Any, ctx: Any) -> Any:
+        """The coroutine of the traced variant: the same run, each step reported to ``ctx.tracer``."""
+        fn = self.traced_fn
+        if fn is None:
+            fn = self.traced_fn = self._compile(True)
+        return fn(frame, ctx)
+
+    def _compile(self, traced: bool = False) -> NativeFunction:
+        made = self._generated(traced)
         if made is None:
             return _run  # nests deeper than one Python function allows
         source, ns = made
         try:
-            code = compile(source, f"<native {self.name}>", "exec")
+            code = compile(source, f"<native {self.name}{' traced' if traced else ''}>", "exec")
         except (SyntaxError, RecursionError, MemoryError):  # past a limit of CPython's compiler
             return _run
         exec(code, ns)
         fn = ns["native"]
-        fn.__qualname__ = f"native[{self.name}]"
+        fn.__qualname__ = f"native[{self.name}]{'.traced' if traced else ''}"
         return fn
 
 
@@ -810,15 +955,16 @@ def _snapshot(stack: list[Any]) -> list[Any]:
         return copy.deepcopy(stack)
 
 
-def native_source(stack: list[Any], name: str = "stack") -> str:
-    """The Python source ``generate_native`` compiles for ``stack`` (for ``--native`` dumps)."""
+def native_source(stack: list[Any], name: str = "stack", *, traced: bool = False) -> str:
+    """The Python source ``generate_native`` compiles for ``stack`` (for ``--native`` dumps);
+    with ``traced``, the variant that runs with request history on."""
     from compiler._errors import CompileError
     from compiler._lower import lower_stack
 
     low = lower_stack(stack, name)
     if low.diagnostics:
         raise CompileError(low.diagnostics)
-    made = _generate(stack, low.program, "stack")
+    made = _generate(stack, low.program, "stack", traced)
     if made is None:
         raise CompileError(
             f"stack '{name}' nests deeper than {_MAX_PY_BLOCKS} blocks: it has no native form and runs on the VM"

@@ -29,13 +29,21 @@ def _values(arg: Any):
             yield from _values(a)
 
 
-def warm_program(program: Program) -> int:
-    """Compile whatever of ``program`` is still waiting for its first run; how many pieces."""
+def warm_program(program: Program, *, traced: bool = False) -> int:
+    """Compile whatever of ``program`` is still waiting for its first run; how many pieces.
+
+    ``traced``: the native variant a run with request history on takes instead
+    (a task with history on never runs the untraced one, and the reverse).
+    """
     done = 0
     native = program.native
-    if isinstance(native, _Native) and native.fn is None:
-        native.fn = native._compile()
-        done += 1
+    if isinstance(native, _Native):
+        if traced and native.traced_fn is None:
+            native.traced_fn = native._compile(True)
+            done += 1
+        elif not traced and native.fn is None:
+            native.fn = native._compile(False)
+            done += 1
     for ins in program.instrs:
         for value in _values(ins.arg):
             stub = value.fn

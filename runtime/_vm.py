@@ -270,8 +270,14 @@ async def execute(
             {"message": f"functions nested deeper than {MAX_CALL_DEPTH} calls", "type": "LimitExceeded", "step": None}
         )
     frame = Frame(program, _new_scope(ctx, variables, inputs))
-    if program.native is not None and ctx.tracer is None:
-        return await program.native(frame, ctx)
+    native = program.native
+    if native is not None:
+        if ctx.tracer is None:
+            return await native(frame, ctx)
+        # the traced variant reports the same steps as _run with a tracer (compiler/_native.py)
+        traced = getattr(native, "traced", None)
+        if traced is not None:
+            return await traced(frame, ctx)
     return await _run(frame, ctx)
 
 
