@@ -617,6 +617,54 @@ async def test_redirect_to_non_http_refused_and_redacted(server, client):
     assert "token=abc" not in info.value.message
 
 
+async def test_checked_url_is_reused_and_bounded(server, client):
+    """A URL text is parsed and checked once; a query never changes the kept URL."""
+    url = server["base"] + "/echo"
+    await client.request("GET", url)
+    kept = client._urls[url]
+    resp = await client.request("GET", url, query={"page": 2})
+    assert resp.body["query"] == [["page", "2"]]
+    assert client._urls[url] is kept and kept.query_string == ""
+    assert (await client.request("GET", url)).body["query"] == []
+    for n in range(300):  # many distinct URLs: the cache stays bounded
+        client._checked_url(f"{url}?n={n}")
+    assert len(client._urls) <= 256
+
+
+async def test_invalid_url_is_never_kept(client):
+    for _ in range(2):
+        with pytest.raises(HttpInvalidUrl, match="scheme"):
+            await client.request("GET", "ftp://example.com/x")
+    assert "ftp://example.com/x" not in client._urls
+
+
+async def test_each_response_returns_its_connection_to_the_pool(server):
+    """Without ``async with`` on the response the connection is still released, on
+    success, on an error status, on a bad body and on a refused size."""
+    async with HttpClient(limit=1, max_response_bytes=10_000) as http:
+        base = server["base"]
+        for _ in range(3):
+            assert (await http.request("GET", base + "/echo")).status == 200
+        with pytest.raises(HttpStatusError):
+            await http.request("GET", base + "/status/500")
+        with pytest.raises(InvalidResponse):
+            await http.request("GET", base + "/badjson")
+        for streamed in ("", "&length=1"):  # refused while streaming / by its declared length
+            with pytest.raises(ResponseTooLarge):
+                await http.request("GET", base + "/big?n=20000" + streamed)
+        with pytest.raises(HttpTimeout):  # a body that stalls: timed out mid-read
+            await http.request("GET", base + "/slow-body", timeout=0.2)
+        task = asyncio.ensure_future(http.request("GET", base + "/slow-body"))
+        await asyncio.sleep(0.1)  # cancelled mid-read, as a run's timeout does
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        connector = http._session.connector
+        assert not connector._acquired  # nothing held after the last answer
+        resp = await asyncio.wait_for(http.request("GET", base + "/echo"), 5)
+        assert resp.status == 200
+
+
 async def test_cookies_are_never_kept_between_requests(server, client):
     await client.request("GET", server["base"] + "/set-cookie")
     resp = await client.request("GET", server["base"] + "/echo")

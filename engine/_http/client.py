@@ -54,6 +54,8 @@ MAX_ERROR_TEXT = 2_000
 CONNECT_TIMEOUT = 10.0
 #: Distinct step timeouts whose ``aiohttp.ClientTimeout`` is kept for reuse.
 _TIMEOUT_CACHE_SIZE = 64
+#: Distinct URL texts whose checked ``yarl.URL`` is kept for reuse.
+_URL_CACHE_SIZE = 256
 
 Sleep = Callable[[float], Awaitable[Any]]
 
@@ -108,6 +110,7 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, URL] = {}
 
     async def __aenter__(self) -> HttpClient:
         self._get_session()
@@ -176,7 +179,11 @@ class HttpClient:
                     f"{verb!r:.40} is not an HTTP method this step can send; "
                     f"use one of {', '.join(sorted(message.METHODS))}"
                 )
-            target = message.build_url(url, query)
+            target = self._urls.get(url) if isinstance(url, str) else None
+            if target is None:
+                target = self._checked_url(url)
+            if query:
+                target = message.add_query(target, query)
             hdrs = message.build_headers(headers)
             payload, content_type = message.encode_body(verb, body, body_format)
         except message.BadValue as exc:
@@ -208,15 +215,60 @@ class HttpClient:
                 method=verb,
                 url=shown_url,
             )
-        client_timeout = self._client_timeout(timeout)
+        client_timeout = self._timeouts.get(timeout) or self._client_timeout(timeout)
         can_retry = retries > 0 and may_retry_method(verb, retry_non_idempotent)
         attempt = 0
+        # The attempt is written out here rather than in a helper coroutine, and the
+        # response is awaited rather than entered with ``async with``: every time the
+        # request's task wakes (a pooled connection freed, the answer arriving) Python
+        # resumes each coroutine frame between the task and aiohttp, and a run already
+        # stacks several (run task, VM, step handler) on top of this one.
         while True:
             attempt += 1
             try:
-                return await self._attempt(
-                    verb, target, hdrs, payload, client_timeout, follow_redirects
-                )
+                session = self._get_session()
+                try:
+                    resp = await session.request(
+                        verb,
+                        target,
+                        headers=hdrs,
+                        data=payload,
+                        timeout=client_timeout,
+                        allow_redirects=follow_redirects,
+                        max_redirects=self._max_redirects,
+                    )
+                    try:
+                        length = resp.content_length
+                        if (
+                            length is not None
+                            and length <= self._max_bytes
+                            and verb != "HEAD"
+                            and resp.headers.get("Content-Encoding", "identity").lower()
+                            == "identity"
+                        ):
+                            raw = await resp.read()  # declared, uncompressed, within the cap
+                        else:
+                            raw = await self._read_body(resp, verb, target)
+                        status = resp.status
+                        reason = resp.reason or ""
+                        mimetype = resp.content_type
+                        charset = resp.charset
+                        response_headers: dict[str, str] = {}
+                        for name, value in resp.headers.items():
+                            key = name.lower()
+                            if key in response_headers:
+                                response_headers[key] = f"{response_headers[key]}, {value}"
+                            else:
+                                response_headers[key] = value
+                    finally:
+                        # what ``async with`` on the response does on the way out
+                        resp.release()
+                        await resp.wait_for_close()
+                except HttpError:
+                    raise
+                except Exception as exc:
+                    raise translate(exc, verb, target, client_timeout) from exc
+                return self._response(verb, target, status, reason, response_headers, raw, mimetype, charset)
             except HttpError as exc:
                 delay = (
                     self._retry_delay(exc, attempt) if can_retry and attempt <= retries else None
@@ -228,6 +280,21 @@ class HttpClient:
                         exc.extra["attempts"] = attempt
                     raise
             await self._sleep(delay)
+
+    def _checked_url(self, url: Any) -> URL:
+        """``url`` parsed and checked (``message.build_url``), kept for the next request.
+
+        A stack calls the same few endpoints over and over: the checked
+        ``yarl.URL`` (immutable) is kept per URL text, so a repeated call skips
+        the parse and the scheme and host checks. Only valid URLs are kept; the
+        cache is emptied when it is full (a stack building URLs from data).
+        """
+        target = message.build_url(url, None)
+        if isinstance(url, str):
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[url] = target
+        return target
 
     def _client_timeout(self, seconds: float) -> aiohttp.ClientTimeout:
         """The aiohttp timeout of one attempt, built once per distinct step timeout.
@@ -263,39 +330,18 @@ class HttpClient:
             return None
         return backoff_delay(attempt, base=self._backoff_base, cap=self._backoff_cap, rng=self._rng)
 
-    async def _attempt(
+    def _response(
         self,
         verb: str,
         target: URL,
-        hdrs: dict[str, str],
-        payload: bytes | None,
-        client_timeout: aiohttp.ClientTimeout,
-        follow_redirects: bool,
+        status: int,
+        reason: str,
+        headers: dict[str, str],
+        raw: bytes,
+        mimetype: str,
+        charset: str | None,
     ) -> HttpResponse:
-        session = self._get_session()
-        try:
-            async with session.request(
-                verb,
-                target,
-                headers=hdrs,
-                data=payload,
-                timeout=client_timeout,
-                allow_redirects=follow_redirects,
-                max_redirects=self._max_redirects,
-            ) as resp:
-                raw = await self._read_body(resp, verb, target)
-                status = resp.status
-                reason = resp.reason or ""
-                mimetype = resp.content_type
-                charset = resp.charset
-                headers: dict[str, str] = {}
-                for name, value in resp.headers.items():
-                    key = name.lower()
-                    headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        except HttpError:
-            raise
-        except Exception as exc:
-            raise translate(exc, verb, target, client_timeout) from exc
+        """The decoded answer of one attempt, or the error a stack sees for it."""
         try:
             decoded = message.decode_body(raw, mimetype, charset)
         except message.BadJson as exc:

@@ -25,6 +25,7 @@ __all__ = (
     "BadJson",
     "to_text",
     "build_url",
+    "add_query",
     "build_headers",
     "has_header",
     "encode_body",
@@ -44,6 +45,9 @@ _DEFAULT_CONTENT_TYPE = {
     "raw": "application/octet-stream",
 }
 _json_encode = msgspec.json.Encoder().encode
+#: Charset names read as UTF-8 (after lower-casing and "_" -> "-").
+_UTF8 = ("utf-8", "utf8")
+_BOM = b"\xef\xbb\xbf"
 _json_decode = msgspec.json.Decoder().decode
 
 
@@ -114,11 +118,13 @@ def build_url(url: Any, query: Mapping[str, Any] | None) -> URL:
         raise BadUrl(f"only http:// and https:// URLs can be called; the scheme is {shown}")
     if not target.host:
         raise BadUrl("the URL has no host name")
-    if query:
-        pairs = _pairs(query, "query")
-        if pairs:
-            target = target.extend_query(pairs)
-    return target
+    return add_query(target, query) if query else target
+
+
+def add_query(target: URL, query: Mapping[str, Any]) -> URL:
+    """``target`` with ``query``'s pairs appended to any query it has."""
+    pairs = _pairs(query, "query")
+    return target.extend_query(pairs) if pairs else target
 
 
 def build_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
@@ -202,12 +208,12 @@ def decode_body(raw: bytes, mimetype: str, charset: str | None) -> Any:
     """
     if not raw:
         return None
-    if not is_json_type(mimetype):
+    if mimetype != "application/json" and not mimetype.endswith("+json"):  # is_json_type, inline
         return _text(raw, charset)
-    if charset and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+    if charset and charset not in _UTF8 and charset.lower().replace("_", "-") not in _UTF8:
         source: bytes | str = _text(raw, charset)
     else:
-        source = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+        source = raw[3:] if raw[:3] == _BOM else raw
     try:
         return _json_decode(source)
     except msgspec.DecodeError as exc:
