@@ -679,6 +679,57 @@ async def test_per_host_limit_bounds_concurrency(server):
     assert server["peak"] == 2
 
 
+async def test_queued_requests_are_woken_only_for_a_free_connection(server, monkeypatch):
+    """Sequential requests over a full pool: a queued request is woken when a
+    connection is really free (its holder finished), not at each response."""
+    wakes = []
+    eager = aiohttp.BaseConnector._release_waiter
+
+    def counting(self):
+        before = sum(len(w) for w in self._waiters.values())
+        eager(self)
+        wakes.append(before - sum(len(w) for w in self._waiters.values()))
+
+    monkeypatch.setattr(aiohttp.BaseConnector, "_release_waiter", counting)
+    async with HttpClient(limit=2, limit_per_host=2) as http:
+
+        async def worker() -> int:
+            for _ in range(5):
+                assert (await http.request("GET", server["base"] + "/echo")).status == 200
+            return 5
+
+        assert await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(6))), 10) == [5] * 6
+    # 4 workers queue at first; each is woken once a worker ends (eagerly: at each of ~30 responses)
+    assert sum(wakes) <= 6
+
+
+async def test_queued_requests_all_served_across_hosts_and_cancellations(server):
+    """Two hosts behind one total limit, queued requests cancelled or timed out
+    while they wait: every other request is still served."""
+    port = server["port"]
+    hosts = (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+    async with HttpClient(limit=2, limit_per_host=1) as http:
+
+        async def worker(n: int) -> int:
+            done = 0
+            for i in range(4):
+                resp = await http.request("GET", hosts[(n + i) % 2] + "/echo")
+                done += resp.status == 200
+            return done
+
+        doomed = [asyncio.ensure_future(http.request("GET", hosts[0] + "/slow?delay=0.05"))
+                  for _ in range(3)]
+        timed = asyncio.ensure_future(http.request("GET", hosts[1] + "/slow?delay=1", timeout=0.05))
+        work = asyncio.ensure_future(asyncio.gather(*(worker(n) for n in range(8))))
+        await asyncio.sleep(0)
+        for task in doomed:
+            task.cancel()
+        assert await asyncio.wait_for(work, 10) == [4] * 8
+        with pytest.raises(HttpTimeout):
+            await timed
+        assert not http._session.connector._acquired
+
+
 async def test_closed_client_reopens(server):
     http = HttpClient()
     assert (await http.request("GET", server["base"] + "/echo")).status == 200

@@ -60,6 +60,45 @@ _URL_CACHE_SIZE = 256
 Sleep = Callable[[float], Awaitable[Any]]
 
 
+class _PoolConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, waking a queued request only when a connection is still free.
+
+    When a response ends, aiohttp frees its connection and at once wakes the
+    next request queued for one. But the task whose response ended usually
+    runs first and sends its next request on that same pooled connection, so
+    the woken request finds no free slot and queues again. With 1,000 runs of
+    sequential requests over 100 connections that was 0.8 useless wake-ups
+    per request, each resuming the queued run's whole chain of coroutines
+    (run, VM, step, client, aiohttp) only to suspend it again. Here the wake
+    waits until the tasks woken by the same I/O have run (two turns of the
+    loop's ready queue), then wakes one queued request per freed connection
+    that is still free. Who gets a connection, in what order, and the limits
+    are aiohttp's own; only wake-ups that could not succeed are skipped.
+    """
+
+    _pending_wakes = 0
+    _wake_scheduled = False
+
+    def _release_waiter(self) -> None:
+        if not self._waiters:
+            return
+        self._pending_wakes += 1
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            loop = self._loop
+            loop.call_soon(loop.call_soon, self._wake_waiters)
+
+    def _wake_waiters(self) -> None:
+        self._wake_scheduled = False
+        pending, self._pending_wakes = self._pending_wakes, 0
+        if self._closed:
+            return
+        # a woken request has not taken its slot yet: never wake more than are free
+        free = self._limit - len(self._acquired) if self._limit else pending
+        for _ in range(min(pending, free)):
+            super()._release_waiter()
+
+
 class HttpClient:
     """Outgoing HTTP implementing ``runtime.Http``; share one per engine.
 
@@ -135,7 +174,7 @@ class HttpClient:
                     "create one HttpClient per engine and loop, and close it before the loop ends"
                 )
             return session
-        connector = aiohttp.TCPConnector(
+        connector = _PoolConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
             ssl=self._ssl,
