@@ -77,8 +77,30 @@ async def _count_records(ctx: RunContext, f: dict[str, Any]) -> Any:
     return await _records(ctx).count(_table(f), filter=_need_object(f.get("filter"), "filter") or None)
 
 
-async def _add_record(ctx: RunContext, f: dict[str, Any]) -> Any:
-    return await _records(ctx).add(_table(f), _need_object(f.get("data"), "data"))
+def _add_record(ctx: RunContext, f: dict[str, Any]) -> Awaitable[Any]:
+    """A plain function returning the store's awaitable (the step awaits it).
+
+    A stack may add thousands of records a second: not being a coroutine
+    saves a frame per step, and a store class with ``queue_add`` hands back
+    the commit future itself, saving ``add``'s frame too. ``queue_add`` is
+    looked up on the class, so a wrapper that forwards ``add`` by
+    ``__getattr__`` (the fault-injecting store of the tests) still sees
+    every add. The checks are ``_records``, ``_table`` and ``_need_object``'s,
+    with their errors, written out for the usual types.
+    """
+    records = ctx.records
+    if records is None:
+        _records(ctx)
+    table = f.get("table")
+    if type(table) is not str or not table:
+        table = _table(f)
+    data = f.get("data")
+    if type(data) is not dict:
+        data = _need_object(data, "data")
+    queue_add = getattr(type(records), "queue_add", None)
+    if queue_add is not None:
+        return queue_add(records, table, data)
+    return records.add(table, data)
 
 
 async def _edit_record(ctx: RunContext, f: dict[str, Any]) -> Any:

@@ -10,9 +10,12 @@ loop resumes one batch's callers while the thread commits the next.
 
 Consecutive writes of the same batchable op on the same table (``add``) go to
 SQLite together. Row writes (``submit_row``) are queued as one entry per run
-of rows: one flat parameter list and the callers' futures, rather than a
-tuple per write, so a batch of adds leaves little for the cyclic GC to scan
-and reaches the thread as ready-made statement parameters.
+of rows: one flat parameter list, the callers' futures and the value each
+future resolves to, rather than a tuple per write, so a batch of adds leaves
+little for the cyclic GC to scan and reaches the thread as ready-made
+statement parameters. Because a row's future resolves to its caller's result
+(the record ``add`` returns), an add needs no coroutine of its own: the
+record step awaits the future directly (see ``RecordsMixin.queue_add``).
 
 If anything in the optimistic pass fails, the transaction is
 rolled back and the batch replayed with one SAVEPOINT per write, so a bad
@@ -112,11 +115,11 @@ class GroupWriter:
         self._ctx = ctx
         self._loop = asyncio.get_running_loop()
         self._new_future = partial(asyncio.Future, loop=self._loop)
-        # entries (op, key, arg, future), or (op, key, flat row parameters,
-        # [futures]) for a run of ``submit_row`` rows
-        self._local: list[tuple[Any, Any, Any, Any]] = []
-        self._rows: tuple[Any, Any, list[Any], list[Any]] | None = None  # the open row entry
-        self._handed: list[tuple[Any, Any, Any, Any]] = []
+        # entries (op, key, arg, future, None), or (op, key, flat row parameters,
+        # [futures], [values the futures resolve to]) for a run of ``submit_row`` rows
+        self._local: list[tuple[Any, Any, Any, Any, Any]] = []
+        self._rows: tuple[Any, Any, list[Any], list[Any], list[Any]] | None = None  # the open row entry
+        self._handed: list[tuple[Any, Any, Any, Any, Any]] = []
         self._lock = threading.Lock()
         # released (by the loop, under _lock) to wake the thread when it is idle:
         # plain lock calls, cheaper than a Condition's Python-level notify
@@ -145,18 +148,24 @@ class GroupWriter:
         fut = self._new_future()
         self._rows = None  # a later row must not jump ahead of this write
         local = self._local
-        local.append((op, key, arg, fut))
+        local.append((op, key, arg, fut, None))
         if len(local) == 1:
             self._loop.call_soon(self._flush)
         return fut
 
-    def submit_row(self, op: Op, key: Any, row: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def submit_row(
+        self, op: Op, key: Any, row: tuple[Any, ...], value: Any = None
+    ) -> asyncio.Future[Any]:
         """Queue one row write of batchable ``op``; like ``submit``, cheaper per write.
 
-        Consecutive rows of the same op and key share one queue entry: their
-        values are appended to one flat list (``op`` receives the rows of a
-        run as one flat list, ``len(row)`` values each) and their futures to
-        another. Every row of an op must have the same width.
+        The future resolves to ``value`` once the row is committed (``op``
+        returns nothing for rows), or to the row's error: the caller can
+        hand the future itself to whoever awaits the result, with no
+        coroutine in between. Consecutive rows of the same op and key share
+        one queue entry: their values are appended to one flat list (``op``
+        receives the rows of a run as one flat list, ``len(row)`` values
+        each), their futures and results to two more. Every row of an op
+        must have the same width.
         """
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
@@ -165,8 +174,9 @@ class GroupWriter:
         if entry is not None and entry[0] is op and entry[1] == key and len(entry[3]) < GROUP_ROWS:
             entry[2].extend(row)
             entry[3].append(fut)
+            entry[4].append(value)
             return fut
-        entry = self._rows = (op, key, list(row), [fut])
+        entry = self._rows = (op, key, list(row), [fut], [value])
         local = self._local
         local.append(entry)
         if len(local) == 1:
@@ -281,7 +291,7 @@ class GroupWriter:
         del handed[:n]
         return batch
 
-    def _commit(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
+    def _commit(self, batch: list[tuple[Op, Any, Any, Any, Any]]) -> list[Any] | None:
         """Results of ``batch``: ``call`` items run alone, between transactions."""
         try:
             if _call_op not in map(_OP, batch):  # the common case, checked in C
@@ -290,7 +300,7 @@ class GroupWriter:
             for is_call, run in groupby(batch, lambda item: item[0] is _call_op):
                 items = list(run)
                 if is_call:
-                    for _, fn, args, _ in items:
+                    for _, fn, args, _, _ in items:
                         try:
                             results.append(fn(*args))
                         except Exception as exc:  # the caller gets its own error
@@ -305,7 +315,7 @@ class GroupWriter:
                 for _ in range(_count(batch))
             ]
 
-    def _apply(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
+    def _apply(self, batch: list[tuple[Op, Any, Any, Any, Any]]) -> list[Any] | None:
         conn = self._ctx.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -322,7 +332,7 @@ class GroupWriter:
         del self._ctx.created[:]
         return results
 
-    def _optimistic(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any] | None:
+    def _optimistic(self, batch: list[tuple[Op, Any, Any, Any, Any]]) -> list[Any] | None:
         ctx = self._ctx
         results: list[Any] = []
         trivial = True  # every result None: the common case of a batch of adds
@@ -346,7 +356,7 @@ class GroupWriter:
                     trivial = False
         return None if trivial else results
 
-    def _isolated(self, batch: list[tuple[Op, Any, Any, Any]]) -> list[Any]:
+    def _isolated(self, batch: list[tuple[Op, Any, Any, Any, Any]]) -> list[Any]:
         ctx = self._ctx
         conn = ctx.conn
         try:
@@ -354,7 +364,7 @@ class GroupWriter:
         except sqlite3.Error as exc:
             return _failed(batch, exc, "starting a write transaction")
         results: list[Any] = []
-        for op, key, arg, fut in batch:
+        for op, key, arg, fut, _ in batch:
             if type(fut) is list:  # a run of rows: each row alone
                 width = len(arg) // len(fut)
                 for i in range(0, len(arg), width):
@@ -389,12 +399,12 @@ class GroupWriter:
         return out[0] if out is not None else None
 
 
-def _run_key(item: tuple[Any, Any, Any, Any]) -> tuple[Any, Any, bool]:
+def _run_key(item: tuple[Any, Any, Any, Any, Any]) -> tuple[Any, Any, bool]:
     """Writes that go to ``op`` together: same op, same key, same kind of entry."""
     return item[0], item[1], type(item[3]) is list
 
 
-def _writes_of(item: tuple[Any, Any, Any, Any]) -> int:
+def _writes_of(item: tuple[Any, Any, Any, Any, Any]) -> int:
     return len(item[3]) if type(item[3]) is list else 1
 
 
@@ -421,28 +431,41 @@ def _resolve(
 
     ``done`` counts the writes resolved before ``start`` (the index into
     ``results``; None means every result is None). Returns the next entry and
-    the new count. Kept inline: it runs once per write on the event loop.
+    the new count. A row's future gets the value queued with it unless its
+    result is an error (row ops return nothing on success). Kept inline: it
+    runs once per write on the event loop.
     """
     stop = start
     end = len(batch)
     limit = done + SLICE
     if results is None:  # the common case: a batch of adds, every result None
         while stop < end and done < limit:
-            futs = batch[stop][3]
+            entry = batch[stop]
             stop += 1
-            if type(futs) is not list:
-                futs = (futs,)
-            for fut in futs:
+            futs = entry[3]
+            if type(futs) is list:
+                for fut, value in zip(futs, entry[4]):
+                    try:
+                        fut.set_result(value)
+                    except asyncio.InvalidStateError:  # a cancelled caller's write committed anyway
+                        pass
+                done += len(futs)
+            else:
                 try:
-                    fut.set_result(None)
-                except asyncio.InvalidStateError:  # a cancelled caller's write committed anyway
+                    futs.set_result(None)
+                except asyncio.InvalidStateError:
                     pass
-            done += len(futs)
+                done += 1
         return stop, done
     while stop < end and done < limit:
-        futs = batch[stop][3]
+        entry = batch[stop]
         stop += 1
-        for fut in futs if type(futs) is list else (futs,):
+        futs = entry[3]
+        if type(futs) is list:
+            pairs: Any = zip(futs, entry[4])
+        else:
+            pairs = ((futs, None),)
+        for fut, value in pairs:
             result = results[done]
             done += 1
             if fut.done():  # its caller was cancelled; the write committed anyway
@@ -450,5 +473,5 @@ def _resolve(
             if isinstance(result, BaseException):
                 fut.set_exception(result)
             else:
-                fut.set_result(result)
+                fut.set_result(value if result is None else result)
     return stop, done
