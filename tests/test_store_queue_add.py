@@ -184,3 +184,10 @@ async def test_handler_takes_mapping_subclasses(store):
     await store.add("t", {"warm": True})
     rec = await add_record(RunContext(records=store), {"table": "t", "data": _DictSubclass(v=2)})
     assert rec["v"] == 2 and (await store.get("t", id=rec["id"]))["v"] == 2
+
+
+async def test_futures_belong_to_the_stores_loop(store):
+    await store.add("t", {"warm": True})
+    fut = store.queue_add("t", {"v": 1})
+    assert fut.get_loop() is asyncio.get_running_loop()
+    await fut

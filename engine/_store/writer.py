@@ -30,7 +30,6 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Callable
-from functools import partial
 from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
@@ -48,6 +47,10 @@ Op = Callable[["WriteContext", Any, list[Any]], "list[Any] | None"]
 MAX_BATCH = 20_000
 #: rows per queued row entry (``submit_row``); a longer run starts a new entry
 GROUP_ROWS = 256
+#: futures are made without naming the loop: ``Future()`` takes the running loop
+#: (this writer's: ``submit`` and ``submit_row`` are called on its thread while it
+#: runs), about 800 instructions cheaper than ``Future(loop=...)`` through a partial
+_Future = asyncio.Future
 _OP = itemgetter(0)
 _OP_AND_KEY = itemgetter(0, 1)
 _ARG = itemgetter(2)
@@ -114,7 +117,6 @@ class GroupWriter:
     def __init__(self, ctx: WriteContext) -> None:
         self._ctx = ctx
         self._loop = asyncio.get_running_loop()
-        self._new_future = partial(asyncio.Future, loop=self._loop)
         # entries (op, key, arg, future, None), or (op, key, flat row parameters,
         # [futures], [values the futures resolve to]) for a run of ``submit_row`` rows
         self._local: list[tuple[Any, Any, Any, Any, Any]] = []
@@ -145,7 +147,7 @@ class GroupWriter:
         """Queue one write; the future resolves after its batch commits."""
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
-        fut = self._new_future()
+        fut = _Future()
         self._rows = None  # a later row must not jump ahead of this write
         local = self._local
         local.append((op, key, arg, fut, None))
@@ -169,7 +171,7 @@ class GroupWriter:
         """
         if self._closing:
             raise StoreError("the store is closed; open it again to write")
-        fut = self._new_future()
+        fut = _Future()
         entry = self._rows
         if entry is not None and entry[0] is op and entry[1] == key and len(entry[3]) < GROUP_ROWS:
             entry[2].extend(row)
