@@ -29,3 +29,57 @@ def test_request_headers_and_urls_are_redacted():
     trace.step("stack[0]", "external_api_request", 0.0, 0.0, inputs, None, None)
     text = msgspec.json.encode(trace.export()).decode()
     assert "tok-123456" not in text and "k1" not in text and "q=1" in text
+
+
+def _reference_summary(trace, value):
+    """The summary as computed before the encoded fast path: decode, scrub, cut, encode again."""
+    kind = type(value)
+    if kind in (type(None), int, float, bool):
+        return value
+    if kind is str and len(value) <= MAX_SUMMARY_BYTES // 2:
+        return trace._secrets.scrub(value)
+    data = msgspec.json.encode(value)
+    text = trace._secrets.scrub(data.decode("utf-8", "replace"))
+    if len(text) > MAX_SUMMARY_BYTES:
+        return {"$truncated": text[:MAX_SUMMARY_BYTES], "$bytes": len(data)}
+    return msgspec.Raw(text.encode())
+
+
+def _plain(summary):
+    return bytes(summary) if isinstance(summary, msgspec.Raw) else summary
+
+
+def test_encoded_summaries_are_kept_as_encoded_only_when_nothing_changes():
+    """The fast path (short JSON without a secret, kept as msgspec wrote it) gives the bytes the slow path gave."""
+    values = [[1, 2.5, None, True], {"k": "v", "n": [1, {"x": "y"}]}, {"é": "ü ✓ 😀"}, ["hunter2hunter2"],
+              {"token": "pré-secret-ü"}, ["x" * 3000], ["é" * 1500], ["é" * 700], "y" * 1500, "pré-secret-ü",
+              {"a": 'quo"te-secret'}, [], {}]
+    for secrets in ([], ["hunter2hunter2", "pré-secret-ü", 'quo"te-secret'], ["abcd"]):
+        trace = RunTrace(secrets)
+        for value in values:
+            assert _plain(trace.summary(value)) == _plain(_reference_summary(trace, value)), (secrets, value)
+
+
+def test_a_value_json_cannot_hold_is_summarised_not_raised():
+    """A text with a lone surrogate (an expression can build one) fails msgspec's encoder: the summary is its repr."""
+    trace = RunTrace(["secret-1234"])
+    value = ["x\ud800y", "secret-1234"]
+    assert trace.summary(value) == repr(["x\ud800y", "***"])
+    trace.step("stack[0]", "create_variable", 0.0, 0.0, None, value, None)
+    assert trace.export()[0]["output"] == repr(["x\ud800y", "***"])
+
+
+def test_a_run_with_history_on_builds_such_a_value_as_without():
+    import asyncio
+    import dataclasses
+
+    from compiler import lower_stack
+    from runtime import RunContext, execute
+
+    stack = [{"function": "create_variable", "name": "a", "value": "{{ 'x\ud800y' }}"},
+             {"function": "return", "value": "{{ [a] }}"}]
+    program = lower_stack(stack, "t").program
+    for backend in (program, dataclasses.replace(program, native=None)):  # traced native code, the VM
+        trace = RunTrace()
+        assert asyncio.run(execute(backend, RunContext(tracer=trace))) == ["x\ud800y"]
+        assert [e["error"] for e in trace.export()] == [None, None]
