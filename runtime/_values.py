@@ -144,7 +144,32 @@ def show(v: Any, width: int = 40) -> str:
 
 
 def check_limits(v: Any) -> None:
-    """Raise LimitExceeded when ``v`` breaks a size or depth limit of ``runtime._limits``."""
+    """Raise LimitExceeded when ``v`` breaks a size or depth limit of ``runtime._limits``.
+
+    Every run's result comes through here, and most are a flat object or list
+    of scalars: those are checked in one pass over their items; anything that
+    nests is walked in full by ``_check_nested``.
+    """
+    t = type(v)
+    if t is str:
+        if len(v) > MAX_STRING_LENGTH:
+            raise LimitExceeded(f"a text of {len(v):,} characters is longer than the limit of {MAX_STRING_LENGTH:,}")
+        return
+    if t is not dict and t is not list:
+        return
+    if len(v) > MAX_LIST_LENGTH:
+        _check_nested(v)  # raises with the reason
+    for item in v.values() if t is dict else v:
+        ti = type(item)
+        if ti is str:
+            if len(item) > MAX_STRING_LENGTH:
+                _check_nested(v)
+        elif ti is dict or ti is list:
+            _check_nested(v)
+            return
+
+
+def _check_nested(v: Any) -> None:
     stack: list[tuple[Any, int]] = [(v, 0)]
     while stack:
         x, depth = stack.pop()
