@@ -131,7 +131,7 @@ class Engine(RunLifecycle, Scheduling):
         self._next_cache: dict[str, float] = {}
         self._stopping = False
         self._launching = 0
-        self._launch_idle = anyio.Event()
+        self._launch_idle: anyio.Event | None = None  # made by stop() when it must wait
 
     # -- opening and closing ------------------------------------------------------------
     @classmethod
@@ -492,6 +492,8 @@ class Engine(RunLifecycle, Scheduling):
             self.api = None
         grace = self.config.shutdown_grace if grace is None else grace
         while self._launching:
+            if self._launch_idle is None:
+                self._launch_idle = anyio.Event()
             await self._launch_idle.wait()
         with anyio.move_on_after(grace):
             while self._active:

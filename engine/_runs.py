@@ -35,6 +35,16 @@ run_log = logging.getLogger("cronstack.runs")
 FINAL_WRITE_BACKOFF = (0.05, 0.25, 1.0)
 #: longest run timeout a loop timer is armed for (about 10 years; beyond it, never)
 MAX_TIMER_SECONDS = 3.2e8
+#: the most a run's timeout fires late, in milliseconds (see ``_TimeoutGroup``)
+TIMEOUT_SLICE_MS = 16
+
+
+def timeout_slice_ms(limit: float) -> int:
+    """The width of the timer slices of runs timing out after ``limit`` seconds:
+    1% of the limit, at least 1 ms and at most TIMEOUT_SLICE_MS."""
+    if limit >= TIMEOUT_SLICE_MS / 10:
+        return TIMEOUT_SLICE_MS
+    return max(1, int(limit * 10))
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
@@ -49,7 +59,13 @@ def new_run_id(now: float | None = None) -> str:
     ``random`` would repeat ids after a user's ``random.seed(k)``.
     """
     ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{_ids.getrandbits(32):08x}"
+    if 0 <= ms < _MS_LIMIT:  # one integer to hex: about half the cost of two format specs
+        return (ms << 32 | _ids.getrandbits(32)).to_bytes(10, "big").hex()
+    return f"{ms:012x}{_ids.getrandbits(32):08x}"  # a clock before 1970 or after the year 10889
+
+
+#: milliseconds that fit the id's 12 hex digits
+_MS_LIMIT = 1 << 48
 
 
 _ids = random.Random()  # seeded from os.urandom
@@ -108,13 +124,15 @@ class _Active:
 
 
 class _TimeoutGroup:
-    """The runs whose timeouts fall in one millisecond of the loop's clock, behind one timer.
+    """The runs whose timeouts fall in one slice of the loop's clock, behind one timer.
 
     A burst of runs started together would otherwise put one timer handle
-    each on the loop's heap (and cancel nearly all of them a moment later).
-    The group's timer fires at the end of its millisecond, so a timeout is
-    never early and at most 1 ms late; it leaves the heap when its last run
-    finishes.
+    each on the loop's heap (and cancel nearly all of them a moment later):
+    a handle costs a heap push whose comparisons are Python calls, and its
+    cancellation more. A slice is ``timeout_slice_ms`` long (1% of the
+    timeout, between 1 and 16 ms); the group's timer fires at the end of its
+    slice, so a timeout is never early and at most one slice late. The timer
+    leaves the heap when its last run finishes.
     """
 
     __slots__ = ("runs", "handle", "key", "groups")
@@ -167,14 +185,15 @@ class RunLifecycle:
 
     def _launch_begin(self) -> None:
         """A run is being recorded: stop() waits for it to be seen (and stopped) before it ends."""
-        if not self._launching:
-            self._launch_idle = anyio.Event()
         self._launching += 1
 
     def _launch_end(self) -> None:
         self._launching -= 1
-        if not self._launching:
+        if not self._launching and self._launch_idle is not None:
+            # the event exists only while stop() waits: making one per trigger cost
+            # more (anyio looks up the running library) than the rest of launching
             self._launch_idle.set()
+            self._launch_idle = None
 
     async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
                       claimed: bool = False) -> _Active | None:
@@ -211,7 +230,10 @@ class RunLifecycle:
         active = _Active(row["task"], row, admitted=admitted)
         self._active[row["id"]] = active
         if isinstance(defn, Task):
-            self._running.setdefault(defn.name, set()).add(row["id"])
+            running = self._running.get(defn.name)
+            if running is None:
+                running = self._running[defn.name] = set()
+            running.add(row["id"])
         active.handle = self._spawn_run(self._execute(defn, row, active))
         if run_log.isEnabledFor(logging.INFO):
             run_log.info("run %s id=%s task=%s trigger=%s attempt=%s", "started" if admitted else "queued",
@@ -243,10 +265,32 @@ class RunLifecycle:
             db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
 
     async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
-        """The run's task: the attempt, then its outcome recorded, whatever happens."""
+        """The run's task: a slot (a queued run waits for one), the attempt, then its
+        outcome recorded, whatever happens.
+
+        One coroutine from the slot to the outcome: every level of ``await``
+        between the run's task and the VM is paid twice per run (entered and
+        left), and a short run is made of little else.
+        """
         active.started = True
+        trace = None
         try:
-            status, result, error, trace = await self._attempt_admitted(defn, row, active)
+            if active.reason is not None:  # cancelled before its task started
+                raise asyncio.CancelledError
+            failure = None if active.admitted else await self._wait_for_slot(row, active)
+            if failure is not None:
+                status, result, error = "failed", None, failure
+            else:
+                is_task = isinstance(defn, Task)
+                if defn.request_history.enabled if is_task else True:
+                    trace = RunTrace(prepared=self._trace_secrets)
+                ctx = RunContext(
+                    records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
+                    tracer=trace, clock=self.clock, env=self.env,
+                    task={"name": row["task"], "run_id": row["id"], "attempt": row["attempt"],
+                          "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
+                )
+                status, result, error = await self._attempt(defn, ctx, row, active, defn.timeout if is_task else 300.0)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -268,30 +312,16 @@ class RunLifecycle:
         finally:
             self._tasks.discard(active.handle)  # type: ignore[arg-type]
 
-    async def _attempt_admitted(self, defn: Task | Function, row: dict[str, Any],
-                                active: _Active) -> tuple[str, Any, Any, RunTrace | None]:
-        """Wait for a slot (a queued run), then run the attempt: (status, result, error, trace)."""
-        if active.reason is not None:  # cancelled before its task started
-            raise asyncio.CancelledError
-        if not active.admitted:
-            await self._gate.acquire(row["task"])
-            active.admitted = True
-            row["started_at"] = self.clock.time()
-            try:
-                await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"]})
-            except CronstackError as exc:
-                return "failed", None, _store_failure(exc, "starting the run"), None
-        is_task = isinstance(defn, Task)
-        history = defn.request_history.enabled if is_task else True
-        trace = RunTrace(prepared=self._trace_secrets) if history else None
-        ctx = RunContext(
-            records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
-            tracer=trace, clock=self.clock, env=self.env,
-            task={"name": row["task"], "run_id": row["id"], "attempt": row["attempt"],
-                  "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
-        )
-        status, result, error = await self._attempt(defn, ctx, row, active, defn.timeout if is_task else 300.0)
-        return status, result, error, trace
+    async def _wait_for_slot(self, row: dict[str, Any], active: _Active) -> dict[str, Any] | None:
+        """A queued run: wait for a slot, then record it ``running``; the error object if the database refused."""
+        await self._gate.acquire(row["task"])
+        active.admitted = True
+        row["started_at"] = self.clock.time()
+        try:
+            await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"]})
+        except CronstackError as exc:
+            return _store_failure(exc, "starting the run")
+        return None
 
     async def _attempt(self, defn: Task | Function, ctx: RunContext, row: dict[str, Any], active: _Active,
                        limit: float) -> tuple[str, Any, Any]:
@@ -306,7 +336,8 @@ class RunLifecycle:
         inputs = row.get("inputs") if isinstance(defn, Function) else None
         if self._real_clock:
             loop = asyncio.get_running_loop()
-            key = int((loop.time() + min(limit, MAX_TIMER_SECONDS)) * 1000) + 1
+            width = timeout_slice_ms(limit)
+            key = (int((loop.time() + min(limit, MAX_TIMER_SECONDS)) * 1000) // width + 1) * width
             group = self._timeouts.get(key)
             if group is None:
                 group = self._timeouts[key] = _TimeoutGroup(self._timeouts, key, loop)
@@ -338,11 +369,12 @@ class RunLifecycle:
                       status: str, result: Any, error: Any, trace: RunTrace | None) -> None:
         run_id = row["id"]
         now = self.clock.time()
+        is_task = isinstance(defn, Task)
         try:
             if trace is not None:
                 error = trace.redact_error(error)
             started = row.get("started_at")
-            if isinstance(defn, Task) and status in RETRYABLE:
+            if is_task and status in RETRYABLE:
                 # the retry is stored before the outcome: a crash between the two leaves the
                 # attempt `running`, and recovery sees its retry (``_has_retry``) instead of losing it.
                 # A retry the database refused leaves the attempt `running` on purpose: the next
@@ -353,7 +385,9 @@ class RunLifecycle:
             outcome = {"status": status, "finished_at": now, "result": result, "error": error}
             if not await self._final_write(run_id, outcome, entries):
                 return  # still `running` in the database: the next start marks it crashed and retries it
-            self.runs_total[(row["task"], status)] = self.runs_total.get((row["task"], status), 0) + 1
+            totals = self.runs_total
+            key = (row["task"], status)
+            totals[key] = totals.get(key, 0) + 1
             if run_log.isEnabledFor(logging.INFO):
                 run_log.info("run finished id=%s task=%s status=%s duration=%.3f%s", run_id, row["task"], status,
                          now - (started or now), f" error={error.get('type')}: {error.get('message')}" if error else "")
@@ -365,12 +399,13 @@ class RunLifecycle:
             elif active.watchdog is not None:
                 active.watchdog.cancel()
             self._active.pop(run_id, None)
-            if isinstance(defn, Task):
-                self._running.get(defn.name, set()).discard(run_id)
+            running = self._running.get(defn.name) if is_task else None
+            if running is not None:
+                running.discard(run_id)
             if admitted:
                 self._gate.release()
             active.set_finished()
-            if isinstance(defn, Task) and defn.name in self._pending and not self._running.get(defn.name) and not self._stopping:
+            if self._pending and is_task and defn.name in self._pending and not running and not self._stopping:
                 scheduled_at, trigger = self._pending.pop(defn.name)
                 self._spawn(self._fire(defn.name, scheduled_at, trigger))
 

@@ -205,7 +205,14 @@ async def test_timeout_of_a_compute_loop_with_the_real_clock():
         assert run["status"] == "timed_out"
 
 
-async def test_real_clock_timeouts_share_a_timer_per_millisecond_and_are_never_early():
+def test_timeout_slices_are_one_percent_of_the_limit_between_1_and_16_ms():
+    from engine._runs import timeout_slice_ms
+
+    assert [timeout_slice_ms(s) for s in (0, 0.01, 0.1, 0.3, 1.0, 1.59, 1.6, 30, 1e306)] == [
+        1, 1, 1, 3, 10, 15, 16, 16, 16]
+
+
+async def test_real_clock_timeouts_share_a_timer_per_slice_and_are_never_early():
     """Runs started together share one loop timer: it times out the ones still running, not
     before their limit, and leaves the loop's heap when its last run ends."""
     import asyncio
@@ -217,6 +224,7 @@ async def test_real_clock_timeouts_share_a_timer_per_millisecond_and_are_never_e
         ids = await asyncio.gather(*(engine.trigger(n) for n in ["slow", "fast"] * 20))
         assert 1 <= len(engine._timeouts) <= 40
         assert sum(len(g.runs) for g in engine._timeouts.values()) == 40
+        assert all(key % 3 == 0 for key in engine._timeouts)  # 0.3 s: 3 ms slices
         with anyio.fail_after(5):
             for run_id in ids:
                 active = engine._active.get(run_id)
