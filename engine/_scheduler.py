@@ -138,11 +138,14 @@ class Scheduling:
                 break
             task = self.definitions.tasks.get(name)
             if task is not None:
-                warm_program(task.program)
+                # a task with request history on runs the traced variant (and so do the
+                # functions it calls inline), one without it never does
+                traced = task.request_history.enabled
+                warm_program(task.program, traced=traced)
                 for fn_name, _path in task.calls:
                     fn = self.functions.stacks.get(fn_name)
                     if fn is not None:
-                        warm_program(fn.program)
+                        warm_program(fn.program, traced=traced)
             await asyncio.sleep(0)
 
     def _rebuild_timer(self, before: dict[str, Schedule]) -> Any:

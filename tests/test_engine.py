@@ -529,3 +529,18 @@ async def test_native_code_follows_the_stack_as_loaded_not_later_edits():
         stack[0] = RET(7)  # the caller's dict changes after loading, before the first run
         run = await engine.trigger("alpha", wait=True)
         assert run["result"] == 2
+
+
+async def test_warm_up_compiles_the_variant_each_task_will_run():
+    """Before their first fire, a task with request history on gets its traced native code and
+    one without it the plain one; neither pays for the variant it never runs."""
+    clock = FakeClock(T0)
+    defs = [task("traced", [RET(1)], schedule="* * * * *", request_history={"enabled": True}),
+            task("plain", [RET(2)], schedule="* * * * *", request_history={"enabled": False})]
+    async with Engine.open(defs, clock=clock) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        traced = engine.definitions.tasks["traced"].program.native
+        plain = engine.definitions.tasks["plain"].program.native
+        assert traced.traced_fn is not None and traced.fn is None
+        assert plain.fn is not None and plain.traced_fn is None
