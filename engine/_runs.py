@@ -329,8 +329,8 @@ class RunLifecycle:
 
         The timeout is a timer that cancels the run with the reason
         "timeout": with the real clock, the event loop timer of the run's
-        ``_TimeoutGroup`` (shared by the runs due to time out in the same
-        millisecond), the injected clock's ``call_at`` (or a watchdog sleeping
+        ``_TimeoutGroup`` (shared by the runs due to time out in the same slice
+        of time), the injected clock's ``call_at`` (or a watchdog sleeping
         on it) otherwise, so tests run in virtual time.
         """
         inputs = row.get("inputs") if isinstance(defn, Function) else None
@@ -372,7 +372,11 @@ class RunLifecycle:
         is_task = isinstance(defn, Task)
         try:
             if trace is not None:
-                error = trace.redact_error(error)
+                try:
+                    error = trace.redact_error(error)
+                except Exception as exc:  # a defect in redaction must not cost the run its outcome
+                    db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+                    status, result, error, trace = "failed", None, _internal_error(exc, "redacting the error"), None
             started = row.get("started_at")
             if is_task and status in RETRYABLE:
                 # the retry is stored before the outcome: a crash between the two leaves the
@@ -409,7 +413,8 @@ class RunLifecycle:
                 scheduled_at, trigger = self._pending.pop(defn.name)
                 self._spawn(self._fire(defn.name, scheduled_at, trigger))
 
-    async def _final_write(self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None) -> bool:
+    async def _final_write(self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None,
+                           *, fallback: bool = False) -> bool:
         """Record a run's outcome and its trace (one write), retrying briefly; False (logged) if refused.
 
         A store error here must not escape: it would tear down the engine's
@@ -418,6 +423,8 @@ class RunLifecycle:
         ``crashed``, retried under its policy) by the next start. A trace
         never costs a run its outcome: when the database keeps refusing the
         two, the outcome is tried once more alone (the trace is lost, logged).
+        An outcome that cannot be stored at all (a defect: a value the
+        encoder refuses) is replaced by a failed one that says so.
         """
         for delay in (*FINAL_WRITE_BACKOFF, None):
             try:
@@ -428,11 +435,19 @@ class RunLifecycle:
                     if trace is not None:
                         db_log.error("run %s: its outcome and trace could not be stored, trying the "
                                      "outcome alone: %s", run_id, exc)
-                        return await self._final_write(run_id, fields, None)
+                        return await self._final_write(run_id, fields, None, fallback=fallback)
                     db_log.error("run %s: its outcome (%s) could not be stored, it stays 'running' until "
                               "the next start recovers it: %s", run_id, fields.get("status"), exc)
                     return False
                 await anyio.sleep(delay)
+            except Exception as exc:
+                db_log.error("internal error in the engine: run %s: its outcome could not be stored: %s: %s",
+                             run_id, type(exc).__name__, exc, exc_info=exc)
+                if fallback:
+                    return False
+                failed = {"status": "failed", "finished_at": fields.get("finished_at"), "result": None,
+                          "error": _internal_error(exc, "storing the run's outcome")}
+                return await self._final_write(run_id, failed, None, fallback=True)
         return False  # pragma: no cover - the loop always returns
 
     async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> bool:
@@ -482,6 +497,12 @@ def _cancel_error(reason: str | None, limit: float) -> dict[str, Any]:
         return {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
     message = _CANCEL_MESSAGES.get(reason or "", "the engine stopped while the run was running")
     return {"message": message, "type": "Cancelled", "step": None}
+
+
+def _internal_error(exc: BaseException, doing: str) -> dict[str, Any]:
+    """The error object of a run the engine itself failed while ``doing`` something for it."""
+    return {"message": f"internal error while {doing}: {type(exc).__name__}: {exc!r}"[:2000],
+            "type": "InternalError", "step": None}
 
 
 def _store_failure(exc: CronstackError, doing: str) -> dict[str, Any]:

@@ -544,3 +544,18 @@ async def test_warm_up_compiles_the_variant_each_task_will_run():
         plain = engine.definitions.tasks["plain"].program.native
         assert traced.traced_fn is not None and traced.fn is None
         assert plain.fn is not None and plain.traced_fn is None
+
+
+@pytest.mark.parametrize("history", [True, False])
+async def test_an_outcome_holding_a_lone_surrogate_is_still_recorded(history):
+    """UTF-8 cannot hold a lone surrogate, which an expression can build: the run's outcome is
+    stored anyway (the surrogate written out as text), never left 'running'."""
+    bad = "{{ 'x\ud800y' }}"
+    defs = [task("throws", [{"function": "throw_error", "message": bad, "type": "Boom"}],
+                 request_history={"enabled": history}),
+            task("returns", [RET({"text": bad})], request_history={"enabled": history})]
+    async with Engine.open(defs, env={"API_KEY": "sk-live-0123456789"}) as engine:
+        failed = await engine.trigger("throws", wait=True)
+        done = await engine.trigger("returns", wait=True)
+    assert failed["status"] == "failed"
+    assert done["status"] == "completed" and done["result"] == {"text": "x\\ud800y"}
