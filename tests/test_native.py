@@ -539,3 +539,73 @@ def test_a_value_list_that_starts_with_an_object_compiles():
     stack = [cv("a", 1), loop([{"function": "conditional", "condition": "true",
                                 "true_branch": [cv("x", [{}, None, 3])]}]), ret("{{ x }}")]
     assert same(stack) == ("ok", [{}, None, 3])
+
+
+def _localize_by_tokens(code, local_of):
+    """The tokenize-based rewrite ``localize`` replaced, kept as its reference."""
+    import io
+    import re
+    import tokenize
+
+    from compiler._native import _NoLocals
+
+    if "scope" not in code:
+        return code
+    toks = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    starts = [0]
+    for text in code.splitlines(keepends=True):
+        starts.append(starts[-1] + len(text))
+    out, pos = [], 0
+    for k, tok in enumerate(toks):
+        if tok.type != tokenize.NAME or tok.string != "scope":
+            continue
+        nxt = toks[k + 1 : k + 5]
+        if (
+            len(nxt) < 4
+            or (k and toks[k - 1].string in (".", "del"))
+            or nxt[0].string != "["
+            or nxt[1].type != tokenize.STRING
+            or nxt[2].string != "]"
+            or (nxt[3].string.endswith("=") and nxt[3].string not in ("==", "!=", "<=", ">="))
+        ):
+            raise _NoLocals(code)
+        quoted = nxt[1].string
+        name = quoted[1:-1] if re.match(r"""(['"])[A-Za-z_][A-Za-z0-9_]*\1\Z""", quoted) else None
+        var = local_of(name) if name is not None else None
+        if var is None:
+            continue
+        out.append(code[pos : starts[tok.start[0] - 1] + tok.start[1]])
+        out.append(var)
+        pos = starts[nxt[2].end[0] - 1] + nxt[2].end[1]
+    out.append(code[pos:])
+    return "".join(out)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ a + b * 2 }}", "{{ 'scope[\\'a\\']' ~ a }}", "{{ o.scope }}", "{{ o['a'] ~ \"it's\" }}",
+        "x{{ a }}-{{ item.id }}", {"k": "{{ a }}", "l": ["{{ b }}", "{{ a|length }}"]}, "{{ a > 1 ? a : b }}",
+        "{{ l|first ?? a }}", "{{ o|merge({a: a}) }}", "{{ '#' ~ a ~ \"#\" }}", "{{ [a, b, scope] }}",
+        "{{ now - a > b }}", "{{ a == 1 and b != 2 or a <= b }}", "{{ o['x y'] ~ a }}",
+    ],
+)
+def test_localize_agrees_with_the_tokenize_rewrite(text):
+    """On the expression compiler's own code the regex scan rewrites and refuses exactly as tokenize did."""
+    from compiler._expr import field_code
+    from compiler._native import _localize, _NoLocals
+
+    def local(name):
+        return {"a": "_x1", "b": "_x2", "item": "_x3"}.get(name)
+
+    stmts, result = field_code(text, "t")
+    for code in (*stmts, result, f"{result} = 1", f"del {result}", f"{result} += 1"):
+        try:
+            want = _localize_by_tokens(code, local)
+        except _NoLocals:
+            want = _NoLocals
+        try:
+            got = _localize(code, local)
+        except _NoLocals:
+            got = _NoLocals
+        assert got == want, code
