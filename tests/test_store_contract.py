@@ -244,6 +244,25 @@ async def test_insert_run_refuses_bad_rows(store):
         await store.insert_run({"id": "r", "task": "t"})
 
 
+async def test_a_burst_of_run_inserts_with_one_duplicate_fails_only_that_one(store):
+    """Hundreds of runs inserted at once (one batch, a few statements) with one repeated id:
+    every other run is stored, in order, and only the repeat is refused."""
+    import asyncio
+
+    await store.insert_run({"id": "dup", "task": "t"})
+    ids = [f"b{i:03d}" for i in range(300)]
+    ids[150] = "dup"
+    outcomes = await asyncio.gather(
+        *(store.insert_run({"id": i, "task": "t", "attempt": n}) for n, i in enumerate(ids)),
+        return_exceptions=True,
+    )
+    assert [type(o).__name__ for o in outcomes if o is not None] == ["StoreError"]
+    assert isinstance(outcomes[150], StoreError)
+    stored = await store.list_runs("t", limit=400, newest_first=False)
+    assert [r["id"] for r in stored] == ["dup"] + [i for i in ids if i != "dup"]
+    assert [r["attempt"] for r in stored[1:]] == [n for n in range(300) if n != 150]
+
+
 async def test_update_run(store, clock):
     await store.insert_run({"id": "r1", "task": "t"})
     clock.t = 1_010.0
@@ -449,3 +468,24 @@ async def test_given_timestamps_on_edit_and_upsert_are_floats(store):
     assert merged["created_at"] == 7.0 and isinstance(merged["created_at"], float)
     with pytest.raises(InvalidRecord):
         await store.edit("items", rec["id"], {"updated_at": "soon"})
+
+
+async def test_a_burst_of_run_updates_keeps_order_and_fails_only_a_missing_run(store):
+    """Many updates in one batch (a few multi-row statements): each lands on its own run; two
+    updates of one run keep their order (the later wins); a missing run fails alone."""
+    import asyncio
+
+    ids = [f"u{i:03d}" for i in range(200)]
+    await asyncio.gather(*(store.insert_run({"id": i, "task": "t"}) for i in ids))
+    writes = [store.update_run(i, {"status": "running", "attempt": n}) for n, i in enumerate(ids)]
+    writes.append(store.update_run("missing", {"status": "running", "attempt": 7}))
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes if o is not None] == ["RunNotFound"]
+    runs = {r["id"]: r for r in await store.list_runs("t", limit=300)}
+    assert all(runs[i]["status"] == "running" and runs[i]["attempt"] == n for n, i in enumerate(ids))
+    # the same run twice in one batch, same columns: the later write is the one kept
+    await asyncio.gather(store.update_run("u000", {"status": "failed"}),
+                         store.update_run("u001", {"status": "failed"}),
+                         store.update_run("u000", {"status": "completed"}))
+    assert (await store.get_run("u000"))["status"] == "completed"
+    assert (await store.get_run("u001"))["status"] == "failed"

@@ -34,6 +34,7 @@ from engine._store.filters import (
     compile_sort,
     equals,
 )
+from engine._store.multirow import execute_rows, values_list
 from engine._store.writer import GroupWriter, WriteContext
 
 __all__ = ("RecordsMixin",)
@@ -95,42 +96,21 @@ def _split(data: Any, table: str) -> tuple[dict[str, Any], Any, Any, Any]:
 # -- writer-thread half ---------------------------------------------------------
 
 
-#: rows per multi-row INSERT (4 parameters each, well under SQLite's 32,766)
-INSERT_CHUNK = 256
 #: values per inserted row: id, created_at, updated_at, data
 ROW_WIDTH = 4
 
 
 def _insert_sql(table: str, n: int) -> str:
     # data arrives as str (see _with_texts); CAST keeps it TEXT should bytes be bound
-    return f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES ' + ", ".join(
-        ["(?, ?, ?, CAST(? AS TEXT))"] * n
+    return f'INSERT INTO "{table}" (id, created_at, updated_at, data) VALUES ' + values_list(
+        "(?, ?, ?, CAST(? AS TEXT))", n
     )
 
 
 def _insert_rows(ctx: WriteContext, table: str, params: list[Any]) -> None:
-    """Insert the rows of flat ``params`` with few statements: each is one ``sqlite3_step``.
-
-    ``executemany`` releases and retakes the GIL around every row's step, and
-    while the event loop is busy resuming callers each retake waits for it. A
-    multi-row VALUES statement releases the GIL once per INSERT_CHUNK rows.
-    The rest is split into powers of two, so every statement text is one of
-    a few, cached by sqlite3 (see docs/store.md for the measurement).
-    """
-    conn = ctx.conn
-    n = len(params) // ROW_WIDTH
-    if n <= INSERT_CHUNK and n & (n - 1) == 0:  # a power of two: one statement, no copy
-        conn.execute(_cached_insert_sql(ctx, table, n), params)
-        return
-    i = 0
-    size = INSERT_CHUNK
-    while i < n:
-        while size > n - i:
-            size //= 2
-        conn.execute(
-            _cached_insert_sql(ctx, table, size), params[i * ROW_WIDTH:(i + size) * ROW_WIDTH]
-        )
-        i += size
+    """Insert the rows of flat ``params`` with few statements (see ``multirow``;
+    docs/store.md has the measurement)."""
+    execute_rows(ctx.conn, lambda size: _cached_insert_sql(ctx, table, size), params, ROW_WIDTH)
 
 
 def _cached_insert_sql(ctx: WriteContext, table: str, size: int) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import groupby
 from typing import Any
 
 from engine._store import codec
 from engine._store.errors import RunNotFound, StoreError, translate
+from engine._store.multirow import UPDATE_FROM, execute_rows, values_list
 from engine._store.writer import GroupWriter, WriteContext
 
 __all__ = ("StateMixin", "RUN_COLUMNS", "RUN_STATUSES", "RUN_TRIGGERS", "RUN_KINDS")
@@ -112,9 +113,27 @@ def _insert_sql(cols: tuple[str, ...], conflict: str = "") -> str:
 
 
 @lru_cache(maxsize=256)
+def _insert_rows_sql(cols: tuple[str, ...], n: int) -> str:
+    """The INSERT text for ``n`` rows of these columns (see ``multirow``)."""
+    row = "(" + ", ".join("?" * len(cols)) + ")"
+    return f"INSERT INTO cronstack_runs ({', '.join(cols)}) VALUES {values_list(row, n)}"
+
+
+@lru_cache(maxsize=256)
 def _update_sql(cols: tuple[str, ...]) -> str:
     sets = ", ".join(f"{c} = ?" for c in cols)
     return f"UPDATE cronstack_runs SET {sets} WHERE id = ?"
+
+
+@lru_cache(maxsize=256)
+def _update_rows_sql(cols: tuple[str, ...], n: int) -> str:
+    """One UPDATE of ``n`` runs: each row of the VALUES list is the new values, then the id."""
+    sets = ", ".join(f"{c} = v.column{i}" for i, c in enumerate(cols, 1))
+    row = "(" + ", ".join("?" * (len(cols) + 1)) + ")"
+    return (
+        f"UPDATE cronstack_runs SET {sets} FROM (VALUES {values_list(row, n)}) AS v "
+        f"WHERE cronstack_runs.id = v.column{len(cols) + 1}"
+    )
 
 
 # -- writer-thread half ---------------------------------------------------------
@@ -133,14 +152,16 @@ def _runs_of_shape(
 
 
 def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> None:
-    """Insert a batch of runs, one ``executemany`` per run of rows of one shape (a burst shares one).
+    """Insert a batch of runs, a few multi-row statements per run of rows of one shape
+    (a burst shares one shape).
 
     A failing row raises: the writer then replays the batch one write at a
     time, so only that row's caller gets the error.
     """
     for shape, rows in _runs_of_shape(args, tuple):
+        params = [value for row in rows for value in row.values()]
         try:
-            ctx.conn.executemany(_insert_sql(shape), [tuple(row.values()) for row in rows])
+            execute_rows(ctx.conn, partial(_insert_rows_sql, shape), params, len(shape))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"run {rows[0]['id']!r} cannot be stored ({exc}); run ids must be unique") from exc
 
@@ -155,17 +176,25 @@ def _fields_shape(arg: tuple[Any, ...]) -> tuple[str, ...]:
 def _op_update_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[Any] | None:
     """Update a batch of runs; a missing run fails only its own write (RunNotFound).
 
-    Neighbouring updates of one shape go in one ``executemany``; when its row
-    count says some run was missing, that group is redone row by row to find
-    which (an update is idempotent, so repeating the found ones changes
+    Neighbouring updates of one shape go in a few multi-row statements (see
+    ``multirow``), or one ``executemany`` when a run appears twice among them
+    (an UPDATE ... FROM would apply an arbitrary one of the two). When the
+    row count says some run was missing, that group is redone row by row to
+    find which (an update is idempotent, so repeating the found ones changes
     nothing).
     """
     out: list[Any] | None = None
     start = 0
+    conn = ctx.conn
     for shape, group in _runs_of_shape(args, _fields_shape):
         sql = _update_sql(shape)
         params = [(*fields.values(), run_id) for run_id, fields in group]
-        if ctx.conn.executemany(sql, params).rowcount != len(params):
+        if UPDATE_FROM and len(group) > 1 and len({run_id for run_id, _ in group}) == len(group):
+            flat = [value for p in params for value in p]
+            changed = execute_rows(conn, partial(_update_rows_sql, shape), flat, len(shape) + 1)
+        else:
+            changed = conn.executemany(sql, params).rowcount
+        if changed != len(params):
             if out is None:
                 out = [None] * len(args)
             for i, p in enumerate(params, start):
