@@ -213,12 +213,26 @@ class _Gen:
         return name
 
     def site(self, path: str, arg: Any, evaluated: Value | None = None, tag: str = "") -> None:
+        """``_at = N``: errors from here on are those of site N (path, argument, evaluated value).
+
+        A store nothing can observe is not written, for the compiler parses every
+        line: the first site when nothing precedes it (the header already sets
+        ``_at = 0``), and a marker directly after another at the same depth.
+        """
         key = (path, tag)
         at = self.site_ids.get(key)
         if at is None:
             at = self.site_ids[key] = len(self.sites)
             self.sites.append((path, arg, evaluated))
             self.site_kinds.append("" if tag in _UNTRACED_TAGS else self.kinds.get(path, ""))
+        lines = self.lines
+        if not lines:
+            if at == 0:
+                return
+        else:
+            marker = "    " * self.depth + "_at = "
+            if lines[-1].startswith(marker) and lines[-1][len(marker)].isdigit():
+                lines.pop()
         self.line(f"_at = {at}")
 
     # -- tracing (the traced variant only) ---------------------------------------------
@@ -309,7 +323,9 @@ class _Gen:
             self.trace_end(path, output="_v")
             self.created.add(step["name"])
             return
-        self.site(path, self.args[path])
+        arg = self.args[path]
+        if not (arg[1].constant and _evaluates(arg[1])):  # a constant that evaluates cannot fail here
+            self.site(path, arg)
         name = step["name"]
         value = self.expr(step.get("value"), f"{path}.value")
         var = self.local_of(name)
@@ -336,7 +352,9 @@ class _Gen:
             self.trace_end(path, "None", f"scope[{key}]")
             return
         self.evaluate("_v", step.get("value"), f"{path}.value", (path, arg, value))
-        if op == "set":
+        if op == "set" and name in self.created:  # surely there: ``_update`` would only store it
+            self.line(f"scope[{key}] = _v")
+        elif op == "set":
             self.line(f"if {key} in scope:")
             self.line(f"    scope[{key}] = _v")
             self.line("else:")

@@ -239,3 +239,28 @@ def test_local_loops_reach_errors_and_catches():
         return got[0] == "ok" and got[1] is not None and got[1]["error"] is not None and got[1]["a"] != 1
 
     find(local_loop(), caught_inside)
+
+
+# -- code the generator leaves out (compile cost): the same outcomes without it ---------------
+# A create_variable of a constant stores no site (it cannot fail), consecutive site stores keep
+# the last, a ``set`` of a variable created on every path stores without the membership test,
+# and a bare variable read bound inside an object/list/template has no ``try`` around it.
+@pytest.mark.parametrize("failing", ["{{ x }}", "{{ a / 0 }}", "{{ s + 1 }}", {"k": "{{ x }}"}, ["{{ a }}", "{{ x }}"],
+                                     "v{{ x }}", "{{ 1 / 0 }}", {"k": "{{ s }}", "n": "{{ l|sum }}"}])
+def test_errors_after_constant_steps_name_the_failing_step(failing):
+    same([*PRELUDE, cv("c1", 1), cv("c2", [1, 2]), cv("c3", {"k": "v"}), cv("r", failing)])
+    same([*PRELUDE, cv("a", 1), cv("c1", "text"), {"function": "update_variable", "name": "a", "operation": "set", "value": failing}])
+    same([*PRELUDE, cv("c0", 0), {"function": "try_catch", "try_block": [cv("c1", 2), cv("r", failing)],
+                        "catch_block": [cv("c2", 3), {"function": "return", "value": ["{{ error }}", "{{ c2 }}"]}]}])
+    same([*PRELUDE, cv("c0", 0), {"function": "loop", "times": 2, "operations": [cv("c1", 1), cv("r", failing)]}])
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_set_of_a_variable_created_or_not(created):
+    head = [cv("v", 1)] if created else [{"function": "conditional", "condition": "{{ a > 5 }}", "true_branch": [cv("v", 1)]}]
+    for value in (2, "{{ a }}", "{{ x }}", {"k": "{{ a }}"}):
+        same([*PRELUDE, *head, {"function": "update_variable", "name": "v", "operation": "set", "value": value},
+              {"function": "return", "value": "{{ v }}"}])
+        same([*PRELUDE, *head, {"function": "conditional", "condition": True, "true_branch": [
+            {"function": "update_variable", "name": "v", "operation": "set", "value": value}]},
+              {"function": "return", "value": "{{ v }}"}])
