@@ -49,6 +49,10 @@ FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped"
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
 
+#: milliseconds that fit the id's 12 hex digits
+_MS_LIMIT = 1 << 48
+
+
 def new_run_id(now: float | None = None) -> str:
     """Run ids sort by creation time: 12 hex digits of milliseconds, then 8 random ones.
 
@@ -62,10 +66,6 @@ def new_run_id(now: float | None = None) -> str:
     if 0 <= ms < _MS_LIMIT:  # one integer to hex: about half the cost of two format specs
         return (ms << 32 | _ids.getrandbits(32)).to_bytes(10, "big").hex()
     return f"{ms:012x}{_ids.getrandbits(32):08x}"  # a clock before 1970 or after the year 10889
-
-
-#: milliseconds that fit the id's 12 hex digits
-_MS_LIMIT = 1 << 48
 
 
 _ids = random.Random()  # seeded from os.urandom
