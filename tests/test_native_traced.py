@@ -23,6 +23,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_native import cond, loop, ret, throw, try_, uv
 from test_native_diff import LOCAL_PRELUDE, PRELUDE, SEEN, compile_stack, cv, local_loop, steps
 
 from benchmarks.bench_runs import STACK10
@@ -270,35 +271,6 @@ def test_the_random_stacks_reach_errors_and_traces():
 
 
 # -- explicit cases ------------------------------------------------------------------------------
-
-
-def uv(name, op, value=None):
-    return {"function": "update_variable", "name": name, "operation": op, "value": value}
-
-
-def ret(value):
-    return {"function": "return", "value": value}
-
-
-def throw(message="boom", type_="T"):
-    return {"function": "throw_error", "message": message, "type": type_}
-
-
-def loop(operations, **source):
-    return {"function": "loop", **(source or {"times": 3}), "operations": operations}
-
-
-def try_(try_block, catch=None, fin=None):
-    step = {"function": "try_catch", "try_block": try_block}
-    if catch is not None:
-        step["catch_block"] = catch
-    if fin is not None:
-        step["finally_block"] = fin
-    return step
-
-
-def cond(condition, then, other=None):
-    return {"function": "conditional", "condition": condition, "true_branch": then, "false_branch": other or []}
 
 
 def log(message, level="info"):
