@@ -84,9 +84,16 @@ async def test_table_created_by_a_failed_write_is_not_remembered(store):
     assert (await store.add("fresh", {"v": 1}))["id"] == 1
 
 
-async def test_cancelled_caller_still_commits(store):
+@pytest.mark.parametrize("entry", ["add", "queue_add"])
+async def test_cancelled_caller_still_commits(store, entry):
+    """Through ``add`` (a coroutine) or ``queue_add`` (the writer's future itself, awaited by
+    the step's task): a caller cancelled after queueing its row leaves the row committed."""
     await store.add("t", {"v": "first"})  # the table's id counter is loaded: add queues at once
-    task = asyncio.ensure_future(store.add("t", {"v": "survivor"}))
+
+    async def step():
+        return await getattr(store, entry)("t", {"v": "survivor"})
+
+    task = asyncio.ensure_future(step())
     await asyncio.sleep(0)  # queued
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

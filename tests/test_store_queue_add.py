@@ -95,24 +95,6 @@ async def test_a_bad_row_among_queued_ones_fails_alone(store):
     assert store.write_stats["batches"] - before == 1
 
 
-async def test_cancelled_waiter_of_a_queued_add_still_commits(store):
-    await store.add("t", {"v": "first"})
-
-    async def step():
-        return await store.queue_add("t", {"v": "survivor"})
-
-    task = asyncio.ensure_future(step())
-    await asyncio.sleep(0)  # queued; the task waits on the writer's future itself
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    for _ in range(100):
-        if await store.count("t") == 2:
-            break
-        await asyncio.sleep(0.01)
-    assert (await store.query("t"))[1]["v"] == "survivor"
-
-
 async def test_closed_store_refuses_queue_add(tmp_path):
     store = await open_store(f"sqlite:///{tmp_path}/c.db")
     await store.add("t", {"v": 1})
