@@ -168,14 +168,15 @@ class RunTrace:
             return
         if kind == "external_api_request":
             inputs = self._request_inputs(inputs)
-        # a step of a traced run costs this call: plain values skip the call to summary()
+        # a step of a traced run costs this call: plain values skip the call to summary(),
+        # and None (the inputs of most steps) skips the type test too
         entries.append(
             _Step(
                 self._prefix + path,
                 kind,
                 started,
                 duration,
-                inputs if type(inputs) in _PLAIN else self.summary(inputs),
+                inputs if inputs is None or type(inputs) in _PLAIN else self.summary(inputs),
                 output if type(output) in _PLAIN else self.summary(output),
                 self.summary(error) if error else None,
             )
