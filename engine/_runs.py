@@ -385,7 +385,13 @@ class RunLifecycle:
                 # start marks it crashed and retries it, so the retry is late but never lost.
                 if not await self._maybe_retry(defn, row, status):
                     return
-            entries = trace.export() if trace is not None and (trace.entries or trace.logs) else None
+            entries = None
+            if trace is not None and (trace.entries or trace.logs):
+                try:
+                    entries = trace.export_json()  # the stored text in one encode
+                except Exception as exc:  # a defect in the trace must not cost the run its outcome
+                    db_log.error("internal error in the engine: run %s: its trace could not be encoded: %s: %s",
+                                 run_id, type(exc).__name__, exc, exc_info=exc)
             outcome = {"status": status, "finished_at": now, "result": result, "error": error}
             if not await self._final_write(run_id, outcome, entries):
                 return  # still `running` in the database: the next start marks it crashed and retries it
@@ -413,7 +419,7 @@ class RunLifecycle:
                 scheduled_at, trigger = self._pending.pop(defn.name)
                 self._spawn(self._fire(defn.name, scheduled_at, trigger))
 
-    async def _final_write(self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None,
+    async def _final_write(self, run_id: str, fields: dict[str, Any], trace: str | None,
                            *, fallback: bool = False) -> bool:
         """Record a run's outcome and its trace (one write), retrying briefly; False (logged) if refused.
 

@@ -1,6 +1,7 @@
 """The engine end to end with virtual time: fires, overlap, retries, timeouts, misfires."""
 
 import anyio
+import msgspec
 import pytest
 
 from engine import CompileError, Engine, FakeClock, RunFailed, UnknownTask
@@ -280,7 +281,7 @@ async def test_finished_runs_store_outcome_and_trace_in_one_write():
         finish_run = engine.store.finish_run
 
         async def spy(run_id, fields, trace=None):
-            writes.append((run_id, fields["status"], len(trace or ())))
+            writes.append((run_id, fields["status"], len(msgspec.json.decode(trace)) if trace else 0))
             await finish_run(run_id, fields, trace)
 
         engine.store.finish_run = spy

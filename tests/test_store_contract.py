@@ -329,6 +329,10 @@ async def test_finish_run_writes_outcome_and_trace_together(store, clock):
     assert await store.get_trace("missing") == []
     with pytest.raises(StoreError):
         await store.finish_run("r1", {"status": "bogus"})
+    # the trace may come as the JSON text of its entries (what RunTrace.export_json makes)
+    await store.insert_run({"id": "r3", "task": "t", "status": "running"})
+    await store.finish_run("r3", {"status": "completed"}, '[{"path": "stack[0]", "kind": "log"}]')
+    assert await store.get_trace("r3") == [{"path": "stack[0]", "kind": "log"}]
 
 
 async def test_run_writes_batched_together_fail_only_their_own_caller(store):

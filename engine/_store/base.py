@@ -14,6 +14,8 @@ import abc
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from engine._store import codec
+
 __all__ = ("Store",)
 
 
@@ -98,17 +100,20 @@ class Store(abc.ABC):
         """Set ``fields`` of run ``run_id``; ``RunNotFound`` if it is not stored."""
 
     async def finish_run(
-        self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None = None
+        self, run_id: str, fields: dict[str, Any], trace: str | list[dict[str, Any]] | None = None
     ) -> None:
         """A run's outcome (``update_run``) and its trace entries (``add_trace``), as one write.
 
+        ``trace`` is the entries, or their JSON text (a list) as
+        ``RunTrace.export_json`` makes it: the engine hands over the text it
+        encoded in one pass, which a backend stores as it is.
         ``RunNotFound`` (and no trace) if the run is not stored. This default
         makes two writes; a backend overrides it with one transaction, so
         that finishing a run costs one commit.
         """
         await self.update_run(run_id, fields)
         if trace:
-            await self.add_trace(run_id, trace)
+            await self.add_trace(run_id, codec.decode(trace) if isinstance(trace, str) else trace)
 
     @abc.abstractmethod
     async def get_run(self, run_id: str) -> dict[str, Any] | None:

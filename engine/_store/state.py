@@ -376,10 +376,10 @@ class StateMixin:
         return self._writer.submit(_op_update_run, _RUNS, (run_id, self._updated(run_id, fields, "update_run")))
 
     def finish_run(
-        self, run_id: str, fields: dict[str, Any], trace: list[dict[str, Any]] | None = None
+        self, run_id: str, fields: dict[str, Any], trace: str | list[dict[str, Any]] | None = None
     ) -> Awaitable[None]:
         fields = self._updated(run_id, fields, "finish_run")
-        text = codec.encode_lenient(list(trace)) if trace else None
+        text = trace if type(trace) is str else codec.encode_lenient(list(trace)) if trace else None
         return self._writer.submit(_op_finish_run, _RUNS, (run_id, fields, text, fields["updated_at"]))
 
     async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
