@@ -187,10 +187,13 @@ class RunTrace:
             self.logs.append(_Log(self._prefix + path, "log", level, self.summary(message), None, 0.0, None, None))
 
     def redact_error(self, error: dict[str, Any] | None) -> dict[str, Any] | None:
-        """An error object fit to store: secrets scrubbed, size bounded."""
+        """An error object fit to store: secrets scrubbed, size bounded.
+
+        Encoded as the store encodes it (``encode_lenient``: a lone surrogate in
+        a message is written out rather than failing the encode)."""
         if error is None or not self._secrets.texts:
             return error
-        return msgspec.json.decode(self._secrets.scrub(_encode(error).decode()))
+        return msgspec.json.decode(self._secrets.scrub(encode_lenient(error)))
 
     def _stored(self) -> list[_Step | _Log]:
         """Every entry to store, in the stored order: steps, then logs, then the truncation marker."""

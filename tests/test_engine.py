@@ -559,4 +559,5 @@ async def test_an_outcome_holding_a_lone_surrogate_is_still_recorded(history):
         failed = await engine.trigger("throws", wait=True)
         done = await engine.trigger("returns", wait=True)
     assert failed["status"] == "failed"
+    assert failed["error"]["type"] == "Boom" and failed["error"]["message"] == "x\\ud800y"
     assert done["status"] == "completed" and done["result"] == {"text": "x\\ud800y"}
