@@ -91,13 +91,18 @@ SECRET = "sk-live-0123456789"
 
 def test_the_stored_text_of_a_small_trace_is_pinned():
     """Literal bytes: key order of steps, logs and errors, summaries, redaction and child paths."""
+    def feed(tracer):
+        tracer.step("stack[0]", "create_variable", 1.5, 0.25, None, [1, "a"], None)
+        tracer.step("stack[1]", "external_api_request", 2.0, 0.5,
+                    {"url": f"https://h.example/x?api_key={SECRET}&q=1",
+                     "headers": {"Authorization": f"Bearer {SECRET}"}},
+                    {"status": 200}, None)
+        tracer.child("fn").step("stack[0]", "throw", 3.0, 0.0, "boom", None,
+                                {"message": f"bad {SECRET}", "type": "E"})
+        tracer.log("stack[2]", "info", f"key {SECRET}")
+
     trace = RunTrace([SECRET])
-    trace.step("stack[0]", "create_variable", 1.5, 0.25, None, [1, "a"], None)
-    trace.step("stack[1]", "external_api_request", 2.0, 0.5,
-               {"url": f"https://h.example/x?api_key={SECRET}&q=1", "headers": {"Authorization": f"Bearer {SECRET}"}},
-               {"status": 200}, None)
-    trace.child("fn").step("stack[0]", "throw", 3.0, 0.0, "boom", None, {"message": f"bad {SECRET}", "type": "E"})
-    trace.log("stack[2]", "info", f"key {SECRET}")
+    feed(trace)
     text = trace.export_json()
     assert text == (
         '[{"path":"stack[0]","kind":"create_variable","started":1.5,"duration":0.25,"inputs":null,'
@@ -111,12 +116,7 @@ def test_the_stored_text_of_a_small_trace_is_pinned():
         '"inputs":null,"error":null}]'
     )
     ref = Reference([SECRET])
-    ref.step("stack[0]", "create_variable", 1.5, 0.25, None, [1, "a"], None)
-    ref.step("stack[1]", "external_api_request", 2.0, 0.5,
-             {"url": f"https://h.example/x?api_key={SECRET}&q=1", "headers": {"Authorization": f"Bearer {SECRET}"}},
-             {"status": 200}, None)
-    ref.child("fn").step("stack[0]", "throw", 3.0, 0.0, "boom", None, {"message": f"bad {SECRET}", "type": "E"})
-    ref.log("stack[2]", "info", f"key {SECRET}")
+    feed(ref)
     assert assert_same(ref, trace) == text
 
 
