@@ -129,7 +129,7 @@ class RunTrace:
             return value
         secrets = self._secrets
         if kind is str and len(value) <= MAX_SUMMARY_BYTES // 2:
-            return value if secrets._pattern is None else secrets._pattern.sub(MASK, value)
+            return secrets.scrub(value)
         try:
             data = _encode(value)
         except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
