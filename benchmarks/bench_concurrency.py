@@ -4,10 +4,14 @@ Waiting runs: N durable runs (10,000 quick, 100,000 full) of a stack whose
 first step is ``wait 1`` are triggered at once on an ``Engine`` (SQLite file,
 history off). Figures: wall time from the first trigger to every final row
 committed (target about 1 s for 10,000: the runs overlap), and Python memory
-per waiting run (tracemalloc, measured in a separate pass while every run is
-parked in its wait; target < 10 KB). Same-run baselines: bare asyncio tasks
-sleeping 1 s (time and bytes per task), and ``runtime.execute`` of the same
-stack without the engine (what the VM alone costs).
+per waiting run (target < 10 KB): a separate pass where the stack waits an
+hour, so that no run ends however slowly tracemalloc lets the burst start;
+one run of each task is parked first (its first run's compile is the task's
+memory, not the run's), then tracemalloc counts the bytes held once every
+one of the ``N`` runs is seen suspended in its ``asyncio.sleep``; the runs are
+cancelled afterwards. Same-run baselines: bare asyncio tasks sleeping (time
+and bytes per task), and ``runtime.execute`` of the same stack without the
+engine (what the VM alone costs).
 
 Loaded schedules: 100,000 cron schedules (varied expressions) through the
 scheduler's timing core (``Schedule`` + ``next_after`` + ``Timer``), against
@@ -36,6 +40,11 @@ WAIT_STACK = [
     {"function": "wait", "duration": 1},
     {"function": "return", "value": "{{ task.name }}"},
 ]
+#: the memory pass: long enough that no run ends while the burst starts under tracemalloc
+PARK_STACK = [
+    {"function": "wait", "duration": 3600},
+    {"function": "return", "value": "{{ task.name }}"},
+]
 
 
 def _engine_config(max_running: int) -> Any:
@@ -44,21 +53,18 @@ def _engine_config(max_running: int) -> Any:
     return EngineConfig(max_running=max_running)
 
 
-async def _engine_waiting(folder: Path, n: int, settle: Callable[[], Awaitable[None]] | None) -> float:
-    """Trigger ``n`` waiting runs at once; seconds until all are committed. ``settle`` runs mid-wait."""
+async def _engine_waiting(folder: Path, n: int) -> float:
+    """Trigger ``n`` waiting runs at once; seconds until all are committed."""
     from engine import Engine
 
-    defs = [{"name": f"sleeper_{i:03d}", "stack": WAIT_STACK, "request_history": {"enabled": False}}
-            for i in range(100)]  # fmt: skip
     db = folder / f"wait-{time.monotonic_ns()}.db"
-    async with Engine.open(defs, database=f"sqlite:///{db}", env={}, config=_engine_config(n + 100)) as engine:
+    async with Engine.open(_sleepers(WAIT_STACK), database=f"sqlite:///{db}", env={},
+                           config=_engine_config(n + 100)) as engine:  # fmt: skip
         names = engine.task_names()
         await engine.trigger(names[0], wait=True)
         base = sum(engine.runs_total.values())
         t0 = time.perf_counter()
         await asyncio.gather(*(engine.trigger(names[i % 100]) for i in range(n)))
-        if settle is not None:
-            await settle()
         # the engine has no public "wait for every run"; a 5 ms poll is noise against 1 s
         while sum(engine.runs_total.values()) < base + n:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
@@ -69,47 +75,117 @@ async def _engine_waiting(folder: Path, n: int, settle: Callable[[], Awaitable[N
     return elapsed
 
 
-async def _vm_waiting(n: int, settle: Callable[[], Awaitable[None]] | None) -> float:
+async def _vm_waiting(n: int) -> float:
     from compiler import lower_stack
     from runtime import execute
 
     program = lower_stack(WAIT_STACK, "sleeper").program
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(execute(program)) for _ in range(n)]
-    if settle is not None:
-        await settle()
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*(execute(program) for _ in range(n)))
     return time.perf_counter() - t0
 
 
-async def _bare_waiting(n: int, settle: Callable[[], Awaitable[None]] | None) -> float:
+async def _bare_waiting(n: int) -> float:
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(asyncio.sleep(1)) for _ in range(n)]
-    if settle is not None:
-        await settle()
-    await asyncio.gather(*tasks)
+    await asyncio.gather(*(asyncio.sleep(1) for _ in range(n)))
     return time.perf_counter() - t0
 
 
-def _timed_and_sized(r: asyncio.Runner, make: Callable[[Any], Awaitable[float]], n: int) -> tuple[float, float]:
-    """(wall seconds without tracing, traced bytes per item while all ``n`` wait)."""
-    gc.collect()
-    wall = r.run(make(None))
-    held: list[int] = []
+def _sleepers(stack: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"name": f"sleeper_{i:03d}", "stack": stack, "request_history": {"enabled": False}}
+        for i in range(100)
+    ]
 
-    async def settle() -> None:
-        await asyncio.sleep(0.5)  # every run is parked in its wait now
-        gc.collect()
-        held.append(tracemalloc.get_traced_memory()[0])
 
+def _in_sleep(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is suspended in ``asyncio.sleep``, at any depth of awaits."""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        if getattr(coro, "cr_code", None) is _SLEEP_CODE:
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False
+
+
+_SLEEP_CODE = asyncio.sleep.__code__
+
+
+async def _held_per_item(start: Callable[[], Awaitable[Any]], n: int) -> float:
+    """Traced bytes per item held once the ``n`` tasks ``start()`` makes are all parked in a sleep.
+
+    Only tasks created by ``start`` count: a sleeping background task of the
+    engine must not end the wait early.
+    """
+    old = asyncio.all_tasks()
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        r.run(make(settle))
+        await start()
+        # nothing signals "parked": a 50 ms poll of the tasks' await chains
+        while sum(_in_sleep(t) for t in asyncio.all_tasks() - old) < n:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        gc.collect()
+        return (tracemalloc.get_traced_memory()[0] - before) / n
     finally:
         tracemalloc.stop()
-    return wall, (held[0] - before) / n
+
+
+async def _cancelled(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _burst(engine: Any, names: list[str], n: int) -> None:
+    """Trigger ``n`` runs at once, keeping nothing of the triggers (``gather`` would hold
+    a finished task and a run id per run: harness memory, counted as the runs')."""
+    async with asyncio.TaskGroup() as tg:
+        for i in range(n):
+            tg.create_task(engine.trigger(names[i % len(names)]))
+
+
+async def _engine_parked_bytes(folder: Path, n: int) -> float:
+    """Bytes per run of ``n`` runs parked in an hour's wait, one run of each task parked before."""
+    from engine import Engine
+
+    db = folder / f"park-{time.monotonic_ns()}.db"
+    async with Engine.open(_sleepers(PARK_STACK), database=f"sqlite:///{db}", env={},
+                           config=_engine_config(n + 100)) as engine:  # fmt: skip
+        names = engine.task_names()
+        # each task's first run compiles its stack: the task's memory, not a run's
+        await _held_per_item(lambda: _burst(engine, names, len(names)), len(names))
+        per_run = await _held_per_item(lambda: _burst(engine, names, n), n)
+        await engine.stop(grace=0)
+    return per_run
+
+
+async def _vm_parked_bytes(n: int) -> float:
+    from compiler import lower_stack
+    from runtime import execute
+
+    program = lower_stack(PARK_STACK, "sleeper").program
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def start(count: int) -> None:
+        tasks.extend(asyncio.ensure_future(execute(program)) for _ in range(count))
+
+    await _held_per_item(lambda: start(1), 1)  # the first run compiles the stack
+    per_run = await _held_per_item(lambda: start(n), n)
+    await _cancelled(tasks)
+    return per_run
+
+
+async def _bare_parked_bytes(n: int) -> float:
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def start() -> None:
+        tasks.extend(asyncio.ensure_future(asyncio.sleep(3600)) for _ in range(n))
+
+    per_task = await _held_per_item(start, n)
+    await _cancelled(tasks)
+    return per_task
 
 
 def _schedule_exprs(n: int) -> list[str]:
@@ -195,15 +271,17 @@ def run(quick: bool, *, waiting: int | None = None, schedules: int | None = None
     with tempfile.TemporaryDirectory(prefix="cronstack-bench-") as tmp:
         for loop in loops():
             with runner(loop) as r:
-                bare_wall, bare_bytes = _timed_and_sized(r, lambda s: _bare_waiting(n, s), n)
-                vm_wall, vm_bytes = _timed_and_sized(r, lambda s: _vm_waiting(n, s), n)
-                eng_wall, eng_bytes = _timed_and_sized(r, lambda s: _engine_waiting(Path(tmp), n, s), n)
+                gc.collect()
+                bare_wall, vm_wall, eng_wall = (r.run(_bare_waiting(n)), r.run(_vm_waiting(n)),
+                                                r.run(_engine_waiting(Path(tmp), n)))  # fmt: skip
+                bare_bytes, vm_bytes = r.run(_bare_parked_bytes(n)), r.run(_vm_parked_bytes(n))
+                eng_bytes = r.run(_engine_parked_bytes(Path(tmp), n))
             target_wall = 1.0 * max(1, n / 10_000) if n <= 10_000 else None
             results += [
                 Result("concurrency", f"{n:,} runs waiting 1 s, wall, {loop}", eng_wall, "s", "asyncio tasks sleeping 1 s",
                        bare_wall, "about 1 s" if target_wall else None, eng_wall <= 1.5 if target_wall else None,
                        higher_is_better=False, note=f"VM alone, no store: {vm_wall:.2f} s"),
-                Result("concurrency", f"memory per waiting run, {loop}", eng_bytes / 1024, "KB", "asyncio task",
+                Result("concurrency", f"memory per waiting run, {loop}", eng_bytes / 1024, "KB", "asyncio task sleeping",
                        bare_bytes / 1024, "< 10 KB", eng_bytes < 10 * 1024, higher_is_better=False,
                        note=f"VM alone: {vm_bytes / 1024:.2f} KB per run (tracemalloc)"),
             ]  # fmt: skip
@@ -214,8 +292,17 @@ def run(quick: bool, *, waiting: int | None = None, schedules: int | None = None
         "concurrency", f"load {n_sched:,} schedules (Schedule+Timer)", core_s, "s", "croniter (scaled from a sample)",
         cron_per * n_sched, None, None, higher_is_better=False, note=f"{core_s / n_sched * 1e6:.1f} us each",
     ))  # fmt: skip
-    results.append(Result("concurrency", "bytes per loaded schedule", core_bytes, "B", target="< 2 KB",
-                          met=core_bytes < 2048, higher_is_better=False))
+    results.append(
+        Result(
+            "concurrency",
+            "bytes per loaded schedule",
+            core_bytes,
+            "B",
+            target="< 2 KB",
+            met=core_bytes < 2048,
+            higher_is_better=False,
+        )
+    )
     with runner(loops()[0]) as r:
         open_s, open_bytes = r.run(_engine_load(n_engine))
     results.append(Result(
