@@ -205,7 +205,8 @@ def _first_value(arg: Any) -> Value | None:
 
 
 def _error_object(exc: BaseException, path: str, arg: Any = None) -> dict[str, Any]:
-    if isinstance(exc, CronstackError | KeyError) and not isinstance(exc, RunFailed):
+    # a thrown error's message is the author's text: the step's expressions made it, they did not fail
+    if isinstance(exc, CronstackError | KeyError) and not isinstance(exc, RunFailed | ThrownError):
         value = _first_value(arg)
         if value is not None and not value.constant:
             if isinstance(exc, KeyError):

@@ -187,6 +187,20 @@ async def test_finally_runs_on_break_continue_return_and_rethrows():
     assert info.value.error["type"] == "T"
 
 
+async def test_thrown_message_from_an_expression_is_kept_as_written():
+    """A rethrow keeps the message: a thrown error is not an expression that failed."""
+    rethrow = {"function": "throw_error", "message": "{{ error.message }}", "type": "{{ error.type }}"}
+    stack = [{"function": "try_catch",
+              "try_block": [{"function": "try_catch",
+                             "try_block": [{"function": "throw_error", "message": "disk full", "type": "IOFail"}],
+                             "catch_block": [rethrow]}],
+              "catch_block": [ret("{{ [error.type, error.message] }}")]}]
+    assert await run(stack) == ["IOFail", "disk full"]
+    with pytest.raises(RunFailed) as info:
+        await run([cv("c", "E42"), {"function": "throw_error", "message": "code {{ c }}"}])
+    assert info.value.error["message"] == "code E42"
+
+
 async def test_error_inside_catch_still_runs_finally():
     stack = [cv("log", []),
              {"function": "try_catch",
