@@ -138,7 +138,8 @@ def _settings(
             continue
         typ, _default = fields[key]
         try:
-            out[key] = msgspec.convert(value, typ, strict=False)
+            # strict: "300" for a timeout is refused, not read as a number (true, 1 and "1" stay apart)
+            out[key] = msgspec.convert(value, typ)
         except msgspec.ValidationError as exc:
             msg = str(exc)
             sub = ""
@@ -165,6 +166,10 @@ def _task_checks(settings: dict[str, Any], diags: list[Diagnostic]) -> None:
     for key in ("timeout", "misfire_grace"):
         if key in settings and settings[key] <= 0:
             diags.append(Diagnostic(f"'{key}' must be a positive number of seconds", key))
+    history = settings.get("request_history")
+    if history is not None and history.retention_days < 0:
+        diags.append(Diagnostic("'retention_days' must be 0 or more days", "request_history.retention_days",
+                                hint="0 keeps a finished run only until the next pruning round"))
     if settings.get("max_concurrency", 1) < 1:
         diags.append(Diagnostic("'max_concurrency' must be at least 1", "max_concurrency"))
     rp = settings.get("retry_policy")

@@ -13,7 +13,9 @@ duration of a load (docs/internals.md, "Compile speed").
 from __future__ import annotations
 
 import gc
+import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,12 +75,16 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
         raise CompileError(
             Diagnostic(f"the file is {len(data)} bytes; definitions are limited to {MAX_DEFINITION_BYTES}", file=shown)
         )
+    if data.startswith(_BOM):  # some editors write one; JSON allows a reader to ignore it (RFC 8259, 8.1)
+        data = data[len(_BOM) :]
     try:
-        return _decoder.decode(data)
+        value = _decoder.decode(data)
     except RecursionError:
         raise CompileError(
             Diagnostic("the JSON nests too deeply to be a definition", "", shown, hint="flatten the file")
         ) from None
+    except UnicodeDecodeError:
+        raise _not_utf8(data, shown) from None
     except msgspec.DecodeError as exc:
         msg = str(exc)
         where = ""
@@ -90,12 +96,67 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
                 where = f"line {line}, column {col}"
             except ValueError:
                 pass
+        elif "truncated" in msg:
+            line, col = _line_col(data, len(data))
+            where = f"line {line}, column {col} (the end of the file)"
+            msg = "the file ends before the JSON does"
         raise CompileError(
             Diagnostic(f"invalid JSON: {msg}", where, shown, hint="definitions are plain JSON: no comments, no trailing commas")
         ) from None
+    try:
+        json.loads(data, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as dup:
+        raise CompileError(_duplicate(data, dup.key, shown)) from None
+    return value
 
 
-def _files(root: str) -> Iterable[tuple[str, str]]:
+_BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(data: bytes, shown: str) -> CompileError:
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line, col = _line_col(data, exc.start)
+        where = f"line {line}, column {col}"
+    return CompileError(
+        Diagnostic("the file is not valid UTF-8", where, shown, hint="save the file as UTF-8 (without a byte-order mark)")
+    )
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json``'s object hook: a key given twice in one object is refused, not silently the last."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return out
+
+
+def _duplicate(data: bytes, key: str, shown: str) -> Diagnostic:
+    """The message for a key given twice, with the lines where the key appears (the JSON
+    decoder does not tell which object: with few occurrences, the lines point at it)."""
+    token = json.dumps(key).encode()
+    lines = sorted({_line_col(data, m.start())[0] for m in re.finditer(re.escape(token) + rb"\s*:", data)})
+    where = f"line {lines[0]}" if len(lines) == 1 else f"lines {', '.join(map(str, lines))}" if len(lines) <= 6 else ""
+    return Diagnostic(
+        f"the key '{key}' is given twice in one JSON object: all but its last value would be lost",
+        where,
+        shown,
+        hint="keep one of them",
+    )
+
+
+def project_files(root: str) -> Iterable[tuple[str, str]]:
     """``(path, path shown in messages)`` of every definition file below ``root``, sorted."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
@@ -149,7 +210,7 @@ def _load(source: str | os.PathLike[str] | Iterable[dict[str, Any]]) -> Definiti
         if not root.is_dir():
             raise CompileError(Diagnostic(f"'{root}' is not a folder of definitions", file=str(root)))
         items = []
-        for path, shown in _files(str(root)):
+        for path, shown in project_files(str(root)):
             try:
                 items.append((decode_json_file(path, shown), shown))
             except CompileError as exc:

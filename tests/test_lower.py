@@ -119,6 +119,30 @@ def test_load_reports_invalid_json_with_line_and_column(tmp_path):
     assert any(line.startswith("b.json: stack[0].function: unknown step kind") for line in lines)
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"name": "u",\n "stack": [{"function": "log", "message": "\xff\xfe"}]}',
+     "u.json: line 2, column 44: the file is not valid UTF-8"),
+    (b'{"name": "u", "stack": [\n', "u.json: line 2, column 1 (the end of the file): invalid JSON: the file ends"),
+    (b'{"name": "u",\n "stack": [],\n "stack": [{"function": "return"}]}',
+     "u.json: lines 2, 3: the key 'stack' is given twice in one JSON object"),
+    (b'{"name": "u", "stack": [{"function": "return", "value": 1, "value": 2}]}',
+     "u.json: line 1: the key 'value' is given twice"),
+    (b'{"name": "u", "timeout": "300", "stack": []}', "u.json: timeout: Expected `float`, got `str`"),
+    (b'{"name": "u", "request_history": {"retention_days": -1}, "stack": []}',
+     "u.json: request_history.retention_days: 'retention_days' must be 0 or more days"),
+])
+def test_malformed_files_say_where_and_what(tmp_path, content, expected):
+    (tmp_path / "u.json").write_bytes(content)
+    with pytest.raises(CompileError) as info:
+        load_definitions(tmp_path)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    (tmp_path / "u.json").write_bytes(b'\xef\xbb\xbf{"name": "u", "stack": []}')
+    assert list(load_definitions(tmp_path).tasks) == ["u"]
+
+
 def test_duplicate_names_across_files(tmp_path):
     for f in ("a.json", "b.json"):
         (tmp_path / f).write_text('{"name": "same", "stack": []}')
