@@ -25,6 +25,7 @@ import msgspec
 from compiler import CompileError, Definitions, Diagnostic, check_calls, load_definitions
 from compiler._errors import did_you_mean
 from compiler._load import decode_json_file
+from engine._config import CONFIG_FILE
 from runtime import CronstackError, dis
 
 __all__ = ("main", "CliError", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_NOT_FOUND")
@@ -206,21 +207,57 @@ def cmd_next(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _exec_definitions(path: Path) -> list[dict[str, Any]]:
+def _exec_definitions(path: Path, project: Path | None) -> list[dict[str, Any]]:
+    """The definitions ``exec`` runs: the file's, then the functions of its project that
+    its stack may call (the file itself wins over a project function of the same name)."""
     raw = decode_json_file(path, str(path))
     if isinstance(raw, list):
-        return [{"name": _EXEC_TASK, "stack": raw}]
-    if isinstance(raw, dict) and raw.get("type") != "task" and ("inputs" in raw or raw.get("type") == "function"):
+        own = [{"name": _EXEC_TASK, "stack": raw}]
+    elif isinstance(raw, dict) and raw.get("type") != "task" and ("inputs" in raw or raw.get("type") == "function"):
         call = {"function": "custom_function", "name": raw.get("name"), "inputs": {}, "return_as": "result"}
-        return [raw, {"name": _EXEC_TASK, "stack": [call, {"function": "return", "value": "{{ result }}"}]}]
-    return [raw]
+        own = [raw, {"name": _EXEC_TASK, "stack": [call, {"function": "return", "value": "{{ result }}"}]}]
+    else:
+        own = [raw]
+    return [*_project_functions(path, project, {d.get("name") for d in own if isinstance(d, dict)}), *own]
+
+
+def _project_functions(path: Path, project: Path | None, taken: set[Any]) -> list[dict[str, Any]]:
+    """Every function definition of ``project`` but ``path`` and the names ``taken``. By
+    default the project is the nearest folder above ``path`` holding cronstack.toml, else
+    the folder above ``path``'s own when that is a ``tasks`` or ``functions`` folder."""
+    from compiler._definitions import is_function
+    from compiler._load import project_files
+
+    if project is None:
+        here = path.resolve()
+        project = next((p for p in here.parents if (p / CONFIG_FILE).is_file()), None)
+        if project is None and here.parent.name in ("tasks", "functions"):
+            project = here.parent.parent
+        if project is None:
+            return []
+    elif not project.is_dir():
+        raise CliError(EXIT_NOT_FOUND, f"no project folder '{project}' (--project)")
+    own, found, diags = path.resolve(), [], []
+    for file, shown in project_files(str(project)):
+        if Path(file).resolve() == own:
+            continue
+        try:
+            raw = decode_json_file(file, shown)
+        except CompileError as exc:
+            diags.extend(exc.diagnostics)
+            continue
+        if isinstance(raw, dict) and is_function(raw, shown) and raw.get("name") not in taken:
+            found.append(raw)
+    if diags:
+        raise CompileError(diags)
+    return found
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(EXIT_NOT_FOUND, f"no file '{args.file}'")
-    defs = _exec_definitions(path)
+    defs = _exec_definitions(path, Path(args.project) if args.project else None)
     return _run_async(lambda: _exec(defs, args, str(path)))
 
 
@@ -230,6 +267,9 @@ async def _exec(defs: list[dict[str, Any]], args: argparse.Namespace, shown: str
     name = defs[-1].get("name")
     try:
         async with Engine.open(defs, database=args.database) as engine:
+            unresolved = check_calls(engine.definitions, engine.functions.python)
+            if unresolved:  # refused before the run, as `run` refuses to start
+                raise CompileError(unresolved)
             done = await engine.trigger(name, wait=True)  # type: ignore[arg-type]
             run = await engine.run(done["id"], trace=True) or done  # type: ignore[index]
     except CompileError as exc:
@@ -304,6 +344,9 @@ async def _reload(engine: Any) -> None:
         counts = await engine.reload()
     except CompileError as exc:
         print(f"cronstack: reload refused, still running the previous definitions:\n{exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # a defect must not end the engine, nor pass unseen until shutdown
+        logging.getLogger("cronstack.engine").error(
+            "reload failed, still running the previous definitions: %s: %s", type(exc).__name__, exc, exc_info=exc)
     else:
         print(f"cronstack: reloaded: {counts['tasks']} tasks, {counts['functions']} functions", file=sys.stderr, flush=True)
 
@@ -426,6 +469,21 @@ def _remote_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (a usage error otherwise, not a wrap-around)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cronstack", description="Run background tasks: JSON function stacks on cron schedules.",
@@ -437,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", help="project folder of task and function files")
     p.add_argument("--database", help="database URL (default: sqlite:///DIR/cronstack.db or cronstack.toml)")
     p.add_argument("--host", help="admin API address (default 127.0.0.1 or cronstack.toml)")
-    p.add_argument("--port", type=int, help="admin API port, 0 = any free one (default 7600)")
+    p.add_argument("--port", type=_int_in(0, 65535), help="admin API port, 0 = any free one (default 7600)")
 
     p = _add(sub, "check", "compile every definition, print every error, show each task's next fires",
              "cronstack check tasks/ --dis daily_user_analytics", cmd_check)
@@ -450,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "exec", "run one stack once and print its result and trace",
              "cronstack exec tasks/daily_user_analytics.json --database sqlite:///scratch.db", cmd_exec)
     p.add_argument("file", help="a task or function file, or a JSON list of steps")
+    p.add_argument("--project", metavar="DIR", help="load the functions of this project folder (default: the nearest folder "
+                   "above FILE holding cronstack.toml, else the parent of FILE's tasks/ or functions/ folder)")
     p.add_argument("--database", help="database URL (default: an in-memory database)")
     p.add_argument("--json", action="store_true", help="print the run as JSON")
 
@@ -457,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
              "cronstack next tasks/ weekly_report_generation --count 3 --after 2024-01-01T00:00:00Z", cmd_next)
     p.add_argument("path", metavar="FILE_OR_DIR", help="a task file or a project folder")
     p.add_argument("task", help="task name")
-    p.add_argument("--count", type=int, default=5, help="how many fires (default 5)")
+    p.add_argument("--count", type=_int_in(1, 10_000), default=5, help="how many fires (default 5)")
     p.add_argument("--after", metavar="ISO", help="start after this time (default: now; naive = UTC)")
 
     p = _add(sub, "tasks", "list the tasks of a running engine", "cronstack tasks --url http://127.0.0.1:7600",
@@ -517,6 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away (`cronstack exec x.json | head`): not an error of ours
+        sys.stdout = None  # type: ignore[assignment]  # nothing more can be written; no second traceback at exit
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -215,7 +215,8 @@ def _error_object(exc: BaseException, path: str, arg: Any = None) -> dict[str, A
                 exc.extra["expression"] = value.source
     if isinstance(exc, RunFailed):  # from a function called by this stack
         obj = dict(exc.error)
-        obj["step"] = f"{path} > {obj.get('step')}"
+        inner = obj.get("step")  # None: the call itself was refused (too deep)
+        obj["step"] = path if inner is None else f"{path} > {inner}"
         return obj
     if isinstance(exc, CronstackError):
         step = getattr(exc, "step", None) or path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,41 @@ def test_exec_task_function_and_steps(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["result"] == expected
 
 
+def test_exec_loads_the_functions_of_the_files_project(tmp_path, capsys):
+    root = project(tmp_path, DOUBLE)
+    (root / "tasks").mkdir()
+    caller = {"name": "caller", "stack": [
+        {"function": "custom_function", "name": "double", "inputs": {"n": 4}, "return_as": "y"},
+        {"function": "return", "value": "{{ y }}"}]}
+    (root / "tasks" / "caller.json").write_text(json.dumps(caller))
+    # a tasks/ folder: its parent is the project
+    assert main(["exec", str(root / "tasks" / "caller.json"), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["result"] == 8
+    # elsewhere: the nearest folder with cronstack.toml, or --project
+    loose = tmp_path / "loose" / "deep"
+    loose.mkdir(parents=True)
+    (loose / "caller.json").write_text(json.dumps(caller))
+    assert main(["exec", str(loose / "caller.json")]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "calls the function 'double', which is not defined" in err and "stack[0].name" in err
+    assert main(["exec", str(loose / "caller.json"), "--project", str(root), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["result"] == 8
+    (tmp_path / "loose" / "cronstack.toml").write_text("")
+    (tmp_path / "loose" / "double.json").write_text(json.dumps({**DOUBLE, "stack": [
+        {"function": "return", "value": "{{ inputs.n * 3 }}"}]}))
+    assert main(["exec", str(loose / "caller.json"), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["result"] == 12
+    assert main(["exec", str(loose / "caller.json"), "--project", str(tmp_path / "none")]) == EXIT_NOT_FOUND
+
+
+def test_numeric_options_out_of_range_are_usage_errors(tmp_path, capsys):
+    root = project(tmp_path, HELLO, DOUBLE)
+    assert main(["run", str(root), "--port", "99999"]) == EXIT_USAGE
+    assert "--port: expected 0 to 65535, got 99999" in capsys.readouterr().err
+    assert main(["next", str(root), "hello", "--count", "0"]) == EXIT_USAGE
+    assert "--count: expected 1 to 10000" in capsys.readouterr().err
+
+
 def test_exec_failure_and_compile_errors(tmp_path, capsys):
     boom = tmp_path / "boom.json"
     boom.write_text(json.dumps([{"function": "throw_error", "message": "no luck", "type": "Luck"}]))
@@ -183,3 +219,16 @@ def test_remote_parsers_accept_options(argv):
 
     args = build_parser().parse_args([*argv, "--url", "http://h:1", "--token", "t"])
     assert args.url == "http://h:1" and args.token == "t"
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_fails_unexpectedly_keeps_the_engine_running(caplog):
+    from engine._cli import _reload
+
+    class Engine:
+        async def reload(self):
+            raise OSError("disk gone")
+
+    with caplog.at_level(logging.ERROR, logger="cronstack.engine"):
+        await _reload(Engine())  # logged, not raised: the signal handler's task must not die
+    assert "reload failed, still running the previous definitions: OSError: disk gone" in caplog.text

@@ -394,6 +394,17 @@ async def test_async_function_call_is_a_durable_run():
         assert child["parent_id"] == parent["id"] and child["result"] == 20
 
 
+async def test_endless_recursion_is_refused_at_the_depth_limit():
+    rec = {"name": "rec", "inputs": {"n": 0},
+           "stack": [{"function": "custom_function", "name": "rec", "inputs": {"n": "{{ inputs.n + 1 }}"}}]}
+    async with Engine.open([task("t", [{"function": "custom_function", "name": "rec"}]), rec]) as engine:
+        run = await engine.trigger("t", wait=True)
+    assert run["status"] == "failed" and run["error"]["type"] == "LimitExceeded"
+    assert "nested deeper than" in run["error"]["message"]
+    # one "stack[0]" per call level; the refused call itself adds no "None"
+    assert run["error"]["step"].split(" > ") == ["stack[0]"] * 65
+
+
 async def test_registered_python_functions_sync_and_async():
     async def add(inputs):
         return inputs["a"] + inputs["b"]
