@@ -91,6 +91,8 @@ def test_bad_day_match_and_count_and_type():
 
     with pytest.raises(ScheduleError, match="count must be a whole number >= 0"):
         Schedule("* * * * *").next_fires(datetime(2024, 1, 1), -1)
+    with pytest.raises(ScheduleError, match="after must be a datetime"):
+        Schedule("* * * * *").next_fires(1_700_000_000, 1)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,8 @@ class Schedule:
         """
         if not isinstance(count, int) or count < 0:
             raise ScheduleError(f"count must be a whole number >= 0, not {count!r}")
+        if not isinstance(after, datetime):
+            raise ScheduleError(f"after must be a datetime (naive = UTC), not {after!r}; next_after takes Unix seconds")
         if after.tzinfo is None:
             after = after.replace(tzinfo=UTC)
         ts: float | None = after.timestamp()
