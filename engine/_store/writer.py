@@ -120,7 +120,8 @@ class GroupWriter:
         # entries (op, key, arg, future, None), or (op, key, flat row parameters,
         # [futures], [values the futures resolve to]) for a run of ``submit_row`` rows
         self._local: list[tuple[Any, Any, Any, Any, Any]] = []
-        self._rows: tuple[Any, Any, list[Any], list[Any], list[Any]] | None = None  # the open row entry
+        # the open row entry
+        self._rows: tuple[Any, Any, list[Any], list[Any], list[Any]] | None = None
         self._handed: list[tuple[Any, Any, Any, Any, Any]] = []
         self._lock = threading.Lock()
         # released (by the loop, under _lock) to wake the thread when it is idle:
@@ -230,7 +231,7 @@ class GroupWriter:
         from ``done``), then schedule the next slice."""
         if start == 0:
             self._delivering += 1
-        stop, done = _resolve(batch, results, start, done)
+        stop, done, woken = _resolve(batch, results, start, done)
         if stop < len(batch):
             self._loop.call_soon(self._deliver, batch, results, stop, done)
         else:  # counted once every write of the batch is resolved
@@ -238,6 +239,8 @@ class GroupWriter:
             self.writes += done
             self._delivering -= 1
             self._maybe_stopped()
+        if woken:  # after the bookkeeping: the callers see the batch counted
+            _wake_all(woken)
 
     def _exited(self) -> None:
         self._thread_done = True
@@ -370,7 +373,7 @@ class GroupWriter:
             if type(fut) is list:  # a run of rows: each row alone
                 width = len(arg) // len(fut)
                 for i in range(0, len(arg), width):
-                    results.append(self._one(op, key, arg[i:i + width]))
+                    results.append(self._one(op, key, arg[i : i + width]))
             else:
                 results.append(self._one(op, key, [arg]))
         try:
@@ -381,7 +384,6 @@ class GroupWriter:
             return _failed(batch, exc, "committing writes")
         del ctx.created[:]
         return results
-
 
     def _one(self, op: Op, key: Any, args: Any) -> Any:
         """The result of one write, under its own SAVEPOINT (its error, if it fails)."""
@@ -428,18 +430,24 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 def _resolve(
     batch: list[Any], results: list[Any] | None, start: int, done: int
-) -> tuple[int, int]:
+) -> tuple[int, int, list[Any]]:
     """Resolve the futures of entries from ``start`` until at least SLICE writes.
 
     ``done`` counts the writes resolved before ``start`` (the index into
     ``results``; None means every result is None). Returns the next entry and
-    the new count. A row's future gets the value queued with it unless its
+    the new count, and the wake-ups to run. A row's future gets the value queued with it unless its
     result is an error (row ops return nothing on success). Kept inline: it
     runs once per write on the event loop.
+
+    A future awaited by a task and nothing else is resolved without its
+    wake-up being scheduled; the caller runs those wake-ups (``_wake_all``)
+    once the slice is resolved.
     """
     stop = start
     end = len(batch)
     limit = done + SLICE
+    woken: list[Any] = []
+    wake = woken.append
     if results is None:  # the common case: a batch of adds, every result None
         while stop < end and done < limit:
             entry = batch[stop]
@@ -447,33 +455,71 @@ def _resolve(
             futs = entry[3]
             if type(futs) is list:
                 for fut, value in zip(futs, entry[4]):
-                    try:
-                        fut.set_result(value)
-                    except asyncio.InvalidStateError:  # a cancelled caller's write committed anyway
-                        pass
+                    if fut.done():  # a cancelled caller's write committed anyway
+                        continue
+                    if _DIRECT:
+                        cbs = fut._callbacks
+                        if cbs is not None and len(cbs) == 1:
+                            cb, ctx = cbs[0]
+                            if type(getattr(cb, "__self__", None)) is _Task:
+                                fut.remove_done_callback(cb)
+                                fut.set_result(value)
+                                wake((ctx, cb, fut))
+                                continue
+                    fut.set_result(value)
                 done += len(futs)
             else:
-                try:
+                if not futs.done():
                     futs.set_result(None)
-                except asyncio.InvalidStateError:
-                    pass
                 done += 1
-        return stop, done
-    while stop < end and done < limit:
-        entry = batch[stop]
-        stop += 1
-        futs = entry[3]
-        if type(futs) is list:
-            pairs: Any = zip(futs, entry[4])
-        else:
-            pairs = ((futs, None),)
-        for fut, value in pairs:
-            result = results[done]
-            done += 1
-            if fut.done():  # its caller was cancelled; the write committed anyway
-                continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
+    else:
+        while stop < end and done < limit:
+            entry = batch[stop]
+            stop += 1
+            futs = entry[3]
+            if type(futs) is list:
+                pairs: Any = zip(futs, entry[4])
             else:
-                fut.set_result(value if result is None else result)
-    return stop, done
+                pairs = ((futs, None),)
+            for fut, value in pairs:
+                result = results[done]
+                done += 1
+                if fut.done():  # its caller was cancelled; the write committed anyway
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(value if result is None else result)
+    return stop, done, woken
+
+
+#: The C ``asyncio.Task``; a future whose one callback is such a task's wake-up
+#: may have that task woken directly (``_wake_all``).
+_Task = asyncio.Task
+#: ``_callbacks`` of the C future (CPython 3.11+): (callback, context) pairs
+_DIRECT = hasattr(asyncio.Future, "_callbacks")
+
+
+def _wake_all(woken: list[tuple[Any, Any, Any]]) -> None:
+    """Run the wake-ups of tasks whose futures were resolved without scheduling them.
+
+    ``fut.set_result`` would schedule each with ``loop.call_soon`` (on the
+    asyncio loop: a Python call and a ``Handle`` per write, then the loop's
+    dispatch of it); here each runs in its context as that handle would, in
+    the order the futures were resolved, from this one loop callback. Every
+    future is resolved before the first task runs, so a task that cancels
+    another sees what it would have seen. Should one raise (only
+    KeyboardInterrupt or SystemExit leave a task's step), the wake-ups not run
+    yet are scheduled the ordinary way before the error goes on.
+    """
+    i = 0
+    n = len(woken)
+    try:
+        while i < n:
+            ctx, cb, fut = woken[i]
+            i += 1
+            ctx.run(cb, fut)
+    except BaseException:
+        for ctx, cb, fut in woken[i:]:
+            fut.get_loop().call_soon(cb, fut, context=ctx)
+        raise
