@@ -50,8 +50,6 @@ db_log = logging.getLogger("cronstack.engine")
 __all__ = ("Engine", "UnknownTask", "RunStatus", "new_run_id")
 
 
-
-
 class RunStatus:
     QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
     TIMED_OUT, CANCELLED, SKIPPED, CRASHED = "timed_out", "cancelled", "skipped", "crashed"
@@ -153,24 +151,41 @@ class Engine(RunLifecycle, Scheduling):
         """
         project_dir = Path(source) if isinstance(source, str | os.PathLike) else None
         if project_dir is not None and not project_dir.is_dir():
-            raise CompileError(Diagnostic(f"'{project_dir}' is not a folder of definitions", file=str(project_dir)))
+            raise CompileError(
+                Diagnostic(f"'{project_dir}' is not a folder of definitions", file=str(project_dir))
+            )
         cfg = config or load_config(project_dir)
         defs = load_definitions(project_dir if project_dir is not None else list(source))  # type: ignore[arg-type]
-        engine = cls(defs, cfg, project_dir=project_dir, clock=clock or RealClock(), env=cfg.environment(env))
+        engine = cls(
+            defs, cfg, project_dir=project_dir, clock=clock or RealClock(), env=cfg.environment(env)
+        )
         engine._compile_schedules()
         if cfg.tune_gc:
             _tune_gc()
         url = database or cfg.database or _sqlite_default(project_dir)
         # URLs written in cronstack.toml are relative to the project and may not leave it
         inside = project_dir if database is None and cfg.database else None
-        engine.store = await open_store(url, indexes=cfg.indexes, synchronous=cfg.synchronous,
-                                        clock=engine.clock.time, base_dir=inside)
+        engine.store = await open_store(
+            url,
+            indexes=cfg.indexes,
+            synchronous=cfg.synchronous,
+            clock=engine.clock.time,
+            base_dir=inside,
+        )
         try:
             for name, src_url in cfg.data_sources.items():
-                engine._sources[name] = await open_store(src_url, indexes=cfg.indexes, synchronous=cfg.synchronous,
-                                                         clock=engine.clock.time, base_dir=project_dir)
-            engine.http = HttpClient(max_response_bytes=cfg.http_max_response_bytes, limit=cfg.http_connections,
-                                     limit_per_host=cfg.http_connections_per_host)
+                engine._sources[name] = await open_store(
+                    src_url,
+                    indexes=cfg.indexes,
+                    synchronous=cfg.synchronous,
+                    clock=engine.clock.time,
+                    base_dir=project_dir,
+                )
+            engine.http = HttpClient(
+                max_response_bytes=cfg.http_max_response_bytes,
+                limit=cfg.http_connections,
+                limit_per_host=cfg.http_connections_per_host,
+            )
             async with engine._background():
                 await engine._load_state()
                 await engine._recover()
@@ -226,7 +241,9 @@ class Engine(RunLifecycle, Scheduling):
         changes and ``CompileError`` lists every problem.
         """
         if self.project_dir is None:
-            raise CompileError(Diagnostic("only an engine opened on a project folder can reload it"))
+            raise CompileError(
+                Diagnostic("only an engine opened on a project folder can reload it")
+            )
         # compiling a large project takes a while: off the event loop, runs go on meanwhile
         defs = await anyio.to_thread.run_sync(load_definitions, self.project_dir)
         schedules = schedules_of(defs)
@@ -242,7 +259,12 @@ class Engine(RunLifecycle, Scheduling):
         self._next_cache.clear()
         self._reschedule = True
         self._wake.set()
-        db_log.info("reloaded %s: %d tasks, %d functions", self.project_dir, len(defs.tasks), len(defs.functions))
+        db_log.info(
+            "reloaded %s: %d tasks, %d functions",
+            self.project_dir,
+            len(defs.tasks),
+            len(defs.functions),
+        )
         return {"tasks": len(defs.tasks), "functions": len(defs.functions)}
 
     async def _load_state(self) -> None:
@@ -262,13 +284,18 @@ class Engine(RunLifecycle, Scheduling):
         # retries left crashed attempts with no retry: they are found here too
         for task in self.definitions.tasks.values():
             if task.retry_policy.max_retries:
-                for row in await self.store.list_runs(task.name, status="crashed", limit=RECOVER_LIMIT):
+                for row in await self.store.list_runs(
+                    task.name, status="crashed", limit=RECOVER_LIMIT
+                ):
                     rows.setdefault(row["id"], row)
         for row in rows.values():
             task = self.definitions.tasks.get(row["task"])
-            if (task is not None and row.get("kind", "task") == "task"
-                    and int(row.get("attempt") or 1) <= task.retry_policy.max_retries
-                    and not await self._has_retry(row)):
+            if (
+                task is not None
+                and row.get("kind", "task") == "task"
+                and int(row.get("attempt") or 1) <= task.retry_policy.max_retries
+                and not await self._has_retry(row)
+            ):
                 await self._maybe_retry(task, row, "crashed")
 
     async def _has_retry(self, row: dict[str, Any], page: int = 500, max_pages: int = 20) -> bool:
@@ -320,20 +347,41 @@ class Engine(RunLifecycle, Scheduling):
     async def run_stack(self, stack: list[Any], variables: dict[str, Any] | None = None) -> Any:
         """Compile and run ``stack`` once, outside any task; its ``return`` value or None."""
         low = lower_stack(stack, "stack", extra_names=frozenset(variables or ()))
-        diags = low.diagnostics + [d for d in check_calls(_calls_only(low.calls), self.functions.names())]
+        diags = low.diagnostics + [
+            d for d in check_calls(_calls_only(low.calls), self.functions.names())
+        ]
         if diags:
             raise CompileError(diags)
-        ctx = RunContext(records=self.store, http=self.http, functions=self.functions, clock=self.clock,
-                         env=self.env, task={"name": None, "run_id": None, "attempt": 1, "scheduled_at": None, "trigger": "manual"})
+        ctx = RunContext(
+            records=self.store,
+            http=self.http,
+            functions=self.functions,
+            clock=self.clock,
+            env=self.env,
+            task={
+                "name": None,
+                "run_id": None,
+                "attempt": 1,
+                "scheduled_at": None,
+                "trigger": "manual",
+            },
+        )
         return await execute(low.program, ctx, variables)
 
     async def runs(
-        self, task: str | None = None, *, status: str | None = None, limit: int = 50, offset: int = 0,
+        self,
+        task: str | None = None,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
         newest_first: bool = True,
     ) -> list[dict[str, Any]]:
         if task is not None:
             self._task(task)
-        rows = await self.store.list_runs(task, status=status, limit=limit, offset=offset, newest_first=newest_first)
+        rows = await self.store.list_runs(
+            task, status=status, limit=limit, offset=offset, newest_first=newest_first
+        )
         return [self._public(r) for r in rows]
 
     async def run(self, run_id: str, *, trace: bool = True) -> dict[str, Any] | None:
@@ -373,8 +421,18 @@ class Engine(RunLifecycle, Scheduling):
             return False
         now = self.clock.time()
         self._queued_due.pop(run_id, None)
-        await self.store.update_run(run_id, {"status": "cancelled", "finished_at": now,
-                                             "error": {"message": "cancelled before it started", "type": "Cancelled", "step": None}})
+        await self.store.update_run(
+            run_id,
+            {
+                "status": "cancelled",
+                "finished_at": now,
+                "error": {
+                    "message": "cancelled before it started",
+                    "type": "Cancelled",
+                    "step": None,
+                },
+            },
+        )
         return True
 
     def next_execution(self, name: str) -> float | None:
@@ -425,7 +483,10 @@ class Engine(RunLifecycle, Scheduling):
         from datetime import UTC, datetime
 
         info["next_fires"] = [
-            d.astimezone(UTC).isoformat() for d in (sched.next_fires(datetime.fromtimestamp(self.clock.time(), UTC), 5) if sched else [])
+            d.astimezone(UTC).isoformat()
+            for d in (
+                sched.next_fires(datetime.fromtimestamp(self.clock.time(), UTC), 5) if sched else []
+            )
         ]
         info["definition"] = task.source
         info["recent_runs"] = [self._public(r) for r in last]
@@ -460,7 +521,9 @@ class Engine(RunLifecycle, Scheduling):
         }
 
     # -- runs -----------------------------------------------------------------------------
-    async def serve(self, *, api: bool = True, host: str | None = None, port: int | None = None) -> None:
+    async def serve(
+        self, *, api: bool = True, host: str | None = None, port: int | None = None
+    ) -> None:
         """Start the scheduler, the queue of stored retries and, with ``api``, the admin API."""
         if self._serving is not None:
             return
@@ -476,7 +539,9 @@ class Engine(RunLifecycle, Scheduling):
 
             h = host if host is not None else self.config.api_host
             p = port if port is not None else self.config.api_port
-            self.api, actual = await start_api(self, h, p, token=self.config.token, cors_origins=self.config.cors_origins)
+            self.api, actual = await start_api(
+                self, h, p, token=self.config.token, cors_origins=self.config.cors_origins
+            )
             self.api_url = f"http://{h}:{actual}"
 
     async def stop(self, grace: float | None = None) -> None:
@@ -505,9 +570,15 @@ class Engine(RunLifecycle, Scheduling):
         await self._flush_fires()
 
     def _public(self, row: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in row.items() if k not in ("engine_id", "not_before") and not k.startswith("_")}
+        out = {
+            k: v
+            for k, v in row.items()
+            if k not in ("engine_id", "not_before") and not k.startswith("_")
+        }
         started, finished = row.get("started_at"), row.get("finished_at")
-        out["duration"] = (finished - started) if started is not None and finished is not None else None
+        out["duration"] = (
+            (finished - started) if started is not None and finished is not None else None
+        )
         return out
 
 

@@ -45,6 +45,8 @@ def timeout_slice_ms(limit: float) -> int:
     if limit >= TIMEOUT_SLICE_MS / 10:
         return TIMEOUT_SLICE_MS
     return max(1, int(limit * 10))
+
+
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
@@ -72,7 +74,9 @@ _ids = random.Random()  # seeded from os.urandom
 os.register_at_fork(after_in_child=_ids.seed)
 
 
-@dataclass(slots=True, eq=False)  # compared (and hashed) by identity: timeout groups hold them in sets
+@dataclass(
+    slots=True, eq=False
+)  # compared (and hashed) by identity: timeout groups hold them in sets
 class _Active:
     """A run that is executing: its task, and why it was cancelled (if it was).
 
@@ -137,7 +141,9 @@ class _TimeoutGroup:
 
     __slots__ = ("runs", "handle", "key", "groups")
 
-    def __init__(self, groups: dict[int, _TimeoutGroup], key: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, groups: dict[int, _TimeoutGroup], key: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.runs: set[_Active] = set()
         self.key = key
         self.groups = groups
@@ -162,8 +168,17 @@ class _TimeoutGroup:
 class RunLifecycle:
     """Starting, running and recording runs (a part of ``Engine``)."""
 
-    def _row(self, task: str, kind: str, trigger: str, *, scheduled_at: float | None, attempt: int,
-             parent_id: str | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _row(
+        self,
+        task: str,
+        kind: str,
+        trigger: str,
+        *,
+        scheduled_at: float | None,
+        attempt: int,
+        parent_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         now = self.clock.time()
         return {
             "id": new_run_id(now),
@@ -195,8 +210,14 @@ class RunLifecycle:
             self._launch_idle.set()
             self._launch_idle = None
 
-    async def _launch(self, defn: Task | Function, row: dict[str, Any], *, claim_fire: bool = False,
-                      claimed: bool = False) -> _Active | None:
+    async def _launch(
+        self,
+        defn: Task | Function,
+        row: dict[str, Any],
+        *,
+        claim_fire: bool = False,
+        claimed: bool = False,
+    ) -> _Active | None:
         """Admit, record and start a run. Returns None when a scheduled fire was already claimed."""
         admitted = self._admit(row)
         self._launch_begin()
@@ -208,7 +229,14 @@ class RunLifecycle:
                     return None
             elif claimed:
                 if admitted:
-                    await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"], "engine_id": self.engine_id})
+                    await self.store.update_run(
+                        row["id"],
+                        {
+                            "status": "running",
+                            "started_at": row["started_at"],
+                            "engine_id": self.engine_id,
+                        },
+                    )
             else:
                 await self.store.insert_run(row)
             stored = True
@@ -236,8 +264,14 @@ class RunLifecycle:
             running.add(row["id"])
         active.handle = self._spawn_run(self._execute(defn, row, active))
         if run_log.isEnabledFor(logging.INFO):
-            run_log.info("run %s id=%s task=%s trigger=%s attempt=%s", "started" if admitted else "queued",
-                     row["id"], row["task"], row["trigger"], row["attempt"])
+            run_log.info(
+                "run %s id=%s task=%s trigger=%s attempt=%s",
+                "started" if admitted else "queued",
+                row["id"],
+                row["task"],
+                row["trigger"],
+                row["attempt"],
+            )
         return active
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -262,7 +296,9 @@ class RunLifecycle:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            db_log.error(
+                "internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc
+            )
 
     async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
         """The run's task: a slot (a queued run waits for one), the attempt, then its
@@ -285,12 +321,23 @@ class RunLifecycle:
                 if defn.request_history.enabled if is_task else True:
                     trace = RunTrace(prepared=self._trace_secrets)
                 ctx = RunContext(
-                    records=self.records_for(defn.data_source), http=self.http, functions=self.functions,
-                    tracer=trace, clock=self.clock, env=self.env,
-                    task={"name": row["task"], "run_id": row["id"], "attempt": row["attempt"],
-                          "scheduled_at": row["scheduled_at"], "trigger": row["trigger"]},
+                    records=self.records_for(defn.data_source),
+                    http=self.http,
+                    functions=self.functions,
+                    tracer=trace,
+                    clock=self.clock,
+                    env=self.env,
+                    task={
+                        "name": row["task"],
+                        "run_id": row["id"],
+                        "attempt": row["attempt"],
+                        "scheduled_at": row["scheduled_at"],
+                        "trigger": row["trigger"],
+                    },
                 )
-                status, result, error = await self._attempt(defn, ctx, row, active, defn.timeout if is_task else 300.0)
+                status, result, error = await self._attempt(
+                    defn, ctx, row, active, defn.timeout if is_task else 300.0
+                )
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -300,15 +347,25 @@ class RunLifecycle:
             status, result, error, trace = "cancelled", None, _cancel_error(reason, limit), None
             if active.reason == "timeout":
                 status = "timed_out"
-        except Exception as exc:  # a defect around the attempt: the run still gets its outcome and slot back
-            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        except (
+            Exception
+        ) as exc:  # a defect around the attempt: the run still gets its outcome and slot back
+            db_log.error(
+                "internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc
+            )
             status, result, trace = "failed", None, None
-            error = {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
+            error = {
+                "message": f"internal error: {type(exc).__name__}: {exc}",
+                "type": "InternalError",
+                "step": None,
+            }
         try:
             active.finishing = True
             await self._finish(defn, row, active, active.admitted, status, result, error, trace)
         except Exception as exc:  # a defect in the engine: logged, never silent
-            db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
+            db_log.error(
+                "internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc
+            )
         finally:
             self._tasks.discard(active.handle)  # type: ignore[arg-type]
 
@@ -318,13 +375,21 @@ class RunLifecycle:
         active.admitted = True
         row["started_at"] = self.clock.time()
         try:
-            await self.store.update_run(row["id"], {"status": "running", "started_at": row["started_at"]})
+            await self.store.update_run(
+                row["id"], {"status": "running", "started_at": row["started_at"]}
+            )
         except CronstackError as exc:
             return _store_failure(exc, "starting the run")
         return None
 
-    async def _attempt(self, defn: Task | Function, ctx: RunContext, row: dict[str, Any], active: _Active,
-                       limit: float) -> tuple[str, Any, Any]:
+    async def _attempt(
+        self,
+        defn: Task | Function,
+        ctx: RunContext,
+        row: dict[str, Any],
+        active: _Active,
+        limit: float,
+    ) -> tuple[str, Any, Any]:
         """One attempt; ``limit`` is the timeout in seconds.
 
         The timeout is a timer that cancels the run with the reason
@@ -346,27 +411,48 @@ class RunLifecycle:
         else:
             call_at = getattr(self.clock, "call_at", None)
             if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
-                active.watchdog = call_at(self.clock.time() + limit, lambda: active.cancel("timeout"))
+                active.watchdog = call_at(
+                    self.clock.time() + limit, lambda: active.cancel("timeout")
+                )
             else:
                 active.watchdog = self._spawn(self._watchdog(active, limit))
         try:
             if isinstance(defn, Function) and defn.name in self.functions.python:
                 result = await self.functions.call(defn.name, inputs or {}, ctx)
             else:
-                fn_inputs = {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
+                fn_inputs = (
+                    {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
+                )
                 result = await execute(defn.program, ctx, inputs=fn_inputs)
             return "completed", result, None
         except RunFailed as exc:
             return "failed", None, exc.error
         except Exception as exc:  # a defect outside the VM's own error handling
-            return "failed", None, {"message": f"internal error: {type(exc).__name__}: {exc}", "type": "InternalError", "step": None}
+            return (
+                "failed",
+                None,
+                {
+                    "message": f"internal error: {type(exc).__name__}: {exc}",
+                    "type": "InternalError",
+                    "step": None,
+                },
+            )
 
     async def _watchdog(self, active: _Active, limit: float) -> None:
         await self.clock.sleep(limit)
         active.cancel("timeout")
 
-    async def _finish(self, defn: Task | Function, row: dict[str, Any], active: _Active, admitted: bool,
-                      status: str, result: Any, error: Any, trace: RunTrace | None) -> None:
+    async def _finish(
+        self,
+        defn: Task | Function,
+        row: dict[str, Any],
+        active: _Active,
+        admitted: bool,
+        status: str,
+        result: Any,
+        error: Any,
+        trace: RunTrace | None,
+    ) -> None:
         run_id = row["id"]
         now = self.clock.time()
         is_task = isinstance(defn, Task)
@@ -375,8 +461,18 @@ class RunLifecycle:
                 try:
                     error = trace.redact_error(error)
                 except Exception as exc:  # a defect in redaction must not cost the run its outcome
-                    db_log.error("internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc)
-                    status, result, error, trace = "failed", None, _internal_error(exc, "redacting the error"), None
+                    db_log.error(
+                        "internal error in the engine: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
+                    status, result, error, trace = (
+                        "failed",
+                        None,
+                        _internal_error(exc, "redacting the error"),
+                        None,
+                    )
             started = row.get("started_at")
             if is_task and status in RETRYABLE:
                 # the retry is stored before the outcome: a crash between the two leaves the
@@ -390,8 +486,13 @@ class RunLifecycle:
                 try:
                     entries = trace.export_json()  # the stored text in one encode
                 except Exception as exc:  # a defect in the trace must not cost the run its outcome
-                    db_log.error("internal error in the engine: run %s: its trace could not be encoded: %s: %s",
-                                 run_id, type(exc).__name__, exc, exc_info=exc)
+                    db_log.error(
+                        "internal error in the engine: run %s: its trace could not be encoded: %s: %s",
+                        run_id,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
             outcome = {"status": status, "finished_at": now, "result": result, "error": error}
             if not await self._final_write(run_id, outcome, entries):
                 return  # still `running` in the database: the next start marks it crashed and retries it
@@ -399,8 +500,14 @@ class RunLifecycle:
             key = (row["task"], status)
             totals[key] = totals.get(key, 0) + 1
             if run_log.isEnabledFor(logging.INFO):
-                run_log.info("run finished id=%s task=%s status=%s duration=%.3f%s", run_id, row["task"], status,
-                         now - (started or now), f" error={error.get('type')}: {error.get('message')}" if error else "")
+                run_log.info(
+                    "run finished id=%s task=%s status=%s duration=%.3f%s",
+                    run_id,
+                    row["task"],
+                    status,
+                    now - (started or now),
+                    f" error={error.get('type')}: {error.get('message')}" if error else "",
+                )
             if started is not None:
                 self.durations.observe(row["task"], now - started)
         finally:
@@ -415,12 +522,19 @@ class RunLifecycle:
             if admitted:
                 self._gate.release()
             active.set_finished()
-            if self._pending and is_task and defn.name in self._pending and not running and not self._stopping:
+            if (
+                self._pending
+                and is_task
+                and defn.name in self._pending
+                and not running
+                and not self._stopping
+            ):
                 scheduled_at, trigger = self._pending.pop(defn.name)
                 self._spawn(self._fire(defn.name, scheduled_at, trigger))
 
-    async def _final_write(self, run_id: str, fields: dict[str, Any], trace: str | None,
-                           *, fallback: bool = False) -> bool:
+    async def _final_write(
+        self, run_id: str, fields: dict[str, Any], trace: str | None, *, fallback: bool = False
+    ) -> bool:
         """Record a run's outcome and its trace (one write), retrying briefly; False (logged) if refused.
 
         A store error here must not escape: it would tear down the engine's
@@ -439,20 +553,38 @@ class RunLifecycle:
             except CronstackError as exc:
                 if delay is None:
                     if trace is not None:
-                        db_log.error("run %s: its outcome and trace could not be stored, trying the "
-                                     "outcome alone: %s", run_id, exc)
+                        db_log.error(
+                            "run %s: its outcome and trace could not be stored, trying the "
+                            "outcome alone: %s",
+                            run_id,
+                            exc,
+                        )
                         return await self._final_write(run_id, fields, None, fallback=fallback)
-                    db_log.error("run %s: its outcome (%s) could not be stored, it stays 'running' until "
-                              "the next start recovers it: %s", run_id, fields.get("status"), exc)
+                    db_log.error(
+                        "run %s: its outcome (%s) could not be stored, it stays 'running' until "
+                        "the next start recovers it: %s",
+                        run_id,
+                        fields.get("status"),
+                        exc,
+                    )
                     return False
                 await anyio.sleep(delay)
             except Exception as exc:
-                db_log.error("internal error in the engine: run %s: its outcome could not be stored: %s: %s",
-                             run_id, type(exc).__name__, exc, exc_info=exc)
+                db_log.error(
+                    "internal error in the engine: run %s: its outcome could not be stored: %s: %s",
+                    run_id,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
                 if fallback:
                     return False
-                failed = {"status": "failed", "finished_at": fields.get("finished_at"), "result": None,
-                          "error": _internal_error(exc, "storing the run's outcome")}
+                failed = {
+                    "status": "failed",
+                    "finished_at": fields.get("finished_at"),
+                    "result": None,
+                    "error": _internal_error(exc, "storing the run's outcome"),
+                }
                 return await self._final_write(run_id, failed, None, fallback=True)
         return False  # pragma: no cover - the loop always returns
 
@@ -462,27 +594,48 @@ class RunLifecycle:
         attempt = int(row.get("attempt") or 1)
         if attempt > policy.max_retries:
             return True
-        retry = self._row(task.name, "task", "retry", scheduled_at=row.get("scheduled_at"), attempt=attempt + 1,
-                          parent_id=row["id"], inputs=row.get("inputs"))
+        retry = self._row(
+            task.name,
+            "task",
+            "retry",
+            scheduled_at=row.get("scheduled_at"),
+            attempt=attempt + 1,
+            parent_id=row["id"],
+            inputs=row.get("inputs"),
+        )
         retry["not_before"] = self.clock.time() + policy.delay(attempt)
         try:
             await self.store.insert_run(retry)
         except CronstackError as exc:
-            db_log.error("run %s of %s ended %s but its retry could not be stored; the run stays "
-                         "'running' until the next start recovers and retries it: %s",
-                         row["id"], task.name, status, exc)
+            db_log.error(
+                "run %s of %s ended %s but its retry could not be stored; the run stays "
+                "'running' until the next start recovers and retries it: %s",
+                row["id"],
+                task.name,
+                status,
+                exc,
+            )
             return False
         self._queued_due[retry["id"]] = retry["not_before"]
         self._queue_wake.set()
         return True
 
-    async def start_function_run(self, name: str, inputs: dict[str, Any], parent_id: str | None) -> str:
+    async def start_function_run(
+        self, name: str, inputs: dict[str, Any], parent_id: str | None
+    ) -> str:
         """A durable run of function ``name`` (execution_mode async); returns its id at once."""
         defn = self.functions.stacks.get(name)
         if defn is None:  # a registered Python function: run it as a function run too
             defn = Function(name=name, program=lower_stack([], name).program)
-        row = self._row(name, "function", "async_call", scheduled_at=self.clock.time(), attempt=1,
-                        parent_id=parent_id, inputs=inputs)
+        row = self._row(
+            name,
+            "function",
+            "async_call",
+            scheduled_at=self.clock.time(),
+            attempt=1,
+            parent_id=parent_id,
+            inputs=inputs,
+        )
         await self._launch(defn, row)
         return row["id"]
 
@@ -500,19 +653,28 @@ _CANCEL_MESSAGES = {
 def _cancel_error(reason: str | None, limit: float) -> dict[str, Any]:
     """The error object of a run cancelled for ``reason`` (or timed out after ``limit`` seconds)."""
     if reason == "timeout":
-        return {"message": f"the run exceeded its timeout of {limit:g} s", "type": "Timeout", "step": None}
+        return {
+            "message": f"the run exceeded its timeout of {limit:g} s",
+            "type": "Timeout",
+            "step": None,
+        }
     message = _CANCEL_MESSAGES.get(reason or "", "the engine stopped while the run was running")
     return {"message": message, "type": "Cancelled", "step": None}
 
 
 def _internal_error(exc: BaseException, doing: str) -> dict[str, Any]:
     """The error object of a run the engine itself failed while ``doing`` something for it."""
-    return {"message": f"internal error while {doing}: {type(exc).__name__}: {exc!r}"[:2000],
-            "type": "InternalError", "step": None}
+    return {
+        "message": f"internal error while {doing}: {type(exc).__name__}: {exc!r}"[:2000],
+        "type": "InternalError",
+        "step": None,
+    }
 
 
 def _store_failure(exc: CronstackError, doing: str) -> dict[str, Any]:
     """The error object of a run the database failed while ``doing`` something for it."""
-    return {"message": f"the database failed while {doing}: {exc}", "type": exc.error_type, "step": None}
-
-
+    return {
+        "message": f"the database failed while {doing}: {exc}",
+        "type": exc.error_type,
+        "step": None,
+    }

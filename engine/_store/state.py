@@ -23,9 +23,23 @@ from engine._store.writer import GroupWriter, WriteContext
 __all__ = ("StateMixin", "RUN_COLUMNS", "RUN_STATUSES", "RUN_TRIGGERS", "RUN_KINDS")
 
 RUN_COLUMNS = (
-    "id", "task", "kind", "trigger", "scheduled_at", "not_before", "started_at", "finished_at",
-    "attempt", "status", "result", "error", "parent_id", "inputs", "engine_id",
-    "created_at", "updated_at",
+    "id",
+    "task",
+    "kind",
+    "trigger",
+    "scheduled_at",
+    "not_before",
+    "started_at",
+    "finished_at",
+    "attempt",
+    "status",
+    "result",
+    "error",
+    "parent_id",
+    "inputs",
+    "engine_id",
+    "created_at",
+    "updated_at",
 )
 RUN_STATUSES = frozenset(
     {"queued", "running", "completed", "failed", "timed_out", "cancelled", "skipped", "crashed"}
@@ -40,8 +54,12 @@ _SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM cronstack_runs"
 _MISSING: Any = object()
 #: what a new run row holds unless its caller says otherwise
 _RUN_DEFAULTS: dict[str, Any] = {
-    "kind": "task", "trigger": "manual", "status": "queued", "attempt": 1,
-    "not_before": None, "scheduled_at": None,
+    "kind": "task",
+    "trigger": "manual",
+    "status": "queued",
+    "attempt": 1,
+    "not_before": None,
+    "scheduled_at": None,
 }
 #: the group-commit key of run writes: consecutive ones reach the writer's op together
 _RUNS = "cronstack_runs"
@@ -69,7 +87,9 @@ def _check_fields(fields: dict[str, Any], what: str) -> dict[str, Any]:
     """
     if not _COLUMN_SET.issuperset(fields):
         unknown = fields.keys() - _COLUMN_SET
-        raise StoreError(f"{what}: unknown run fields {sorted(unknown)}; known: {list(RUN_COLUMNS)}")
+        raise StoreError(
+            f"{what}: unknown run fields {sorted(unknown)}; known: {list(RUN_COLUMNS)}"
+        )
     get = fields.get
     try:
         valid = (
@@ -163,10 +183,14 @@ def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> 
         try:
             execute_rows(ctx.conn, partial(_insert_rows_sql, shape), params, len(shape))
         except sqlite3.IntegrityError as exc:
-            raise StoreError(f"run {rows[0]['id']!r} cannot be stored ({exc}); run ids must be unique") from exc
+            raise StoreError(
+                f"run {rows[0]['id']!r} cannot be stored ({exc}); run ids must be unique"
+            ) from exc
 
 
-_FIRE_CONFLICT = " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
+_FIRE_CONFLICT = (
+    " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING"
+)
 
 
 def _fields_shape(arg: tuple[Any, ...]) -> tuple[str, ...]:
@@ -221,7 +245,9 @@ def _op_finish_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) ->
     return out
 
 
-def _op_claim_fires(ctx: WriteContext, _key: Any, args: list[list[dict[str, Any]]]) -> list[list[bool]]:
+def _op_claim_fires(
+    ctx: WriteContext, _key: Any, args: list[list[dict[str, Any]]]
+) -> list[list[bool]]:
     """Claim every fire of a wave (one write: a list of rows); per row, whether it was new."""
     execute = ctx.conn.execute
     out = []
@@ -347,8 +373,12 @@ class StateMixin:
         row = dict(run_row, task=task, scheduled_at=scheduled_at)
         row.setdefault("trigger", "schedule")
         if row["trigger"] not in ("schedule", "catchup"):
-            raise StoreError(f"claim_fire: trigger must be 'schedule' or 'catchup', got {row['trigger']!r}")
-        claimed = await self._writer.submit(_op_claim_fires, None, [self._new_run(row, "claim_fire")])
+            raise StoreError(
+                f"claim_fire: trigger must be 'schedule' or 'catchup', got {row['trigger']!r}"
+            )
+        claimed = await self._writer.submit(
+            _op_claim_fires, None, [self._new_run(row, "claim_fire")]
+        )
         return claimed[0]  # a wave of one
 
     async def claim_fires(self, rows: list[dict[str, Any]]) -> list[bool]:
@@ -357,8 +387,10 @@ class StateMixin:
             row = dict(run_row)
             row.setdefault("trigger", "schedule")
             if row["trigger"] not in ("schedule", "catchup") or "scheduled_at" not in row:
-                raise StoreError("claim_fires: every row needs a scheduled_at and the trigger "
-                                 f"'schedule' or 'catchup', got {run_row!r}")
+                raise StoreError(
+                    "claim_fires: every row needs a scheduled_at and the trigger "
+                    f"'schedule' or 'catchup', got {run_row!r}"
+                )
             checked.append(self._new_run(row, "claim_fires"))
         if not checked:
             return []
@@ -373,14 +405,18 @@ class StateMixin:
         return fields
 
     def update_run(self, run_id: str, fields: dict[str, Any]) -> Awaitable[None]:
-        return self._writer.submit(_op_update_run, _RUNS, (run_id, self._updated(run_id, fields, "update_run")))
+        return self._writer.submit(
+            _op_update_run, _RUNS, (run_id, self._updated(run_id, fields, "update_run"))
+        )
 
     def finish_run(
         self, run_id: str, fields: dict[str, Any], trace: str | list[dict[str, Any]] | None = None
     ) -> Awaitable[None]:
         fields = self._updated(run_id, fields, "finish_run")
         text = trace if type(trace) is str else codec.encode_lenient(list(trace)) if trace else None
-        return self._writer.submit(_op_finish_run, _RUNS, (run_id, fields, text, fields["updated_at"]))
+        return self._writer.submit(
+            _op_finish_run, _RUNS, (run_id, fields, text, fields["updated_at"])
+        )
 
     async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
         return await self._writer.submit(
@@ -468,14 +504,17 @@ class StateMixin:
     async def get_task_state(self, task: str) -> dict[str, Any] | None:
         rows = await self._state_read(
             "SELECT task, last_fire, paused, extra, updated_at FROM cronstack_task_state "
-            "WHERE task = ?", (task,), "reading task state",
+            "WHERE task = ?",
+            (task,),
+            "reading task state",
         )
         return _state(rows[0]) if rows else None
 
     async def all_task_states(self) -> dict[str, dict[str, Any]]:
         rows = await self._state_read(
             "SELECT task, last_fire, paused, extra, updated_at FROM cronstack_task_state",
-            (), "reading task states",
+            (),
+            "reading task states",
         )
         return {r[0]: _state(r) for r in rows}
 
