@@ -134,6 +134,9 @@ class GroupWriter:
         self._thread_done = False
         self._delivering = 0  # batches handed back whose futures are not all resolved
         self._stopped: asyncio.Future[None] = self._loop.create_future()
+        #: wake committed writes' tasks directly (``_wake_all``): on asyncio's own
+        #: loop, whose ``call_soon`` is Python; uvloop's is C and cheaper than that
+        self._direct = _DIRECT and isinstance(self._loop, asyncio.BaseEventLoop)
         self._thread = threading.Thread(
             target=self._main, name="cronstack-store-writer", daemon=True
         )
@@ -231,7 +234,7 @@ class GroupWriter:
         from ``done``), then schedule the next slice."""
         if start == 0:
             self._delivering += 1
-        stop, done, woken = _resolve(batch, results, start, done)
+        stop, done, woken = _resolve(batch, results, start, done, self._direct)
         if stop < len(batch):
             self._loop.call_soon(self._deliver, batch, results, stop, done)
         else:  # counted once every write of the batch is resolved
@@ -429,19 +432,19 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _resolve(
-    batch: list[Any], results: list[Any] | None, start: int, done: int
+    batch: list[Any], results: list[Any] | None, start: int, done: int, direct: bool = False
 ) -> tuple[int, int, list[Any]]:
     """Resolve the futures of entries from ``start`` until at least SLICE writes.
 
     ``done`` counts the writes resolved before ``start`` (the index into
-    ``results``; None means every result is None). Returns the next entry and
-    the new count, and the wake-ups to run. A row's future gets the value queued with it unless its
-    result is an error (row ops return nothing on success). Kept inline: it
-    runs once per write on the event loop.
+    ``results``; None means every result is None). Returns the next entry,
+    the new count and the wake-ups to run. A row's future gets the value
+    queued with it unless its result is an error (row ops return nothing on
+    success). Kept inline: it runs once per write on the event loop.
 
-    A future awaited by a task and nothing else is resolved without its
-    wake-up being scheduled; the caller runs those wake-ups (``_wake_all``)
-    once the slice is resolved.
+    With ``direct``, a future awaited by a task and nothing else is resolved
+    without its wake-up being scheduled; the caller runs those wake-ups
+    (``_wake_all``) once the slice is resolved.
     """
     stop = start
     end = len(batch)
@@ -457,7 +460,7 @@ def _resolve(
                 for fut, value in zip(futs, entry[4]):
                     if fut.done():  # a cancelled caller's write committed anyway
                         continue
-                    if _DIRECT:
+                    if direct:
                         cbs = fut._callbacks
                         if cbs is not None and len(cbs) == 1:
                             cb, ctx = cbs[0]
