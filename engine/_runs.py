@@ -15,6 +15,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -47,6 +48,8 @@ def timeout_slice_ms(limit: float) -> int:
     return max(1, int(limit * 10))
 
 
+#: runs' tasks are made directly when the loop has no task factory (see ``_spawn_run``)
+_Task = asyncio.Task
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped", "crashed"})
 RETRYABLE = frozenset({"failed", "timed_out", "crashed"})
 
@@ -74,9 +77,8 @@ _ids = random.Random()  # seeded from os.urandom
 os.register_at_fork(after_in_child=_ids.seed)
 
 
-@dataclass(
-    slots=True, eq=False
-)  # compared (and hashed) by identity: timeout groups hold them in sets
+# compared (and hashed) by identity: timeout groups hold them in sets
+@dataclass(slots=True, eq=False)
 class _Active:
     """A run that is executing: its task, and why it was cancelled (if it was).
 
@@ -262,7 +264,7 @@ class RunLifecycle:
             if running is None:
                 running = self._running[defn.name] = set()
             running.add(row["id"])
-        active.handle = self._spawn_run(self._execute(defn, row, active))
+        active.handle = self._spawn_run(self._execute(defn, row, active), row["id"])
         if run_log.isEnabledFor(logging.INFO):
             run_log.info(
                 "run %s id=%s task=%s trigger=%s attempt=%s",
@@ -281,14 +283,20 @@ class RunLifecycle:
         task.add_done_callback(self._task_done)
         return task
 
-    def _spawn_run(self, coro: Any) -> asyncio.Task[Any]:
-        """A run's task: like ``_spawn``, but the run leaves ``_tasks`` itself as it ends.
+    def _spawn_run(self, coro: Any, run_id: str) -> asyncio.Task[Any]:
+        """A run's task, named after the run: like ``_spawn``, but the run leaves ``_tasks`` itself as it ends.
 
         ``_execute`` records every outcome and logs its own internal errors,
         so a done callback (and the loop callback it costs per run) has
-        nothing to do.
+        nothing to do. Without a task factory on the loop the task is made
+        directly, as the loop's ``create_task`` would make it: asyncio's is a
+        Python method, and a task given no name formats one ("Task-N").
         """
-        task = asyncio.get_running_loop().create_task(coro)
+        loop = asyncio.get_running_loop()
+        if loop.get_task_factory() is None:
+            task = _Task(coro, loop=loop, name=run_id)
+        else:
+            task = loop.create_task(coro, name=run_id)
         self._tasks.add(task)
         return task
 
@@ -301,12 +309,13 @@ class RunLifecycle:
             )
 
     async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
-        """The run's task: a slot (a queued run waits for one), the attempt, then its
-        outcome recorded, whatever happens.
+        """The run's task: a slot (a queued run waits for one), the attempt under its
+        timeout, then its outcome recorded, whatever happens.
 
-        One coroutine from the slot to the outcome: every level of ``await``
-        between the run's task and the VM is paid twice per run (entered and
-        left), and a short run is made of little else.
+        One coroutine from the slot to the outcome, the attempt included: every
+        level of ``await`` between the run's task and the VM is paid twice per
+        run (entered and left), each is one more object for the cyclic GC to
+        walk while the run waits, and a short run is made of little else.
         """
         active.started = True
         trace = None
@@ -335,9 +344,29 @@ class RunLifecycle:
                         "trigger": row["trigger"],
                     },
                 )
-                status, result, error = await self._attempt(
-                    defn, ctx, row, active, defn.timeout if is_task else 300.0
-                )
+                self._arm_timeout(active, defn.timeout if is_task else 300.0)
+                # the attempt
+                try:
+                    if is_task:
+                        result = await execute(defn.program, ctx)
+                    else:
+                        inputs = row.get("inputs") or {}
+                        if defn.name in self.functions.python:
+                            result = await self.functions.call(defn.name, inputs, ctx)
+                        else:
+                            result = await execute(
+                                defn.program, ctx, inputs={**defn.inputs, **inputs}
+                            )
+                    status, error = "completed", None
+                except RunFailed as exc:
+                    status, result, error = "failed", None, exc.error
+                except Exception as exc:  # a defect outside the VM's own error handling
+                    status, result = "failed", None
+                    error = {
+                        "message": f"internal error: {type(exc).__name__}: {exc}",
+                        "type": "InternalError",
+                        "step": None,
+                    }
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -382,23 +411,14 @@ class RunLifecycle:
             return _store_failure(exc, "starting the run")
         return None
 
-    async def _attempt(
-        self,
-        defn: Task | Function,
-        ctx: RunContext,
-        row: dict[str, Any],
-        active: _Active,
-        limit: float,
-    ) -> tuple[str, Any, Any]:
-        """One attempt; ``limit`` is the timeout in seconds.
+    def _arm_timeout(self, active: _Active, limit: float) -> None:
+        """Start the attempt's timeout: ``limit`` seconds, then the run is cancelled with the reason "timeout".
 
-        The timeout is a timer that cancels the run with the reason
-        "timeout": with the real clock, the event loop timer of the run's
+        With the real clock, the event loop timer of the run's
         ``_TimeoutGroup`` (shared by the runs due to time out in the same slice
-        of time), the injected clock's ``call_at`` (or a watchdog sleeping
+        of time); the injected clock's ``call_at`` (or a watchdog sleeping
         on it) otherwise, so tests run in virtual time.
         """
-        inputs = row.get("inputs") if isinstance(defn, Function) else None
         if self._real_clock:
             loop = asyncio.get_running_loop()
             width = timeout_slice_ms(limit)
@@ -408,35 +428,12 @@ class RunLifecycle:
                 group = self._timeouts[key] = _TimeoutGroup(self._timeouts, key, loop)
             group.runs.add(active)
             active.timeout_group = group
+            return
+        call_at = getattr(self.clock, "call_at", None)
+        if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
+            active.watchdog = call_at(self.clock.time() + limit, partial(active.cancel, "timeout"))
         else:
-            call_at = getattr(self.clock, "call_at", None)
-            if call_at is not None:  # a timer, not a sleeper: see FakeClock.call_at
-                active.watchdog = call_at(
-                    self.clock.time() + limit, lambda: active.cancel("timeout")
-                )
-            else:
-                active.watchdog = self._spawn(self._watchdog(active, limit))
-        try:
-            if isinstance(defn, Function) and defn.name in self.functions.python:
-                result = await self.functions.call(defn.name, inputs or {}, ctx)
-            else:
-                fn_inputs = (
-                    {**defn.inputs, **(inputs or {})} if isinstance(defn, Function) else None
-                )
-                result = await execute(defn.program, ctx, inputs=fn_inputs)
-            return "completed", result, None
-        except RunFailed as exc:
-            return "failed", None, exc.error
-        except Exception as exc:  # a defect outside the VM's own error handling
-            return (
-                "failed",
-                None,
-                {
-                    "message": f"internal error: {type(exc).__name__}: {exc}",
-                    "type": "InternalError",
-                    "step": None,
-                },
-            )
+            active.watchdog = self._spawn(self._watchdog(active, limit))
 
     async def _watchdog(self, active: _Active, limit: float) -> None:
         await self.clock.sleep(limit)
