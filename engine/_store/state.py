@@ -12,7 +12,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from functools import lru_cache, partial
-from itertools import groupby
+from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any
 
 from engine._store import codec
@@ -52,6 +53,7 @@ _ALLOWED = {"status": RUN_STATUSES, "trigger": RUN_TRIGGERS, "kind": RUN_KINDS}
 _FINISHED = ("completed", "failed", "timed_out", "cancelled", "skipped", "crashed")
 _SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM cronstack_runs"
 _MISSING: Any = object()
+_flatten = chain.from_iterable
 #: what a new run row holds unless its caller says otherwise
 _RUN_DEFAULTS: dict[str, Any] = {
     "kind": "task",
@@ -171,17 +173,34 @@ def _runs_of_shape(
         yield shape, list(group)
 
 
+#: columns a new run usually leaves empty (NULL is their default): left out of an insert
+#: whose rows all leave them empty, so a burst of new runs binds and stores fewer values
+_USUALLY_NULL = ("started_at", "finished_at", "result", "error", "parent_id", "inputs")
+
+
+def _filled_columns(shape: tuple[str, ...], rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """``shape`` without the columns of ``_USUALLY_NULL`` that are None in every row."""
+    n = len(rows)
+    empty = [
+        col
+        for col in _USUALLY_NULL
+        if col in shape and list(map(itemgetter(col), rows)).count(None) == n
+    ]
+    return tuple(col for col in shape if col not in empty) if empty else shape
+
+
 def _op_insert_run(ctx: WriteContext, _key: Any, args: list[dict[str, Any]]) -> None:
     """Insert a batch of runs, a few multi-row statements per run of rows of one shape
-    (a burst shares one shape).
+    (a burst shares one shape), without the columns every row of it leaves empty.
 
     A failing row raises: the writer then replays the batch one write at a
     time, so only that row's caller gets the error.
     """
     for shape, rows in _runs_of_shape(args, tuple):
-        params = [value for row in rows for value in row.values()]
+        cols = _filled_columns(shape, rows)
+        params = list(_flatten(map(itemgetter(*cols), rows)))
         try:
-            execute_rows(ctx.conn, partial(_insert_rows_sql, shape), params, len(shape))
+            execute_rows(ctx.conn, partial(_insert_rows_sql, cols), params, len(cols))
         except sqlite3.IntegrityError as exc:
             raise StoreError(
                 f"run {rows[0]['id']!r} cannot be stored ({exc}); run ids must be unique"
