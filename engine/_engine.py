@@ -337,7 +337,18 @@ class Engine(RunLifecycle, Scheduling):
         row = self._row(task.name, "task", trigger, scheduled_at=now, attempt=1)
         if source:
             row["inputs"] = {"trigger_source": source}
-        active = await self._launch(task, row)
+        # ``_launch`` of a new row, inlined: one coroutine less per trigger
+        admitted = self._admit(row)
+        self._launch_begin()
+        try:
+            await self.store.insert_run(row)
+        except BaseException:
+            if admitted:  # the database refused the row (or the caller gave up): free the slot
+                self._gate.release()
+            raise
+        finally:
+            self._launch_end()
+        active = self._start(task, row, admitted)
         if not wait:
             return row["id"]
         await active.done().wait()
