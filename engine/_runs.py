@@ -61,18 +61,30 @@ _MS_LIMIT = 1 << 48
 def new_run_id(now: float | None = None) -> str:
     """Run ids sort by creation time: 12 hex digits of milliseconds, then 8 random ones.
 
-    The random part only keeps ids of one millisecond apart (ids are not
-    secrets: the admin API that shows them is behind its token), so it comes
-    from a generator of the engine's own (seeded from the OS, reseeded in a
-    forked child) rather than a system call per run: the process-wide
-    ``random`` would repeat ids after a user's ``random.seed(k)``.
+    The random part keeps apart the ids of engines that share a database
+    (ids are not secrets: the admin API that shows them is behind its
+    token), so it comes from a generator of the engine's own (seeded from
+    the OS, reseeded in a forked child) rather than a system call per run:
+    the process-wide ``random`` would repeat ids after a user's
+    ``random.seed(k)``. Within the process, ids strictly increase: an id that
+    would not (the same millisecond, as every run of a burst in a stopped
+    virtual clock; a clock stepped back) is the last one plus one, so a burst
+    of any size cannot draw the same id twice.
     """
+    global _last_id
     ms = int((time.time() if now is None else now) * 1000)
     if 0 <= ms < _MS_LIMIT:  # one integer to hex: about half the cost of two format specs
-        return (ms << 32 | _ids.getrandbits(32)).to_bytes(10, "big").hex()
+        value = ms << 32 | _ids.getrandbits(32)
+        if value <= _last_id:
+            value = _last_id + 1
+            if value >> 80:  # past the year 10889: the text form below
+                return f"{ms:012x}{_ids.getrandbits(32):08x}"
+        _last_id = value
+        return value.to_bytes(10, "big").hex()
     return f"{ms:012x}{_ids.getrandbits(32):08x}"  # a clock before 1970 or after the year 10889
 
 
+_last_id = 0
 _ids = random.Random()  # seeded from os.urandom
 os.register_at_fork(after_in_child=_ids.seed)
 

@@ -1,5 +1,7 @@
 """The engine end to end with virtual time: fires, overlap, retries, timeouts, misfires."""
 
+import time
+
 import anyio
 import msgspec
 import pytest
@@ -533,6 +535,25 @@ def test_run_ids_do_not_repeat_after_a_user_seeds_random():
     first = new_run_id(T0)
     random.seed(42)
     assert new_run_id(T0) != first
+
+
+async def test_a_runs_trace_has_its_log_step_and_its_logs_have_the_line_once():
+    stack = [{"function": "log", "message": "hello"}, RET(1)]
+    async with Engine.open([task("t", stack)]) as engine:
+        done = await engine.trigger("t", wait=True)
+        run = await engine.run(done["id"])
+    assert [(e["path"], e["kind"]) for e in run["trace"]] == [("stack[0]", "log"), ("stack[1]", "return")]
+    assert [(e["path"], e["level"], e["output"]) for e in run["logs"]] == [("stack[0]", "info", "hello")]
+
+
+def test_run_ids_of_one_millisecond_never_repeat_and_keep_their_order():
+    from engine._runs import new_run_id
+
+    now = time.time() + 1  # later than any id made so far in this process
+    ids = [new_run_id(now) for _ in range(200_000)]  # a stopped virtual clock: one millisecond
+    assert len(set(ids)) == len(ids) and ids == sorted(ids)
+    assert ids[0].startswith(f"{int(now * 1000):012x}")
+    assert new_run_id(T0) > ids[-1]  # a clock stepped back still gives a new, later id
 
 
 async def test_native_code_follows_the_stack_as_loaded_not_later_edits():
