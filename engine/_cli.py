@@ -297,7 +297,6 @@ def _print_run(run: dict[str, Any]) -> None:
                 for t in trace]
         print(_table(rows, ["STEP", "KIND", "TIME", "OUTPUT"]))
     logs = run.get("logs") or []
-    logs = [entry for entry in logs if entry.get("level")] or logs  # the leveled entries, when the engine gives them
     if logs:
         print("\nlogs:")
         for entry in logs:

@@ -402,8 +402,9 @@ class Engine(RunLifecycle, Scheduling):
         out = self._public(row)
         if trace:
             entries = await self.store.get_trace(run_id)
-            out["trace"] = [e for e in entries if e.get("kind") != "log"]
-            out["logs"] = [e for e in entries if e.get("kind") == "log"]
+            # a log line has a level; the trace entry of a `log` step has the same kind but none
+            out["trace"] = [e for e in entries if "level" not in e]
+            out["logs"] = [e for e in entries if "level" in e]
         return out
 
     async def pause(self, name: str) -> None:

@@ -261,8 +261,8 @@ async def test_rest_run_detail(tmp_path):
         run_id = (await engine.trigger("hello", wait=True))["id"]
         run = await (await client.get(f"/api/runs/{run_id}", headers=AUTH)).json()
         assert run["result"] == 3 and run["status"] == "completed"
-        assert [t["kind"] for t in run["trace"]] == ["create_variable", "return"]
-        assert any("x is 3" in str(entry.get("output")) for entry in run["logs"])
+        assert [t["kind"] for t in run["trace"]] == ["create_variable", "log", "return"]
+        assert [entry["output"] for entry in run["logs"]] == ["x is 3"]
         bare = await (await client.get(f"/api/runs/{run_id}?trace=false", headers=AUTH)).json()
         assert "trace" not in bare and bare["id"] == run_id
         assert (await client.get(f"/api/runs/{run_id}?trace=maybe", headers=AUTH)).status == 400
