@@ -8,7 +8,7 @@ them by ``error.type``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -137,7 +137,9 @@ class Clock(Protocol):
         """Unix time in seconds."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """An awaitable that resumes after ``seconds`` (an ``async def`` method is one)."""
+        ...
 
 
 @dataclass(slots=True)
