@@ -95,6 +95,18 @@ async def test_bad_ids_are_refused(store, bad):
         await store.add("items", {"id": bad})
 
 
+async def test_the_largest_id_leaves_no_id_to_assign_but_given_ids_still_work(store):
+    top = 2**63 - 1
+    assert (await store.add("items", {"id": top}))["id"] == top
+    for _ in range(2):  # refused each time (the counter does not pass the limit), never an internal error
+        with pytest.raises(InvalidRecord, match="no id is left to assign"):
+            await store.add("items", {"name": "next"})
+    assert (await store.add("items", {"id": "text-id"}))["id"] == "text-id"
+    with pytest.raises(InvalidRecord, match="does not fit in 64 bits"):
+        await store.add("items", {"id": top + 1})
+    assert await store.count("items") == 2
+
+
 async def test_unencodable_value_is_refused_as_record_error(store):
     with pytest.raises(InvalidRecord, match="cannot be stored as JSON"):
         await store.add("items", {"v": object()})

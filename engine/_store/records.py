@@ -50,6 +50,10 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
     return rec
 
 
+#: the largest whole-number id (SQLite's 64-bit integer)
+MAX_INT_ID = 2**63 - 1
+
+
 def _check_id(value: Any, table: str) -> int | str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -61,7 +65,7 @@ def _check_id(value: Any, table: str) -> int | str:
         raise InvalidRecord(
             f"table {table!r}: a text id must have 1 to {_MAX_ID_TEXT} characters"
         )
-    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+    if isinstance(value, int) and not -(2**63) <= value <= MAX_INT_ID:
         raise InvalidRecord(f"table {table!r}: id {value} does not fit in 64 bits")
     return value
 
@@ -369,6 +373,11 @@ class RecordsMixin:
             await self._load_counter(key, table)
         if rid is None:
             rid = self._counters[key] + 1
+            if rid > MAX_INT_ID:
+                raise InvalidRecord(
+                    f"table {table!r}: no id is left to assign after {MAX_INT_ID} (a record has the largest "
+                    "64-bit id); give this record its own id"
+                )
             self._counters[key] = rid
         else:
             rid = _check_id(rid, table)
@@ -395,7 +404,7 @@ class RecordsMixin:
             "created_at" not in data
         ) and "updated_at" not in data:
             rid = self._counters.get(key)
-            if rid is not None:
+            if rid is not None and rid < MAX_INT_ID:
                 try:
                     text = _fast_encode(data)  # UTF-8 bytes; the writer thread makes them str
                 except (TypeError, ValueError, msgspec.EncodeError):
