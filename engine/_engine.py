@@ -342,8 +342,13 @@ class Engine(RunLifecycle, Scheduling):
         self._launch_begin()
         try:
             await self.store.insert_run(row)
+        except asyncio.CancelledError:
+            # the caller gave up, but a queued write is committed anyway: the run starts
+            # as recorded (else its row would stay `running` with no task to finish it)
+            self._start(task, row, admitted)
+            raise
         except BaseException:
-            if admitted:  # the database refused the row (or the caller gave up): free the slot
+            if admitted:  # the database refused the row: free the slot
                 self._gate.release()
             raise
         finally:

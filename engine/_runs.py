@@ -86,7 +86,17 @@ def new_run_id(now: float | None = None) -> str:
 
 _last_id = 0
 _ids = random.Random()  # seeded from os.urandom
-os.register_at_fork(after_in_child=_ids.seed)
+
+
+def _after_fork() -> None:
+    """A forked child draws its own ids: reseeded, and no longer counting up from the
+    parent's last id (both would then make the same ids, one after the other)."""
+    global _last_id
+    _ids.seed()
+    _last_id = 0
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 # compared (and hashed) by identity: timeout groups hold them in sets
@@ -252,7 +262,14 @@ class RunLifecycle:
                         },
                     )
             else:
-                await self.store.insert_run(row)
+                try:
+                    await self.store.insert_run(row)
+                except asyncio.CancelledError:
+                    # a queued write is committed even when its caller gives up: the run
+                    # starts as recorded (else its row would stay `running` with no task)
+                    stored = True
+                    self._start(defn, row, admitted)
+                    raise
             stored = True
         finally:
             if not stored and admitted:  # already claimed, or the database refused: free the slot

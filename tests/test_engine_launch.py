@@ -75,15 +75,26 @@ async def test_a_trigger_the_database_refuses_raises_and_frees_its_slot():
         assert (await engine.trigger("t", wait=True))["status"] == "completed"
 
 
-async def test_a_trigger_cancelled_while_its_row_is_written_frees_its_slot():
+async def test_triggers_cancelled_while_their_rows_are_written_still_run_what_they_recorded():
+    """The writer commits a queued row even when its caller gives up: each such run starts
+    and finishes, so that no row is left `running` with no task behind it."""
     async with Engine.open([task("t", [RET(1)])]) as engine:
-        never = asyncio.get_running_loop().create_future()
-        engine.store.insert_run = lambda row: never
-        with anyio.move_on_after(0.05):
-            await engine.trigger("t")
+        triggers = [asyncio.ensure_future(engine.trigger("t")) for _ in range(5)]
+        await asyncio.sleep(0)  # every trigger has queued its row and awaits the commit
+        for t in triggers:
+            t.cancel()
+        await asyncio.gather(*triggers, return_exceptions=True)
+        assert all(t.cancelled() for t in triggers)
+        runs = await eventually(lambda: _all_finished(engine, 5))
+        assert sorted(r["status"] for r in runs) == ["completed"] * 5
         assert engine._gate.holders == 0 and not engine._active and engine._launching == 0
         with anyio.fail_after(5):
-            await engine.stop(grace=0)  # nothing left launching: stop does not wait
+            await engine.stop(grace=0)
+
+
+async def _all_finished(engine, n):
+    runs = await engine.store.list_runs("t", limit=50)
+    return runs if len(runs) == n and all(r["status"] != "running" for r in runs) else None
 
 
 async def test_a_trigger_beyond_max_running_queues_and_starts_when_a_slot_frees():
