@@ -107,6 +107,10 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
         json.loads(data, object_pairs_hook=_unique_keys)
     except _DuplicateKey as dup:
         raise CompileError(_duplicate(data, dup.key, shown)) from None
+    except RecursionError:  # json recurses deeper per level than msgspec
+        raise CompileError(
+            Diagnostic("the JSON nests too deeply to be a definition", "", shown, hint="flatten the file")
+        ) from None
     return value
 
 
@@ -145,9 +149,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _duplicate(data: bytes, key: str, shown: str) -> Diagnostic:
     """The message for a key given twice, with the lines where the key appears (the JSON
     decoder does not tell which object: with few occurrences, the lines point at it)."""
-    token = json.dumps(key).encode()
-    lines = sorted({_line_col(data, m.start())[0] for m in re.finditer(re.escape(token) + rb"\s*:", data)})
-    where = f"line {lines[0]}" if len(lines) == 1 else f"lines {', '.join(map(str, lines))}" if len(lines) <= 6 else ""
+    tokens = {json.dumps(key).encode(), json.dumps(key, ensure_ascii=False).encode()}  # escaped or not
+    pattern = b"(?:" + b"|".join(map(re.escape, tokens)) + rb")\s*:"
+    lines = sorted({_line_col(data, m.start())[0] for m in re.finditer(pattern, data)})
+    where = "" if not lines or len(lines) > 6 else f"line {lines[0]}" if len(lines) == 1 else (
+        f"lines {', '.join(map(str, lines))}")
     return Diagnostic(
         f"the key '{key}' is given twice in one JSON object: all but its last value would be lost",
         where,

@@ -1,5 +1,6 @@
 """The engine end to end with virtual time: fires, overlap, retries, timeouts, misfires."""
 
+import os
 import time
 
 import anyio
@@ -554,6 +555,26 @@ def test_run_ids_of_one_millisecond_never_repeat_and_keep_their_order():
     assert len(set(ids)) == len(ids) and ids == sorted(ids)
     assert ids[0].startswith(f"{int(now * 1000):012x}")
     assert new_run_id(T0) > ids[-1]  # a clock stepped back still gives a new, later id
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_make_its_parents_run_ids():
+    from engine._runs import new_run_id
+
+    now = time.time() + 2
+    [new_run_id(now) for _ in range(1000)]  # the parent counts up within one millisecond
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids through the pipe, then out without pytest's teardown
+        os.close(read)
+        os.write(write, " ".join(new_run_id(now) for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write)
+    mine = {new_run_id(now) for _ in range(100)}
+    with os.fdopen(read, "rb") as pipe:
+        child = set(pipe.read().decode().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 100 and not mine & child
 
 
 async def test_native_code_follows_the_stack_as_loaded_not_later_edits():

@@ -101,9 +101,13 @@ async def test_the_largest_id_leaves_no_id_to_assign_but_given_ids_still_work(st
     for _ in range(2):  # refused each time (the counter does not pass the limit), never an internal error
         with pytest.raises(InvalidRecord, match="no id is left to assign"):
             await store.add("items", {"name": "next"})
-    assert (await store.add("items", {"id": "text-id"}))["id"] == "text-id"
+    assert (await store.add("items", {"id": "text-id", "k": "a"}))["id"] == "text-id"
     with pytest.raises(InvalidRecord, match="does not fit in 64 bits"):
         await store.add("items", {"id": top + 1})
+    # an upsert that edits needs no new id; one that would insert is refused alone
+    assert (await store.upsert("items", {"k": "a", "v": 2}, "k"))["id"] == "text-id"
+    with pytest.raises(InvalidRecord, match="no id is left to assign"):
+        await store.upsert("items", {"k": "b"}, "k")
     assert await store.count("items") == 2
 
 

@@ -54,6 +54,11 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
 MAX_INT_ID = 2**63 - 1
 
 
+def _no_id_left(table: str) -> str:
+    return (f"table {table!r}: no id is left to assign after {MAX_INT_ID} (a record has the largest "
+            "64-bit id); give this record its own id")
+
+
 def _check_id(value: Any, table: str) -> int | str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -236,6 +241,8 @@ def _op_upsert(ctx: WriteContext, table: str, args: list[tuple[Any, ...]]) -> li
         if row is not None:
             out.append(_merge(ctx, table, row, fields, created, now))
         else:
+            if new_row[0] is None:  # no id was left to assign (see _row_for_insert)
+                raise InvalidRecord(_no_id_left(table))
             _op_add(ctx, table, list(new_row))
             rec = {"id": new_row[0], "created_at": new_row[1], "updated_at": new_row[2]}
             rec.update(fields)
@@ -367,18 +374,21 @@ class RecordsMixin:
         self._counters.setdefault(key, value)
 
     async def _row_for_insert(
-        self, key: str, table: str, rid: Any, created: Any, updated: Any, now: float, text: str
+        self, key: str, table: str, rid: Any, created: Any, updated: Any, now: float, text: str,
+        *, maybe: bool = False,
     ) -> tuple[Any, ...]:
+        """The row to insert. ``maybe``: an upsert, which may merge instead; with no id left
+        to assign its row gets id None, refused only if it is inserted (``_op_upsert``)."""
         if key not in self._counters:
             await self._load_counter(key, table)
         if rid is None:
             rid = self._counters[key] + 1
             if rid > MAX_INT_ID:
-                raise InvalidRecord(
-                    f"table {table!r}: no id is left to assign after {MAX_INT_ID} (a record has the largest "
-                    "64-bit id); give this record its own id"
-                )
-            self._counters[key] = rid
+                if not maybe:
+                    raise InvalidRecord(_no_id_left(table))
+                rid = None
+            else:
+                self._counters[key] = rid
         else:
             rid = _check_id(rid, table)
             if isinstance(rid, int) and rid > self._counters[key]:
@@ -474,7 +484,7 @@ class RecordsMixin:
         fields, rid, created, updated = _split(data, table)
         text = _encode(fields, table)
         now = self._clock()
-        row = await self._row_for_insert(key, table, rid, created, updated, now, text)
+        row = await self._row_for_insert(key, table, rid, created, updated, now, text, maybe=True)
         merge_created = None if created is None else row[1]  # checked by _row_for_insert
         return await self._writer.submit(
             _op_upsert, key, (where, params, fields, row, merge_created, row[2])
