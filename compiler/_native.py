@@ -239,8 +239,7 @@ class _Gen:
     def trace_start(self) -> None:
         """Where the VM reads its clocks for a traced step: before the step's instruction runs."""
         if self.traced:
-            self.line("_t0 = _time()")
-            self.line("_p0 = _perf()")
+            self.line("_t0, _p0 = _time(), _perf()")
 
     def trace_end(self, path: str, inputs: str = "None", output: str = "None") -> None:
         """``tracer.step`` with what the VM's traced handler leaves in ``frame.t_in``/``t_out``.
