@@ -23,8 +23,11 @@ __all__ = ("RunTrace", "Secrets", "MAX_SUMMARY_BYTES", "MAX_TRACE_ENTRIES")
 MAX_SUMMARY_BYTES = 2048
 #: a run keeps at most this many step entries (a long loop keeps its first ones)
 MAX_TRACE_ENTRIES = 2000
+#: the longest text a summary keeps as it is (masked), without encoding it
+_SHORT_TEXT = MAX_SUMMARY_BYTES // 2
 
 _encode = msgspec.json.encode
+_Raw = msgspec.Raw
 #: values a summary keeps as they are (immutable, small, nothing to scrub)
 _PLAIN = frozenset({type(None), int, float, bool})
 
@@ -128,7 +131,7 @@ class RunTrace:
         if kind in _PLAIN:
             return value
         secrets = self._secrets
-        if kind is str and len(value) <= MAX_SUMMARY_BYTES // 2:
+        if kind is str and len(value) <= _SHORT_TEXT:
             return secrets.scrub(value)
         try:
             data = _encode(value)
@@ -169,17 +172,29 @@ class RunTrace:
         if kind == "external_api_request":
             inputs = self._request_inputs(inputs)
         # a step of a traced run costs this call: plain values skip the call to summary(),
-        # and None (the inputs of most steps) skips the type test too
+        # and None (the inputs of most steps) skips the type test too; without secrets,
+        # a short text is kept as it is and a list or object whose JSON is short is kept
+        # as that JSON, what summary() returns for them, without the call
+        if inputs is not None and type(inputs) not in _PLAIN:
+            inputs = self.summary(inputs)
+        kind_out = type(output)
+        if kind_out not in _PLAIN:
+            if self._secrets.found is not None:
+                output = self.summary(output)
+            elif kind_out is str:
+                if len(output) > _SHORT_TEXT:
+                    output = self.summary(output)
+            elif kind_out is dict or kind_out is list:
+                try:
+                    data = _encode(output)
+                except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
+                    output = self.summary(output)
+                else:
+                    output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self.summary(output)
+            else:
+                output = self.summary(output)
         entries.append(
-            _Step(
-                self._prefix + path,
-                kind,
-                started,
-                duration,
-                inputs if inputs is None or type(inputs) in _PLAIN else self.summary(inputs),
-                output if type(output) in _PLAIN else self.summary(output),
-                self.summary(error) if error else None,
-            )
+            _Step(self._prefix + path, kind, started, duration, inputs, output, self.summary(error) if error else None)
         )
 
     def log(self, path: str, level: str, message: Any) -> None:

@@ -169,6 +169,19 @@ def test_values_over_the_summary_size_and_values_json_cannot_hold():
     assert len(msgspec.json.encode("x" * 5000)) > MAX_SUMMARY_BYTES
 
 
+def test_outputs_without_secrets_short_cut_summary_and_store_the_same():
+    """Without secrets, ``step`` keeps short texts and short lists/objects' JSON itself (no
+    ``summary`` call): long ones, ones JSON cannot hold and other types still go through it."""
+    ref, trace = both([])
+    values = ["x" * 1024, "x" * 1025, "x\ud800y", ["é" * 1500], {"big": "y" * 3000}, ["x\ud800y"], {1: 2},
+              {"s": {1, 2}}, [2**70], [float("nan")], [], {}, {"a": [1, {"b": None}]}, (1, 2), b"bytes", 2**70]
+    for i, value in enumerate(values):
+        for t in (ref, trace):
+            t.step(f"stack[{i}]", "create_variable", 0.5, 0.0, None, value, None)
+    text = assert_same(ref, trace)
+    assert '"output":{"a":[1,{"b":null}]}' in text and '"$truncated"' in text
+
+
 def test_an_entry_keeps_the_value_as_it_was_when_reported():
     """A list changed in place after its step is stored as it was at the step."""
     ref, trace = both([])
