@@ -483,9 +483,9 @@ class RunLifecycle:
         now = self.clock.time()
         is_task = isinstance(defn, Task)
         try:
-            if trace is not None:
+            if error is not None:  # stored with or without history: secrets out of it either way
                 try:
-                    error = trace.redact_error(error)
+                    error = (trace or RunTrace(prepared=self._trace_secrets)).redact_error(error)
                 except Exception as exc:  # a defect in redaction must not cost the run its outcome
                     db_log.error(
                         "internal error in the engine: %s: %s",

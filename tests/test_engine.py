@@ -443,6 +443,15 @@ async def test_history_redacts_env_and_can_be_disabled():
         assert off["trace"] == []
 
 
+async def test_a_runs_error_is_redacted_with_history_on_and_off():
+    stack = [{"function": "throw_error", "message": "key={{ env.SECRET_KEY_X }}"}]
+    defs = [task("on", stack), task("off", stack, request_history={"enabled": False})]
+    async with Engine.open(defs, env={"SECRET_KEY_X": "hunter2hunter2"}) as engine:
+        for name in ("on", "off"):
+            run = await engine.trigger(name, wait=True)
+            assert run["status"] == "failed" and run["error"]["message"] == "key=***", name
+
+
 async def test_fair_admission_under_a_global_limit():
     from engine import EngineConfig
 
