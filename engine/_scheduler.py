@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from compiler import CompileError, Definitions, Diagnostic, Function, Task
+from compiler import CompileError, Definitions, Diagnostic, Function, RequestHistory, Task
 from engine._schedule import Schedule, ScheduleError
 from runtime import CronstackError
 
@@ -390,12 +390,20 @@ class Scheduling:
     async def _prune_loop(self) -> None:
         while True:
             now = self.clock.time()
-            for task in self.definitions.tasks.values():
+            tasks = self.definitions.tasks.values()
+            for task in tasks:
                 days = task.request_history.retention_days
                 try:
                     await self.store.prune_history(task.name, now - days * 86400)
                 except CronstackError as exc:  # pruning waits for the next round
                     db_log.error("task %s: old history could not be pruned: %s", task.name, exc)
+            # the rest: runs of functions (async calls) and of definitions since removed,
+            # kept as long as the longest-kept task's (no task history outlives them)
+            longest = max((t.request_history.retention_days for t in tasks), default=RequestHistory().retention_days)
+            try:
+                await self.store.prune_history(None, now - longest * 86400)
+            except CronstackError as exc:
+                db_log.error("old history of functions could not be pruned: %s", exc)
             await self.clock.sleep(self.config.prune_interval)
 
 

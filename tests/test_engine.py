@@ -408,6 +408,30 @@ async def test_endless_recursion_is_refused_at_the_depth_limit():
     assert run["error"]["step"].split(" > ") == ["stack[0]"] * 65
 
 
+async def test_pruning_also_removes_old_runs_of_functions_and_of_removed_tasks(tmp_path):
+    db = f"sqlite:///{tmp_path / 'prune.db'}"
+    child = {"name": "child", "inputs": {"x": 0}, "stack": [RET("{{ inputs.x }}")]}
+    parent = task("parent", [{"function": "custom_function", "name": "child", "inputs": {"x": 1},
+                              "execution_mode": "async", "return_as": "rid"}, RET("{{ rid }}")],
+                  request_history={"retention_days": 1})
+    async with Engine.open([parent, child, task("gone", [RET(1)])], clock=FakeClock(T0), database=db) as engine:
+        run = await engine.trigger("parent", wait=True)
+        await engine.trigger("gone", wait=True)
+        await eventually(lambda: _finished(engine, run["result"]))
+    # "gone" is no longer defined; the function's run and the removed task's are kept
+    # as long as the longest-kept task's history (here 1 day), then pruned with it
+    for days, left in ((0.5, 3), (2, 0)):
+        clock = FakeClock(T0 + days * 86400)
+        async with Engine.open([parent, child], clock=clock, database=db) as engine:
+            await engine.serve(api=False)
+            await settle(clock, engine)
+            assert await eventually(lambda: _count_is(engine, left)), days
+
+
+async def _count_is(engine, n):
+    return await engine.store.count_runs() == n
+
+
 async def test_registered_python_functions_sync_and_async():
     async def add(inputs):
         return inputs["a"] + inputs["b"]
