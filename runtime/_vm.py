@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from runtime._effects import EFFECTS
@@ -254,33 +254,46 @@ def _new_scope(ctx: RunContext, variables: dict[str, Any] | None, inputs: dict[s
     return scope
 
 
-async def execute(
+def execute(
     program: Program,
     ctx: RunContext | None = None,
     variables: dict[str, Any] | None = None,
     *,
     inputs: dict[str, Any] | None = None,
-) -> Any:
+) -> Coroutine[Any, Any, Any]:
     """Run ``program`` to its end; return its ``return`` value (None without one).
 
     An error no ``try_catch`` catches raises ``RunFailed`` carrying the error
     object. Cancellation (a timeout, a shutdown) propagates untouched.
+
+    A plain function that returns the coroutine of the run itself (the native
+    code's, or the interpreter's), not a coroutine awaiting it: every time a
+    run resumes (each ``wait``, each committed ``add_record``) it passes
+    through one frame less. Errors found before the run starts are raised
+    when it is awaited, as from an ``async def``.
     """
     ctx = ctx or RunContext()
-    if ctx.depth > MAX_CALL_DEPTH:
-        raise RunFailed(
-            {"message": f"functions nested deeper than {MAX_CALL_DEPTH} calls", "type": "LimitExceeded", "step": None}
-        )
-    frame = Frame(program, _new_scope(ctx, variables, inputs))
+    try:
+        if ctx.depth > MAX_CALL_DEPTH:
+            raise RunFailed(
+                {"message": f"functions nested deeper than {MAX_CALL_DEPTH} calls", "type": "LimitExceeded", "step": None}
+            )
+        frame = Frame(program, _new_scope(ctx, variables, inputs))
+    except Exception as exc:
+        return _raise(exc)
     native = program.native
     if native is not None:
         if ctx.tracer is None:
-            return await native(frame, ctx)
+            return native(frame, ctx)
         # the traced variant reports the same steps as _run with a tracer (compiler/_native.py)
         traced = getattr(native, "traced", None)
         if traced is not None:
-            return await traced(frame, ctx)
-    return await _run(frame, ctx)
+            return traced(frame, ctx)
+    return _run(frame, ctx)
+
+
+async def _raise(exc: Exception) -> Any:
+    raise exc
 
 
 async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispatch loop is one thing

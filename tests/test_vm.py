@@ -360,3 +360,15 @@ def test_differential_against_python(xs, n):
         return [total, evens, count]
 
     assert anyio.run(execute, program, None, {"xs": xs, "n": n}) == reference()
+
+
+async def test_execute_hands_back_the_runs_own_coroutine_and_raises_when_awaited():
+    """No coroutine of ``execute``'s between the caller and the run: one frame less per resume."""
+    program = compile_stack([ret(1)])
+    coro = execute(program)
+    assert coro.cr_code.co_name != "execute" and await coro == 1
+    deep = RunContext()
+    deep.depth = 10_000
+    pending = execute(program, deep)  # the refusal comes at the await, as from an async def
+    with pytest.raises(RunFailed, match="nested deeper"):
+        await pending
