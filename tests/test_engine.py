@@ -425,7 +425,7 @@ async def test_pruning_also_removes_old_runs_of_functions_and_of_removed_tasks(t
         async with Engine.open([parent, child], clock=clock, database=db) as engine:
             await engine.serve(api=False)
             await settle(clock, engine)
-            assert await eventually(lambda: _count_is(engine, left)), days
+            assert await eventually(lambda n=left: _count_is(engine, n)), days
 
 
 async def _count_is(engine, n):
