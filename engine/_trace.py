@@ -137,10 +137,14 @@ class RunTrace:
             data = _encode(value)
         except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
             return secrets.scrub(repr(value)[:MAX_SUMMARY_BYTES])
+        return self._of_encoded(data)
+
+    def _of_encoded(self, data: bytes) -> Any:
+        """``summary`` of a value already encoded as ``data``."""
+        secrets = self._secrets
         if len(data) <= MAX_SUMMARY_BYTES and (secrets.found is None or secrets.found(data) is None):
             return msgspec.Raw(data)
-        text = data.decode("utf-8", "replace")
-        text = self._secrets.scrub(text)
+        text = secrets.scrub(data.decode("utf-8", "replace"))
         if len(text) > MAX_SUMMARY_BYTES:
             return {"$truncated": text[:MAX_SUMMARY_BYTES], "$bytes": len(data)}
         return msgspec.Raw(text.encode())
@@ -189,8 +193,8 @@ class RunTrace:
                     data = _encode(output)
                 except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
                     output = self.summary(output)
-                else:
-                    output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self.summary(output)
+                else:  # a long one is cut from the same bytes, not encoded again
+                    output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self._of_encoded(data)
             else:
                 output = self.summary(output)
         entries.append(
