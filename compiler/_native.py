@@ -59,7 +59,7 @@ from compiler._native_locals import (
 )
 from compiler._steps import EFFECT_STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
-from runtime._effects import EFFECTS
+from runtime._effects import EFFECTS, RESULT_OPTIONAL
 from runtime._errors import error_from_object
 from runtime._limits import INSTRUCTIONS_PER_YIELD, NATIVE_INSTRUCTIONS_PER_YIELD
 from runtime._values import check_limits, to_text
@@ -735,8 +735,12 @@ class _Gen:
             self.trace_end(path, "_ev", "_res")
             self.line("_ev = _res = None")
             return
-        call = f"await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}})"
-        self.line(f"scope[{return_as!r}] = {call}" if return_as is not None else call)
+        if return_as is not None:
+            self.line(f"scope[{return_as!r}] = await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}})")
+        elif kind in RESULT_OPTIONAL:  # nobody reads the result: the handler need not build it
+            self.line(f"await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}}, False)")
+        else:
+            self.line(f"await _EFFECTS[{kind!r}](ctx, {{{', '.join(items)}}})")
 
     def effect_field(self, path: str, arg: Any, key: str, value: Value) -> str:
         """Emit the evaluation of one effect field; return the name holding its value."""
@@ -745,10 +749,12 @@ class _Gen:
             return self.const(value.fn({}))
         # the lowering's value, called: its code is compiled once, at its first
         # call; generating the field's code again here, inline, saved a call per
-        # field but doubled the load time of stacks full of effect steps
+        # field but doubled the load time of stacks full of effect steps. A field
+        # that only reads a variable ("{{ item }}") is inlined: its code is that read
         target = self.fresh("_e")
         self.site(path, arg, value, f"field {key}")
-        self.line(f"{target} = {self.const(value)}.fn(scope)")
+        read = _variable_read(value, path)
+        self.line(f"{target} = {read if read is not None else self.const(value) + '.fn(scope)'}")
         self.holders.add(target)
         return target
 
@@ -766,6 +772,25 @@ class _Gen:
         self.line(f"await {handler}(frame, ctx, {self.const(arg)}, {path!r})")
         self.trace_end(path, "frame.t_in", "frame.t_out")
         self.line("frame.t_in = frame.t_out = None")
+
+
+#: a template that is one variable and nothing else; ``field_code`` confirms it
+_ONE_NAME = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+_SCOPE_READ = re.compile(r"scope\['[A-Za-z_][A-Za-z0-9_]*'\]")
+
+
+def _variable_read(value: Value, path: str) -> str | None:
+    """``scope['name']`` when ``value`` is exactly one variable's value, else None.
+
+    Such a field's compiled function is that one read, and the native code
+    saves the call; the error of an unset variable is the same ``KeyError``,
+    named by the same site.
+    """
+    source = value.source
+    if value.constant or type(source) is not str or not _ONE_NAME.fullmatch(source):
+        return None
+    stmts, result = field_code(source, path)
+    return result if not stmts and _SCOPE_READ.fullmatch(result) else None
 
 
 def _evaluates(value: Value) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from runtime._errors import RunError
 from runtime._interfaces import RunContext
 
-__all__ = ("EFFECTS", "EffectHandler")
+__all__ = ("EFFECTS", "EffectHandler", "RESULT_OPTIONAL")
 
 EffectHandler = Callable[[RunContext, dict[str, Any]], Awaitable[Any]]
 
@@ -77,7 +77,7 @@ async def _count_records(ctx: RunContext, f: dict[str, Any]) -> Any:
     return await _records(ctx).count(_table(f), filter=_need_object(f.get("filter"), "filter") or None)
 
 
-def _add_record(ctx: RunContext, f: dict[str, Any]) -> Awaitable[Any]:
+def _add_record(ctx: RunContext, f: dict[str, Any], keep: bool = True) -> Awaitable[Any]:
     """A plain function returning the store's awaitable (the step awaits it).
 
     A stack may add thousands of records a second: not being a coroutine
@@ -86,7 +86,9 @@ def _add_record(ctx: RunContext, f: dict[str, Any]) -> Awaitable[Any]:
     looked up on the class, so a wrapper that forwards ``add`` by
     ``__getattr__`` (the fault-injecting store of the tests) still sees
     every add. The checks are ``_records``, ``_table`` and ``_need_object``'s,
-    with their errors, written out for the usual types.
+    with their errors, written out for the usual types. ``keep=False``
+    (native code passes it when the step has no ``as``) lets the store
+    resolve to None rather than build a record nobody reads.
     """
     records = ctx.records
     if records is None:
@@ -99,7 +101,7 @@ def _add_record(ctx: RunContext, f: dict[str, Any]) -> Awaitable[Any]:
         data = _need_object(data, "data")
     queue_add = getattr(type(records), "queue_add", None)
     if queue_add is not None:
-        return queue_add(records, table, data)
+        return queue_add(records, table, data, keep)
     return records.add(table, data)
 
 
@@ -181,6 +183,10 @@ async def _external_api_request(ctx: RunContext, f: dict[str, Any]) -> Any:
     )
     return response.body
 
+
+#: step kinds whose handler takes a third argument, ``keep``: False when the
+#: step stores no result, so the handler may return None instead of building it
+RESULT_OPTIONAL = frozenset({"add_record"})
 
 EFFECTS: dict[str, EffectHandler] = {
     "query_all_records": _query_all_records,

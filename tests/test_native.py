@@ -1,5 +1,6 @@
 """Native backend: explicit cases against the VM, cooperation, the seed's stacks, the source dump."""
 
+import asyncio
 import copy
 import json
 import re
@@ -502,6 +503,53 @@ async def test_effect_handlers_are_looked_up_at_each_call(monkeypatch):
     program = compile_stack([{"function": "count_records", "table": "t", "return_as": "n"}, ret("{{ n }}")])
     monkeypatch.setitem(_effects.EFFECTS, "count_records", fake)
     assert await execute(program) == "patched" and seen == [{"table": "t"}]
+
+
+class RecordingRecords:
+    """A store with ``queue_add`` that records what each add was given, ``keep`` included."""
+
+    def __init__(self):
+        self.adds = []
+
+    def queue_add(self, table, data, keep=True):
+        self.adds.append((table, data, keep))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result({"id": len(self.adds), **data} if keep else None)
+        return fut
+
+
+async def test_add_record_without_return_as_asks_for_no_record():
+    add = {"function": "add_record", "table": "t", "data": "{{ item }}"}
+    stack = [cv("out", []), loop([add, {**add, "return_as": "r"}, uv("out", "append", "{{ r }}")],
+                                 array=[{"a": 1}, {"a": 2}]), ret("{{ out }}")]
+    src = native_source(stack)
+    assert "_EFFECTS['add_record'](ctx, {'table': _A0, 'data': _e2}, False)" in src, src
+    outcome, vm_ctx, nat_ctx = await _both(stack, lambda: RunContext(records=RecordingRecords()))
+    assert outcome == ("ok", [{"id": 2, "a": 1}, {"id": 4, "a": 2}])
+    assert [keep for _, _, keep in nat_ctx.records.adds] == [False, True, False, True]
+    assert [add[:2] for add in nat_ctx.records.adds] == [add[:2] for add in vm_ctx.records.adds]
+
+
+@pytest.mark.parametrize(("data", "inlined"), [
+    ("{{ item }}", True),
+    ("{{item}}", True),
+    ("{{ later }}", True),  # set only after the loop: the same error as on the VM
+    ("{{ item | keys }}", False),
+    ("{{ item.a }}", False),
+    ("{{ true }}", False),
+    ("item", False),
+])
+async def test_an_effect_field_that_reads_one_variable_is_inlined(data, inlined):
+    stack = [loop([{"function": "add_record", "table": "t", "data": data, "return_as": "r"}],
+                  array=[{"a": 1}]), cv("later", {}), ret("{{ r }}")]
+    src = native_source(stack)
+    name = data.strip("{} ")
+    assert (f"_e2 = scope[{name!r}]" in src) is inlined, src
+    outcome, _, _ = await _both(stack, lambda: RunContext(records=RecordingRecords()))
+    if name == "later":
+        assert outcome[0] == "failed" and "later" in outcome[1]["message"], outcome
+    elif inlined:
+        assert outcome == ("ok", {"id": 1, "a": 1})
 
 
 @pytest.mark.parametrize(("fields", "message"), [

@@ -173,3 +173,23 @@ async def test_futures_belong_to_the_stores_loop(store):
     fut = store.queue_add("t", {"v": 1})
     assert fut.get_loop() is asyncio.get_running_loop()
     await fut
+
+
+async def test_keep_false_resolves_to_none_after_commit(store, tmp_path):
+    """A step that stores no result asks for none: the row is written all the same."""
+    await store.add("t", {"warm": True})
+    fut = store.queue_add("t", {"v": 1}, keep=False)
+    assert isinstance(fut, asyncio.Future)
+    assert await fut is None
+    with sqlite3.connect(f"{tmp_path}/q.db") as conn:
+        assert conn.execute("SELECT id, data FROM t WHERE id = 2").fetchone() == (2, '{"v":1}')
+    assert (await store.queue_add("t", {"v": 2}))["id"] == 3  # the counter moved on
+    assert await add_record(RunContext(records=store), {"table": "t", "data": {"v": 3}}, False) is None
+    assert (await store.get("t", id=4))["v"] == 3
+
+
+async def test_keep_false_still_fails_a_bad_write(store):
+    await store.add("t", {"warm": True})
+    with pytest.raises(InvalidRecord, match="cannot be stored as JSON"):
+        await store.queue_add("t", {"v": object()}, keep=False)
+    assert await store.count("t") == 1
