@@ -318,6 +318,8 @@ class GroupWriter:
                     results.extend([None] * _count(items) if out is None else out)
             return results
         except Exception as exc:  # a defect in _apply: fail the batch, keep serving
+            _rollback(self._ctx.conn)
+            self._ctx.forget_created(0)
             return [
                 WriteFailed(f"the write batch failed unexpectedly ({exc!r})")
                 for _ in range(_count(batch))
@@ -372,13 +374,17 @@ class GroupWriter:
         except sqlite3.Error as exc:
             return _failed(batch, exc, "starting a write transaction")
         results: list[Any] = []
-        for op, key, arg, fut, _ in batch:
-            if type(fut) is list:  # a run of rows: each row alone
-                width = len(arg) // len(fut)
-                for i in range(0, len(arg), width):
-                    results.append(self._one(op, key, arg[i : i + width]))
-            else:
-                results.append(self._one(op, key, [arg]))
+        try:
+            for op, key, arg, fut, _ in batch:
+                if type(fut) is list:  # a run of rows: each row alone
+                    width = len(arg) // len(fut)
+                    for i in range(0, len(arg), width):
+                        results.append(self._one(op, key, arg[i : i + width]))
+                else:
+                    results.append(self._one(op, key, [arg]))
+        except _TransactionLost as lost:  # the writes that had succeeded went with it
+            ctx.forget_created(0)
+            return _failed(batch, lost.cause, lost.what)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -397,6 +403,8 @@ class GroupWriter:
         try:
             out = op(ctx, key, args)
         except Exception as exc:
+            if not conn.in_transaction:  # SQLite rolled it all back (disk full, I/O error)
+                raise _TransactionLost(exc, getattr(op, "what", "writing")) from exc
             conn.execute("ROLLBACK TO w")
             conn.execute("RELEASE w")
             ctx.forget_created(mark)
@@ -404,6 +412,20 @@ class GroupWriter:
             return translate(exc, what, record=getattr(op, "record", False))
         conn.execute("RELEASE w")
         return out[0] if out is not None else None
+
+
+class _TransactionLost(Exception):
+    """A write failed and SQLite rolled back the whole transaction with it.
+
+    SQLite may do that on SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM or
+    SQLITE_BUSY: the savepoint is gone, and so are the writes of the batch
+    that had succeeded. Every write of the batch then fails with this error.
+    """
+
+    def __init__(self, cause: Exception, what: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.what = what
 
 
 def _run_key(item: tuple[Any, Any, Any, Any, Any]) -> tuple[Any, Any, bool]:
