@@ -17,9 +17,11 @@ from typing import Any
 from compiler import CompileError, Diagnostic
 from compiler._errors import did_you_mean
 
-__all__ = ("EngineConfig", "load_config", "CONFIG_FILE")
+__all__ = ("EngineConfig", "load_config", "CONFIG_FILE", "DEFAULT_DATABASE")
 
 CONFIG_FILE = "cronstack.toml"
+#: the database of a project folder without ``[database] url``, relative to the folder
+DEFAULT_DATABASE = "sqlite:///cronstack.db"
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from compiler import (
 )
 from compiler._lower import lower_stack
 from engine._api.metrics import DurationHistogram
-from engine._config import EngineConfig, load_config
+from engine._config import DEFAULT_DATABASE, EngineConfig, load_config
 from engine._functions import FunctionTable, PyFunction
 from engine._gate import FairGate
 from engine._http import HttpClient
@@ -70,10 +70,16 @@ class UnknownTask(LookupError):
 RECOVER_LIMIT = 100
 
 
-def _sqlite_default(project_dir: Path | None) -> str:
+def _default_database(project_dir: Path | None) -> tuple[str, Path | None]:
+    """The default database URL and the folder it is relative to.
+
+    The URL stays relative to the project (resolved by the store under
+    ``base_dir``): the folder's own path never goes through URL parsing, so a
+    project in ``c#jobs`` or ``what?`` opens like any other.
+    """
     if project_dir is not None:
-        return f"sqlite:///{project_dir / 'cronstack.db'}"
-    return "sqlite:///:memory:"
+        return DEFAULT_DATABASE, project_dir
+    return "sqlite:///:memory:", None
 
 
 class Engine(RunLifecycle, Scheduling):
@@ -162,9 +168,13 @@ class Engine(RunLifecycle, Scheduling):
         engine._compile_schedules()
         if cfg.tune_gc:
             _tune_gc()
-        url = database or cfg.database or _sqlite_default(project_dir)
-        # URLs written in cronstack.toml are relative to the project and may not leave it
-        inside = project_dir if database is None and cfg.database else None
+        if database:
+            url, inside = database, None  # as typed (command line): relative to the working directory
+        elif cfg.database:
+            # URLs written in cronstack.toml are relative to the project and may not leave it
+            url, inside = cfg.database, project_dir
+        else:
+            url, inside = _default_database(project_dir)
         engine.store = await open_store(
             url,
             indexes=cfg.indexes,
