@@ -16,6 +16,8 @@ from typing import Any
 
 from compiler import CompileError, Diagnostic
 from compiler._errors import did_you_mean
+from engine._store.errors import InvalidName
+from engine._store.filters import check_field, check_table
 
 __all__ = ("EngineConfig", "load_config", "CONFIG_FILE", "DEFAULT_DATABASE")
 
@@ -77,6 +79,31 @@ def _check(cond: bool, message: str, path: str, diags: list[Diagnostic]) -> bool
     return cond
 
 
+def _check_names(table: str, fields: list[str], spelled: dict[str, str], diags: list[Diagnostic]) -> bool:
+    """Table and index field names by the store's own rules, as diagnostics of ``tables.NAME``."""
+    ok = True
+    try:
+        key = check_table(table)
+    except InvalidName as exc:
+        diags.append(Diagnostic(exc.message, f"tables.{table}", CONFIG_FILE))
+        ok = False
+    else:
+        if key in spelled:
+            diags.append(Diagnostic(
+                f"tables.{spelled[key]} and tables.{table} are one table (table names ignore case); "
+                "declare it once, with all its indexes", f"tables.{table}", CONFIG_FILE,
+            ))
+            ok = False
+        spelled.setdefault(key, table)
+    for name in fields:
+        try:
+            check_field(name)
+        except InvalidName as exc:
+            diags.append(Diagnostic(exc.message, f"tables.{table}.indexes", CONFIG_FILE))
+            ok = False
+    return ok
+
+
 def load_config(project_dir: Path | None) -> EngineConfig:
     """Read ``cronstack.toml`` of ``project_dir`` (when there is one)."""
     cfg = EngineConfig(token=os.environ.get("CRONSTACK_TOKEN") or None)
@@ -118,12 +145,13 @@ def load_config(project_dir: Path | None) -> EngineConfig:
     for name, url in data.get("data_sources", {}).items():
         if _check(isinstance(url, str), "a data source is a URL text like \"sqlite:///data.db\"", f"data_sources.{name}", diags):
             cfg.data_sources[name] = url
+    spelled: dict[str, str] = {}  # table key (lower case) -> the name it was first declared as
     for table, spec in data.get("tables", {}).items():
         fields = spec.get("indexes") if isinstance(spec, dict) else None
         if _check(
             isinstance(fields, list) and all(isinstance(f, str) for f in fields),
             "declare a table as [tables.NAME] indexes = [\"field\", ...]", f"tables.{table}", diags,
-        ):
+        ) and _check_names(table, fields, spelled, diags):  # type: ignore[arg-type]
             cfg.indexes[table] = list(fields)  # type: ignore[arg-type]
     env = data.get("env", {})
     if "include" in env and _check(isinstance(env["include"], list), "include must be a list of names or patterns", "env.include", diags):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from engine import Engine
+from engine import CompileError, Engine
+from engine._config import load_config
 
 pytestmark = pytest.mark.anyio
 
@@ -16,6 +17,10 @@ def project(tmp_path, toml="", dirname="p"):
     if toml:
         (d / "cronstack.toml").write_text(toml)
     return d
+
+
+def problems(exc_info):
+    return [(d.file, d.path, d.message) for d in exc_info.value.diagnostics]
 
 
 # -- the default database opens in any directory -------------------------------------------
@@ -37,3 +42,53 @@ async def test_default_database_relative_project_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     async with Engine.open("x#y") as engine:
         assert engine.store.path == str((d / "cronstack.db").resolve())
+
+
+# -- [tables.NAME]: names checked by the store's rules, at load ------------------------------
+@pytest.mark.parametrize(
+    ("toml", "path", "words"),
+    [
+        ('[tables."bad-name"]\nindexes = ["a"]\n', "tables.bad-name", "table name 'bad-name' is not valid"),
+        ('[tables.sqlite_x]\nindexes = ["a"]\n', "tables.sqlite_x", "is reserved"),
+        ('[tables.cronstack_runs]\nindexes = ["a"]\n', "tables.cronstack_runs", "is reserved"),
+        ('[tables.users]\nindexes = ["e-mail"]\n', "tables.users.indexes", "field name 'e-mail' is not valid"),
+        ('[tables.users]\nindexes = ["ok", "a..b"]\n', "tables.users.indexes", "field name 'a..b' is not valid"),
+    ],
+)
+def test_bad_table_or_field_name_is_a_diagnostic_of_cronstack_toml(tmp_path, toml, path, words):
+    d = project(tmp_path, toml)
+    with pytest.raises(CompileError) as exc_info:
+        load_config(d)
+    [(file, where, message)] = problems(exc_info)
+    assert (file, where) == ("cronstack.toml", path)
+    assert words in message
+
+
+def test_every_bad_name_is_listed_at_once(tmp_path):
+    toml = '[tables."a-b"]\nindexes = ["x"]\n[tables.users]\nindexes = ["e-mail", "ok", "1st"]\n'
+    with pytest.raises(CompileError) as exc_info:
+        load_config(project(tmp_path, toml))
+    assert [p for _, p, _ in problems(exc_info)] == ["tables.a-b", "tables.users.indexes", "tables.users.indexes"]
+
+
+def test_two_spellings_of_one_table_are_refused(tmp_path):
+    toml = '[tables.Users]\nindexes = ["a"]\n[tables.users]\nindexes = ["b"]\n'
+    with pytest.raises(CompileError) as exc_info:
+        load_config(project(tmp_path, toml))
+    [(file, path, message)] = problems(exc_info)
+    assert (file, path) == ("cronstack.toml", "tables.users")
+    assert "tables.Users" in message and "ignore case" in message
+
+
+def test_good_tables_still_load(tmp_path):
+    cfg = load_config(project(tmp_path, '[tables.users]\nindexes = ["email", "address.city", "created_at"]\n'))
+    assert cfg.indexes == {"users": ["email", "address.city", "created_at"]}
+
+
+async def test_engine_open_reports_bad_table_as_compile_error(tmp_path):
+    d = project(tmp_path, '[tables."bad-name"]\nindexes = ["a"]\n')
+    with pytest.raises(CompileError) as exc_info:
+        async with Engine.open(d):
+            pass
+    assert "cronstack.toml: tables.bad-name:" in str(exc_info.value)
+    assert not (d / "cronstack.db").exists()
