@@ -11,6 +11,7 @@ leaves a gap, as AUTOINCREMENT does).
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -66,10 +67,18 @@ def _check_id(value: Any, table: str) -> int | str:
         raise InvalidRecord(
             f"table {table!r}: a record id must be a whole number or a text, got {value!r}"
         )
-    if isinstance(value, str) and not 0 < len(value) <= _MAX_ID_TEXT:
-        raise InvalidRecord(
-            f"table {table!r}: a text id must have 1 to {_MAX_ID_TEXT} characters"
-        )
+    if isinstance(value, str):
+        if not 0 < len(value) <= _MAX_ID_TEXT:
+            raise InvalidRecord(
+                f"table {table!r}: a text id must have 1 to {_MAX_ID_TEXT} characters"
+            )
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRecord(
+                    f"table {table!r}: the id {value!r} holds a lone surrogate, which cannot be stored"
+                ) from None
     if isinstance(value, int) and not -(2**63) <= value <= MAX_INT_ID:
         raise InvalidRecord(f"table {table!r}: id {value} does not fit in 64 bits")
     return value
@@ -80,15 +89,59 @@ def _check_time(value: Any, field: str, table: str) -> float:
         raise InvalidRecord(
             f"table {table!r}: {field} must be Unix seconds (a number), got {value!r}"
         )
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise InvalidRecord(f"table {table!r}: {field} must be a finite number of Unix seconds, got {value!r}")
+    return seconds
 
 
 def _encode(doc: dict[str, Any], table: str) -> bytes:
     """The JSON of ``doc`` as msgspec's UTF-8 bytes (as rows hand it to ``_op_add``)."""
     try:
-        return _fast_encode(doc)
+        text = _fast_encode(doc)
     except (TypeError, ValueError, msgspec.EncodeError) as exc:
         raise InvalidRecord(f"table {table!r}: the data cannot be stored as JSON ({exc})") from exc
+    if b"null" in text:
+        where = _non_finite(doc, "data")
+        if where is not None:
+            raise InvalidRecord(
+                f"table {table!r}: {where} is NaN or infinite, which JSON cannot hold "
+                "(it would be stored as null); store null or a number instead"
+            )
+    return text
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """The path of a NaN or infinite float inside ``value``, or None.
+
+    msgspec writes such floats as ``null``, so only a document whose JSON
+    contains ``null`` needs the walk.
+    """
+    stack = [(value, path)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return at
+        elif isinstance(v, dict):
+            stack.extend((x, f"{at}.{k}") for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
+    return None
+
+
+def _at_path(data: Mapping[str, Any], path: str) -> Any:
+    """The value at dotted ``path`` in ``data`` (None when absent), as filters read it:
+    ``"crm.id"`` is the ``id`` of the object under ``crm``, like ``$.crm.id``."""
+    value: Any = data
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 def _split(data: Any, table: str) -> tuple[dict[str, Any], Any, Any, Any]:
@@ -425,6 +478,8 @@ class RecordsMixin:
                     text = _fast_encode(data)  # UTF-8 bytes; the writer thread makes them str
                 except (TypeError, ValueError, msgspec.EncodeError):
                     return self._add(table, data)  # raises InvalidRecord with the reason
+                if b"null" in text and _non_finite(data, "data") is not None:
+                    return self._add(table, data)  # NaN or infinity: the same
                 rid += 1
                 self._counters[key] = rid
                 now = self._clock()
@@ -476,17 +531,19 @@ class RecordsMixin:
     ) -> dict[str, Any]:
         key = check_table(table)
         ident = check_field(identifier)
-        if not isinstance(data, Mapping) or data.get(ident) is None:
+        value = _at_path(data, ident) if isinstance(data, Mapping) else None
+        if value is None:
             raise InvalidRecord(
                 f"add_or_edit_record on table {table!r}: the data has no value for the "
                 f"identifier field {ident!r}; include it in data"
+                + (" (a dotted identifier is a path into nested objects)" if "." in ident else "")
             )
         params: list[Any] = []
         if ident == "id":
             where = "id = ?"
-            params.append(_check_id(data["id"], table))
+            params.append(_check_id(value, table))
         else:
-            where = equals(ident, data[ident], params)
+            where = equals(ident, value, params)
         fields, rid, created, updated = _split(data, table)
         text = _encode(fields, table)
         now = self._clock()

@@ -1,0 +1,70 @@
+"""Values the store must refuse rather than store as something else, and dotted upsert identifiers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engine._store import InvalidRecord, open_store
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(tmp_path):
+    async with open_store(f"sqlite:///{tmp_path}/v.db") as s:
+        await s.add("t", {"warm": True})  # the table exists and its id counter is loaded: adds take the hot path
+        yield s
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    ({"v": float("nan")}, "data.v"),
+    ({"a": [1, {"b": float("inf")}]}, "data.a[1].b"),
+    ({"n": None, "x": -float("inf")}, "data.x"),
+])
+async def test_nan_and_infinity_are_refused_not_stored_as_null(store, data, where):
+    for write in (lambda: store.add("t", data), lambda: store.queue_add("t", data, keep=False),
+                  lambda: store.edit("t", 1, data), lambda: store.upsert("t", {**data, "k": 1}, "k"),
+                  lambda: store.edit_many("t", {}, data)):
+        with pytest.raises(InvalidRecord, match=re.escape(where) + " is NaN or infinite"):
+            await write()
+    assert await store.count("t") == 1
+    assert set(await store.get("t", id=1)) == {"id", "created_at", "updated_at", "warm"}
+
+
+async def test_null_values_still_take_the_fast_path(store):
+    rec = await store.add("t", {"v": None, "w": [None, 1.5]})
+    assert (await store.get("t", id=rec["id"]))["w"] == [None, 1.5]
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf"), -float("inf"), 10**400])
+async def test_record_times_must_be_finite(store, when):
+    with pytest.raises(InvalidRecord, match="finite number of Unix seconds"):
+        await store.add("t", {"created_at": when})
+    with pytest.raises(InvalidRecord, match="finite number of Unix seconds"):
+        await store.edit("t", 1, {"updated_at": when})
+    assert await store.count("t") == 1
+
+
+async def test_an_id_with_a_lone_surrogate_is_a_clear_error(store):
+    for call in (lambda: store.add("t", {"id": "a\ud800"}), lambda: store.get("t", id="a\ud800"),
+                 lambda: store.delete("t", "a\ud800")):
+        with pytest.raises(InvalidRecord, match="lone surrogate"):
+            await call()
+    assert (await store.add("t", {"id": "é-ok"}))["id"] == "é-ok"
+
+
+async def test_a_dotted_identifier_upserts_on_the_nested_value(store):
+    for v in (1, 2, 3):
+        rec = await store.upsert("c", {"crm": {"id": "c-17"}, "v": v}, "crm.id")
+    assert await store.count("c") == 1
+    assert rec["v"] == 3 and rec["crm"] == {"id": "c-17"}
+    other = await store.upsert("c", {"crm": {"id": "c-18"}, "v": 9}, "crm.id")
+    assert other["id"] != rec["id"] and await store.count("c") == 2
+
+
+async def test_a_dotted_identifier_is_not_a_top_level_key(store):
+    with pytest.raises(InvalidRecord, match="no value for the identifier field 'crm.id'.*path into nested"):
+        await store.upsert("c", {"crm.id": "c-17", "v": 1}, "crm.id")
+    assert await store.count("c") == 0
