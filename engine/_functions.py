@@ -8,6 +8,7 @@ caller receives its run id at once.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import anyio
 from compiler import Function
 from compiler._errors import did_you_mean
 from runtime import CronstackError, RunContext, RunError
+from runtime._limits import MAX_NESTING_DEPTH
 from runtime._vm import execute
 
 if TYPE_CHECKING:
@@ -81,10 +83,67 @@ class FunctionTable:
             result = await anyio.to_thread.run_sync(fn, inputs)
             if inspect.isawaitable(result):
                 result = await result
-            return result
         except CronstackError:
             raise
         except Exception as exc:
             raise RunError(
                 f"function '{name}' raised {type(exc).__name__}: {exc}", error_type="FunctionError"
             ) from exc
+        return _json_copy(result, name)
+
+
+#: what a Python function may return, and so what a stack may hold
+_JSON_HINT = "return dicts with text keys, lists, text, numbers, booleans and None"
+
+
+def _json_copy(value: Any, name: str) -> Any:
+    """A copy of a Python function's result made only of JSON data (tuples become lists).
+
+    Values enter runs as JSON everywhere else; a Python function could hand
+    in NaN (which the store would write as null), bytes or a datetime (which
+    would be stored as base64 or ISO text while the run kept the original).
+    Refused here, at the boundary, with the path of the value. The copy also
+    keeps the function from changing the run's data later through an object
+    it kept.
+    """
+
+    def copy(v: Any, path: str, depth: int) -> Any:
+        t = type(v)
+        if t is str or t is int or v is None or t is bool:
+            return v
+        if t is float:
+            if math.isfinite(v):
+                return v
+            return refuse(path, f"{v!r} (NaN and infinities are not JSON numbers)")
+        if depth >= MAX_NESTING_DEPTH:
+            raise RunError(
+                f"function '{name}' returned a value nested deeper than {MAX_NESTING_DEPTH} lists/objects",
+                error_type="FunctionError",
+            )
+        if isinstance(v, dict):
+            out = {}
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    return refuse(path, f"a key {k!r} that is not text")
+                k = str.__add__(k, "")  # a plain str, whatever subclass the key was
+                out[k] = copy(x, f"{path}.{k}" if k.isidentifier() else f"{path}[{k!r}]", depth + 1)
+            return out
+        if isinstance(v, (list, tuple)):
+            return [copy(x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v)]
+        if isinstance(v, bool):  # subclasses of the scalars (enums...): their plain value
+            return bool(v)
+        if isinstance(v, int):
+            return int(v)
+        if isinstance(v, float):
+            return copy(float(v), path, depth)
+        if isinstance(v, str):
+            return str.__add__(v, "")
+        return refuse(path, f"a {t.__name__}")
+
+    def refuse(path: str, what: str) -> Any:
+        raise RunError(
+            f"function '{name}' returned {what} at {path}, which JSON cannot hold; {_JSON_HINT}",
+            error_type="FunctionError",
+        )
+
+    return copy(value, "result", 0)

@@ -1,5 +1,6 @@
 """The engine end to end with virtual time: fires, overlap, retries, timeouts, misfires."""
 
+import datetime
 import os
 import time
 
@@ -448,6 +449,39 @@ async def test_registered_python_functions_sync_and_async():
         engine.register_function("boom", boom)
         run = await engine.trigger("t", wait=True)
         assert run["result"] == "3:FunctionError"
+
+
+@pytest.mark.parametrize(("returned", "where"), [
+    ({"score": float("nan")}, "nan (NaN and infinities are not JSON numbers) at result.score"),
+    ([1, {"x": float("inf")}], "inf (NaN and infinities are not JSON numbers) at result[1].x"),
+    ({"when": datetime.datetime(2024, 1, 2)}, "a datetime at result.when"),
+    ({"raw": b"ab"}, "a bytes at result.raw"),
+    ({1: "one"}, "a key 1 that is not text at result"),
+])
+async def test_a_python_function_must_return_json_data(returned, where):
+    stack = [{"function": "custom_function", "name": "f", "return_as": "r"},
+             {"function": "add_record", "table": "m", "data": {"v": "{{ r }}"}}]
+    async with Engine.open([task("t", stack)]) as engine:
+        engine.register_function("f", lambda inputs: returned)
+        run = await engine.trigger("t", wait=True)
+        assert run["status"] == "failed" and run["error"]["type"] == "FunctionError", run
+        assert where in run["error"]["message"] and "JSON cannot hold" in run["error"]["message"]
+        assert await engine.store.count("m") == 0
+
+
+async def test_a_python_functions_result_is_a_plain_json_copy():
+    import enum
+
+    class Colour(enum.StrEnum):
+        RED = "red"
+
+    kept = {"items": (1, 2), "colour": Colour.RED, "n": True}
+    stack = [{"function": "custom_function", "name": "f", "return_as": "r"}, RET("{{ r }}")]
+    async with Engine.open([task("t", stack)]) as engine:
+        engine.register_function("f", lambda inputs: kept)
+        run = await engine.trigger("t", wait=True)
+        assert run["result"] == {"items": [1, 2], "colour": "red", "n": True}
+        assert type(run["result"]["colour"]) is str
 
 
 async def test_serve_refuses_unresolved_function_calls():
