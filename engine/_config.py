@@ -16,10 +16,11 @@ from typing import Any
 
 from compiler import CompileError, Diagnostic
 from compiler._errors import did_you_mean
-from engine._store.errors import InvalidName
+from engine._store.errors import InvalidName, StoreError
 from engine._store.filters import check_field, check_table
+from engine._store.sqlite import MEMORY, sqlite_path
 
-__all__ = ("EngineConfig", "load_config", "CONFIG_FILE", "DEFAULT_DATABASE")
+__all__ = ("EngineConfig", "load_config", "source_collisions", "CONFIG_FILE", "DEFAULT_DATABASE")
 
 CONFIG_FILE = "cronstack.toml"
 #: the database of a project folder without ``[database] url``, relative to the folder
@@ -104,6 +105,49 @@ def _check_names(table: str, fields: list[str], spelled: dict[str, str], diags: 
     return ok
 
 
+def _database_file(url: str, base_dir: Path | None) -> str | None:
+    """The real path of the file a ``sqlite:///`` URL opens; None for memory or a bad URL."""
+    try:
+        path = sqlite_path(url, base_dir)
+    except StoreError:
+        return None  # opening it fails, and that error names its key
+    return None if path == MEMORY else os.path.realpath(path)
+
+
+def source_collisions(
+    sources: dict[str, str], project_dir: Path | None, database: str, database_base: Path | None, database_label: str
+) -> list[Diagnostic]:
+    """``data_sources`` naming the engine's database file, or a file another source names.
+
+    Paths are compared resolved (relative URLs against the project folder,
+    symlinks followed), so ``sqlite:///./x.db`` and ``sqlite:////abs/x.db``
+    meet. Without this check the second opening of a file fails on the
+    engine's own lock, as ``StoreLocked`` naming this very process.
+    """
+    owners: dict[str, str] = {}
+    main = _database_file(database, database_base)
+    if main is not None:
+        owners[main] = database_label
+    diags = []
+    for name, url in sources.items():
+        path = _database_file(url, project_dir)
+        if path is None:
+            continue
+        owner = owners.setdefault(path, f"data_sources.{name}")
+        if owner == database_label:
+            diags.append(Diagnostic(
+                f"this is {path}, the file of {database_label}; a data source needs a database file of "
+                f"its own: remove data_sources.{name} (a task whose data_source is not declared uses the "
+                "default database) or point it at another file", f"data_sources.{name}", CONFIG_FILE,
+            ))
+        elif owner != f"data_sources.{name}":
+            diags.append(Diagnostic(
+                f"this is {path}, the same file as {owner}; give each data source a database file of its "
+                f"own, or keep {owner} and use that name in the tasks", f"data_sources.{name}", CONFIG_FILE,
+            ))
+    return diags
+
+
 def load_config(project_dir: Path | None) -> EngineConfig:
     """Read ``cronstack.toml`` of ``project_dir`` (when there is one)."""
     cfg = EngineConfig(token=os.environ.get("CRONSTACK_TOKEN") or None)
@@ -145,6 +189,9 @@ def load_config(project_dir: Path | None) -> EngineConfig:
     for name, url in data.get("data_sources", {}).items():
         if _check(isinstance(url, str), "a data source is a URL text like \"sqlite:///data.db\"", f"data_sources.{name}", diags):
             cfg.data_sources[name] = url
+    if cfg.data_sources:
+        main_label = "the database of database.url" if cfg.database else "the default database"
+        diags += source_collisions(cfg.data_sources, project_dir, cfg.database or DEFAULT_DATABASE, project_dir, main_label)
     spelled: dict[str, str] = {}  # table key (lower case) -> the name it was first declared as
     for table, spec in data.get("tables", {}).items():
         fields = spec.get("indexes") if isinstance(spec, dict) else None

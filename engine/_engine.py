@@ -33,7 +33,7 @@ from compiler import (
 )
 from compiler._lower import lower_stack
 from engine._api.metrics import DurationHistogram
-from engine._config import DEFAULT_DATABASE, EngineConfig, load_config
+from engine._config import DEFAULT_DATABASE, EngineConfig, load_config, source_collisions
 from engine._functions import FunctionTable, PyFunction
 from engine._gate import FairGate
 from engine._http import HttpClient
@@ -170,11 +170,17 @@ class Engine(RunLifecycle, Scheduling):
             _tune_gc()
         if database:
             url, inside = database, None  # as typed (command line): relative to the working directory
+            label = "the engine's database (the database it was started with)"
         elif cfg.database:
             # URLs written in cronstack.toml are relative to the project and may not leave it
-            url, inside = cfg.database, project_dir
+            url, inside, label = cfg.database, project_dir, "the database of database.url"
         else:
             url, inside = _default_database(project_dir)
+            label = "the default database"
+        # also with a database argument or a config made in code, which load_config did not see
+        clashes = source_collisions(cfg.data_sources, project_dir, url, inside, label)
+        if clashes:
+            raise CompileError(clashes)
         engine.store = await open_store(
             url,
             indexes=cfg.indexes,

@@ -1,5 +1,7 @@
 """Start-up errors of a project: each says where (cronstack.toml, which key) and what to do."""
 
+import os
+
 import pytest
 
 from engine import CompileError, Engine
@@ -92,3 +94,61 @@ async def test_engine_open_reports_bad_table_as_compile_error(tmp_path):
             pass
     assert "cronstack.toml: tables.bad-name:" in str(exc_info.value)
     assert not (d / "cronstack.db").exists()
+
+
+# -- data sources on a file already in use ---------------------------------------------------
+@pytest.mark.parametrize(
+    "url", ["sqlite:///cronstack.db", "sqlite:///./sub/../cronstack.db", "ABS"]
+)
+def test_data_source_on_the_default_database_is_refused_at_load(tmp_path, url):
+    d = project(tmp_path, dirname="p")
+    if url == "ABS":
+        url = f"sqlite:///{d / 'cronstack.db'}"
+    (d / "sub").mkdir()
+    (d / "cronstack.toml").write_text(f'[data_sources]\nmain = "{url}"\n')
+    with pytest.raises(CompileError) as exc_info:
+        load_config(d)
+    [(file, path, message)] = problems(exc_info)
+    assert (file, path) == ("cronstack.toml", "data_sources.main")
+    assert "default database" in message and str(d.resolve() / "cronstack.db") in message
+    assert "pid" not in message
+
+
+def test_data_source_on_the_configured_database_is_refused(tmp_path):
+    d = project(tmp_path, '[database]\nurl = "sqlite:///main.db"\n[data_sources]\nrep = "sqlite:///main.db"\n')
+    with pytest.raises(CompileError) as exc_info:
+        load_config(d)
+    [(_, path, message)] = problems(exc_info)
+    assert path == "data_sources.rep" and "database.url" in message
+
+
+def test_two_data_sources_on_one_file_are_refused(tmp_path):
+    d = project(tmp_path, '[data_sources]\na = "sqlite:///r.db"\nb = "sqlite:///r.db"\n')
+    with pytest.raises(CompileError) as exc_info:
+        load_config(d)
+    [(file, path, message)] = problems(exc_info)
+    assert (file, path) == ("cronstack.toml", "data_sources.b")
+    assert "data_sources.a" in message and str(d.resolve() / "r.db") in message
+
+
+def test_data_sources_in_memory_never_collide(tmp_path):
+    d = project(tmp_path, '[data_sources]\na = "sqlite:///:memory:"\nb = "sqlite:///:memory:"\n')
+    assert set(load_config(d).data_sources) == {"a", "b"}
+
+
+async def test_engine_open_checks_sources_against_the_database_argument(tmp_path):
+    d = project(tmp_path, '[data_sources]\nrep = "sqlite:///other.db"\n')
+    with pytest.raises(CompileError) as exc_info:
+        async with Engine.open(d, database=f"sqlite:///{d / 'other.db'}"):
+            pass
+    [(_, path, message)] = problems(exc_info)
+    assert path == "data_sources.rep" and "engine's database" in message
+
+
+async def test_engine_open_same_file_sources_is_not_store_locked(tmp_path):
+    d = project(tmp_path, '[data_sources]\nmain = "sqlite:///cronstack.db"\n')
+    with pytest.raises(CompileError) as exc_info:
+        async with Engine.open(d):
+            pass
+    assert f"pid {os.getpid()}" not in str(exc_info.value)
+    assert "data_sources.main" in str(exc_info.value)
