@@ -33,16 +33,16 @@ from compiler import (
 )
 from compiler._lower import lower_stack
 from engine._api.metrics import DurationHistogram
-from engine._config import DEFAULT_DATABASE, EngineConfig, load_config, source_collisions
+from engine._config import CONFIG_FILE, DEFAULT_DATABASE, EngineConfig, load_config, source_collisions
 from engine._functions import FunctionTable, PyFunction
 from engine._gate import FairGate
 from engine._http import HttpClient
 from engine._runs import RunLifecycle, _Active, new_run_id
 from engine._schedule import RealClock, Schedule
 from engine._scheduler import Scheduling, iso_time, schedules_of
-from engine._store import open_store
+from engine._store import StoreError, open_store
 from engine._trace import RunTrace
-from runtime import RunContext
+from runtime import CronstackError, RunContext
 from runtime._vm import execute
 
 db_log = logging.getLogger("cronstack.engine")
@@ -80,6 +80,24 @@ def _default_database(project_dir: Path | None) -> tuple[str, Path | None]:
     if project_dir is not None:
         return DEFAULT_DATABASE, project_dir
     return "sqlite:///:memory:", None
+
+
+def _naming_source(exc: Exception, name: str) -> Exception:
+    """``exc`` (opening data source ``name``) with its message led by the key that names it.
+
+    The error keeps its type and fields (a ``StoreLocked`` stays one, with its
+    ``pid``); an ``OSError`` becomes a ``StoreError``.
+    """
+    where = f"{CONFIG_FILE}: data_sources.{name}: "
+    if isinstance(exc, CronstackError):
+        try:
+            named = type(exc)(where + exc.message, **exc.extra)
+        except TypeError:  # an error class with other arguments: keep it, with a note
+            exc.add_note(where.rstrip(": "))
+            return exc
+        named.error_type = exc.error_type
+        return named
+    return StoreError(where + str(exc))
 
 
 class Engine(RunLifecycle, Scheduling):
@@ -190,13 +208,16 @@ class Engine(RunLifecycle, Scheduling):
         )
         try:
             for name, src_url in cfg.data_sources.items():
-                engine._sources[name] = await open_store(
-                    src_url,
-                    indexes=cfg.indexes,
-                    synchronous=cfg.synchronous,
-                    clock=engine.clock.time,
-                    base_dir=project_dir,
-                )
+                try:
+                    engine._sources[name] = await open_store(
+                        src_url,
+                        indexes=cfg.indexes,
+                        synchronous=cfg.synchronous,
+                        clock=engine.clock.time,
+                        base_dir=project_dir,
+                    )
+                except (CronstackError, OSError) as exc:
+                    raise _naming_source(exc, name) from exc
             engine.http = HttpClient(
                 max_response_bytes=cfg.http_max_response_bytes,
                 limit=cfg.http_connections,

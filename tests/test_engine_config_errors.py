@@ -6,6 +6,7 @@ import pytest
 
 from engine import CompileError, Engine
 from engine._config import load_config
+from engine._store import StoreError, StoreLocked, UnsupportedDatabase
 
 pytestmark = pytest.mark.anyio
 
@@ -152,3 +153,58 @@ async def test_engine_open_same_file_sources_is_not_store_locked(tmp_path):
             pass
     assert f"pid {os.getpid()}" not in str(exc_info.value)
     assert "data_sources.main" in str(exc_info.value)
+
+
+# -- any failure opening a data source names it ---------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "kind", "words"),
+    [
+        ("sqlite:///nodir/r.db", StoreError, "does not exist"),
+        ("postgresql://localhost/x", UnsupportedDatabase, "PostgreSQL is not available"),
+        ("sqlite:///../out.db", StoreError, "leaves the project directory"),
+        ("sqlite:///r.db?mode=ro", StoreError, "query strings"),
+    ],
+)
+async def test_error_opening_a_data_source_names_it(tmp_path, url, kind, words):
+    d = project(tmp_path, f'[data_sources]\nrep = "{url}"\n')
+    with pytest.raises(kind) as exc_info:
+        async with Engine.open(d):
+            pass
+    text = exc_info.value.message
+    assert text.startswith("cronstack.toml: data_sources.rep: ") and words in text
+    assert str(exc_info.value) == text
+    assert type(exc_info.value) is kind
+
+
+async def test_data_source_held_by_another_engine_stays_store_locked_and_named(tmp_path):
+    shared = tmp_path / "shared.db"
+    a = project(tmp_path, f'[data_sources]\nrep = "sqlite:///{shared}"\n', dirname="a")
+    b = project(tmp_path, f'[data_sources]\nrep = "sqlite:///{shared}"\n', dirname="b")
+    async with Engine.open(a):
+        with pytest.raises(StoreLocked) as exc_info:
+            async with Engine.open(b):
+                pass
+    assert exc_info.value.message.startswith("cronstack.toml: data_sources.rep: another cronstack engine")
+    assert exc_info.value.extra["pid"] == str(os.getpid())
+    # b's failed start released its own database: once a stops, b starts
+    async with Engine.open(b) as engine:
+        assert engine.records_for("rep").path == str(shared)
+
+
+async def test_os_error_opening_a_data_source_becomes_a_named_store_error(tmp_path, monkeypatch):
+    from engine import _engine
+
+    real = _engine.open_store
+
+    def failing(url, **kwargs):
+        if url == "sqlite:///r.db":
+            raise PermissionError(13, "Permission denied", "r.db.lock")
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(_engine, "open_store", failing)
+    d = project(tmp_path, '[data_sources]\nrep = "sqlite:///r.db"\n')
+    with pytest.raises(StoreError) as exc_info:
+        async with Engine.open(d):
+            pass
+    assert exc_info.value.message == "cronstack.toml: data_sources.rep: [Errno 13] Permission denied: 'r.db.lock'"
+    assert isinstance(exc_info.value.__cause__, PermissionError)
