@@ -174,8 +174,10 @@ def load_config(project_dir: Path | None) -> EngineConfig:
     db = data.get("database", {})
     if isinstance(db.get("url"), str):
         cfg.database = db["url"]
-    if "synchronous" in db and _check(db["synchronous"] in ("NORMAL", "FULL"), "synchronous must be NORMAL or FULL", "database.synchronous", diags):
-        cfg.synchronous = db["synchronous"]
+    sync = db.get("synchronous")
+    sync = sync.upper() if isinstance(sync, str) else sync  # SQLite's pragma ignores case too
+    if "synchronous" in db and _check(sync in ("NORMAL", "FULL"), "synchronous must be NORMAL or FULL", "database.synchronous", diags):
+        cfg.synchronous = sync
     api = data.get("api", {})
     if "host" in api and _check(isinstance(api["host"], str), "host must be text", "api.host", diags):
         cfg.api_host = api["host"]

@@ -208,3 +208,15 @@ async def test_os_error_opening_a_data_source_becomes_a_named_store_error(tmp_pa
             pass
     assert exc_info.value.message == "cronstack.toml: data_sources.rep: [Errno 13] Permission denied: 'r.db.lock'"
     assert isinstance(exc_info.value.__cause__, PermissionError)
+
+
+@pytest.mark.parametrize(("given", "kept"), [("full", "FULL"), ("Normal", "NORMAL"), ("FULL", "FULL")])
+def test_synchronous_takes_any_case(tmp_path, given, kept):
+    cfg = load_config(project(tmp_path, f'[database]\nsynchronous = "{given}"\n'))
+    assert cfg.synchronous == kept
+
+
+def test_synchronous_refuses_other_values(tmp_path):
+    with pytest.raises(CompileError, match="synchronous must be NORMAL or FULL") as e:
+        load_config(project(tmp_path, '[database]\nsynchronous = "OFF"\n'))
+    assert "database.synchronous" in str(e.value)
