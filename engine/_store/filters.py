@@ -12,6 +12,17 @@ so ``5`` never equals ``"5"`` and ``false`` never equals ``0``. Ordering
 operators need a number or a text. ``null`` equality matches a field that is
 null or missing; ``$ne``, ``$nin`` and ``$not`` match missing fields too (as
 MongoDB does); ``$exists`` is true for a present field even when it is null.
+
+SQLite reads a stored integer outside the signed 64-bit range as a real (and
+one beyond the largest real as infinity), so such integers in a filter are
+bound the same way: they compare with stored ones at a real's precision.
+
+A filter is bounded before SQLite sees it, so that a legal filter never meets
+SQLite's own limits (expression depth, parser stack, bound variables, LIKE
+pattern length): at most ``_MAX_TERMS`` comparisons, ``_MAX_VALUES`` values in
+its ``$in``/``$nin`` lists, ``_MAX_FILTER_DEPTH`` levels of nesting (``$and``,
+``$or`` and both kinds of ``$not``), ``$like`` patterns of ``_MAX_LIKE`` bytes.
+An ``$in`` list is one ``IN`` per JSON kind, whatever its length.
 """
 
 from __future__ import annotations
@@ -44,8 +55,21 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _RESERVED_PREFIXES = ("cronstack_", "sqlite_")
 _MAX_NAME = 64
 _MAX_PATH_DEPTH = 16
-_MAX_FILTER_DEPTH = 32
+#: Levels of $and/$or/$not (field-level $not too). Each costs SQLite's parser
+#: stack (100 entries in SQLite before 3.46); the worst shapes parse up to
+#: about 27 levels (tests/test_store_filter_limits.py), so 20 leaves a margin.
+_MAX_FILTER_DEPTH = 20
 _MAX_IN = 10_000
+#: Comparisons (an $in list is one) in one filter: bounds SQLite's expression
+#: depth (at most 1000), which grows with the length of $and/$or chains.
+_MAX_TERMS = 500
+#: Values listed in all the $in/$nin lists of one filter: bounds the bound
+#: parameters of one statement (SQLite allows at least 32766).
+_MAX_VALUES = 30_000
+#: Bytes of a $like pattern: SQLite's default SQLITE_MAX_LIKE_PATTERN_LENGTH.
+_MAX_LIKE = 50_000
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 _OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$like", "$exists", "$not")
 _LOGICAL = ("$and", "$or", "$not")
 _RANGE = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
@@ -120,10 +144,66 @@ def _kind(value: Any, where: str) -> str:
             raise InvalidFilter(f"{where}: {value!r} is not a JSON number; compare with a finite one")
         return "number"
     if isinstance(value, str):
+        if not value.isascii():
+            _check_text(value, where)
         return "text"
     if isinstance(value, (list, tuple, dict)):
         return "json"
     raise InvalidFilter(f"{where}: a value of type {type(value).__name__} cannot be compared")
+
+
+def _check_text(value: str, where: str) -> None:
+    """Refuse text SQLite cannot bind (a lone surrogate is not UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidFilter(
+            f"{where}: the text holds a lone surrogate {exc.object[exc.start]!r} at position "
+            f"{exc.start}, which is not valid Unicode and can never be stored; remove it"
+        ) from None
+
+
+def _number(value: Any) -> Any:
+    """``value`` as SQLite compares it: an integer outside 64 bits is read back as a real."""
+    if type(value) is not float and not _INT64_MIN <= value <= _INT64_MAX:
+        try:
+            return float(value)
+        except OverflowError:  # SQLite reads such a stored integer as infinity too
+            return math.inf if value > 0 else -math.inf
+    return value
+
+
+def _json_text(value: Any, where: str) -> str:
+    try:
+        return _encode(value).decode()
+    except UnicodeEncodeError as exc:
+        raise InvalidFilter(
+            f"{where}: the value holds a lone surrogate {exc.object[exc.start]!r}, which is not "
+            "valid Unicode and can never be stored; remove it"
+        ) from None
+    except (TypeError, ValueError, msgspec.EncodeError) as exc:
+        raise InvalidFilter(f"{where}: the value {value!r} is not JSON ({exc})") from None
+
+
+def _join(parts: list[str], op: str) -> str:
+    """``parts`` joined by ``op`` ("AND" or "OR") as one flat chain.
+
+    Every part is a comparison that binds tighter than AND, an AND chain, or
+    an OR chain, which alone is parenthesized. Parentheses cost SQLite's
+    parser stack (100 entries) at every nesting level, the tightest limit on
+    how deep a filter may nest; a flat chain costs none, and its expression
+    depth (SQLite allows 1000) grows with its length, bounded by ``_MAX_TERMS``.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    chain = f" {op} ".join(parts)
+    return f"({chain})" if op == "OR" else chain
+
+
+def _not(sql: str) -> str:
+    """True when ``sql`` (0, 1 or NULL) is not true: ``NOT coalesce(sql, 0)`` without
+    the function call, whose arguments cost SQLite's parser stack at every nesting."""
+    return f"({sql}) IS NOT 1"
 
 
 def equals(path: str, value: Any, params: list[Any]) -> str:
@@ -135,59 +215,111 @@ def equals(path: str, value: Any, params: list[Any]) -> str:
     if kind == "bool":
         return f"{typ} = '{'true' if value else 'false'}'"
     if kind == "number":
-        params.append(value)
+        params.append(_number(value))
         return f"({expr} = ? AND {typ} IN {_NUMBER_TYPES})"
     if kind == "text":
         params.append(value)
         return f"({expr} = ? AND {typ} = 'text')"
-    params.append(_encode(value).decode())
+    params.append(_json_text(value, f"filter on {path!r}"))
     return f"({expr} = ? AND {typ} IN ('object','array'))"
 
 
-def _in(path: str, values: Any, params: list[Any]) -> str:
+class _Compiling:
+    """The bound values of one filter so far, and how many terms it has used."""
+
+    __slots__ = ("params", "terms", "values")
+
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+        self.terms = 0
+        self.values = 0
+
+    def spend(self, terms: int, values: int = 0) -> None:
+        self.terms += terms
+        self.values += values
+        if self.terms > _MAX_TERMS:
+            raise InvalidFilter(
+                f"filter has more than {_MAX_TERMS} comparisons; for many values of one field "
+                "use $in, otherwise split it into several queries"
+            )
+        if self.values > _MAX_VALUES:
+            raise InvalidFilter(
+                f"filter lists more than {_MAX_VALUES} values in its $in/$nin lists; "
+                "split it into several queries"
+            )
+
+
+def _in(path: str, values: Any, st: _Compiling) -> str:
     if not isinstance(values, (list, tuple)) or len(values) > _MAX_IN:
         raise InvalidFilter(
-            f"filter on {path!r}: $in/$nin needs a list of at most {_MAX_IN} values, "
-            f"got {type(values).__name__}"
+            f"filter on {path!r}: $in/$nin needs a list of at most {_MAX_IN} values, got "
+            + (f"{len(values)} values" if isinstance(values, (list, tuple)) else type(values).__name__)
         )
+    st.spend(1, len(values))
     expr, typ = field_sql(path)
-    groups: dict[str, list[Any]] = {"number": [], "text": []}
-    parts = []
+    where = f"filter on {path!r}"
+    numbers: list[Any] = []
+    texts: list[str] = []
+    jsons: list[str] = []
+    consts: set[Any] = set()  # None, True, False: one term each however often listed
     for v in values:
-        kind = _kind(v, f"filter on {path!r}")
-        if kind in groups:
-            groups[kind].append(v)
+        kind = _kind(v, where)
+        if kind == "number":
+            numbers.append(_number(v))
+        elif kind == "text":
+            texts.append(v)
+        elif kind == "json":
+            jsons.append(_json_text(v, where))
         else:
-            parts.append(equals(path, v, params))
-    for kind, guard in (("number", f"IN {_NUMBER_TYPES}"), ("text", "= 'text'")):
-        if groups[kind]:
-            params.extend(groups[kind])
-            marks = ",".join("?" * len(groups[kind]))
-            parts.append(f"({typ} {guard} AND {expr} IN ({marks}))")
+            consts.add(v)
+    parts = []
+    if None in consts:
+        parts.append(f"{expr} IS NULL")
+    bools = [b for b in ("true", "false") if (b == "true") in consts]
+    if bools:
+        parts.append(f"{typ} IN ({','.join(repr(b) for b in bools)})")
+    for group, guard in ((numbers, f"IN {_NUMBER_TYPES}"), (texts, "= 'text'"),
+                         (jsons, "IN ('object','array')")):
+        if group:
+            st.params.extend(group)
+            parts.append(f"({typ} {guard} AND {expr} IN ({','.join('?' * len(group))}))")
     return "(" + " OR ".join(parts) + ")" if parts else "0"
 
 
-def _operator(path: str, op: str, arg: Any, params: list[Any]) -> str:
+def _operator(path: str, op: str, arg: Any, st: _Compiling, depth: int) -> str:
     expr, typ = field_sql(path)
     where = f"filter on {path!r}: {op}"
+    if op == "$not":
+        return _not(_field(path, arg, st, depth + 1))
+    if op == "$in":
+        return _in(path, arg, st)
+    if op == "$nin":
+        return _not(_in(path, arg, st))
+    st.spend(1)
+    params = st.params
     if op == "$eq":
         return equals(path, arg, params)
     if op == "$ne":
-        return f"NOT coalesce({equals(path, arg, params)}, 0)"
+        return _not(equals(path, arg, params))
     if op in _RANGE:
         kind = _kind(arg, where)
         if kind not in ("number", "text"):
             raise InvalidFilter(f"{where} needs a number or a text, got {kind}")
-        params.append(arg)
+        params.append(_number(arg) if kind == "number" else arg)
         guard = f"IN {_NUMBER_TYPES}" if kind == "number" else "= 'text'"
         return f"({typ} {guard} AND {expr} {_RANGE[op]} ?)"
-    if op == "$in":
-        return _in(path, arg, params)
-    if op == "$nin":
-        return f"NOT coalesce({_in(path, arg, params)}, 0)"
     if op == "$like":
         if not isinstance(arg, str):
             raise InvalidFilter(f"{where} needs a text pattern (% any run, _ one character)")
+        size = len(arg)
+        if not arg.isascii():
+            _check_text(arg, where)
+            size = len(arg.encode("utf-8"))
+        if size > _MAX_LIKE:
+            raise InvalidFilter(
+                f"{where}: the pattern is {size} bytes, SQLite's limit is {_MAX_LIKE}; "
+                "use a shorter pattern (or $eq to compare a whole text)"
+            )
         params.append(arg)
         return f"({typ} = 'text' AND {expr} LIKE ? ESCAPE '\\')"
     if op == "$exists":
@@ -196,29 +328,36 @@ def _operator(path: str, op: str, arg: Any, params: list[Any]) -> str:
         if path in COLUMNS:
             return "1" if arg else "0"
         return f"{typ} IS {'NOT ' if arg else ''}NULL"
-    if op == "$not":
-        return f"NOT coalesce({_field(path, arg, params, 0)}, 0)"
     hint = did_you_mean(op, _OPERATORS)
     raise InvalidFilter(f"filter on {path!r}: unknown operator {op!r}" + (f"; {hint}" if hint else ""))
 
 
-def _field(path: str, cond: Any, params: list[Any], depth: int) -> str:
+def _too_deep() -> InvalidFilter:
+    return InvalidFilter(
+        f"filter nests deeper than {_MAX_FILTER_DEPTH} levels ($and, $or and $not count, "
+        "also a $not inside a field); write it flatter"
+    )
+
+
+def _field(path: str, cond: Any, st: _Compiling, depth: int) -> str:
+    if depth > _MAX_FILTER_DEPTH:
+        raise _too_deep()
     if isinstance(cond, Mapping) and cond and any(str(k).startswith("$") for k in cond):
         if not all(isinstance(k, str) and k.startswith("$") for k in cond):
             raise InvalidFilter(
                 f"filter on {path!r} mixes operators and plain keys: {sorted(map(str, cond))}; "
                 "use only operators ($eq, $gt...) or only an object to compare with"
             )
-        parts = [_operator(path, op, arg, params) for op, arg in cond.items()]
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
-    return equals(path, cond, params)
+        return _join([_operator(path, op, arg, st, depth) for op, arg in cond.items()], "AND")
+    st.spend(1)
+    return equals(path, cond, st.params)
 
 
-def _node(flt: Any, params: list[Any], depth: int) -> str:
+def _node(flt: Any, st: _Compiling, depth: int) -> str:
     if not isinstance(flt, Mapping):
         raise InvalidFilter(f"a filter must be an object, got {type(flt).__name__}")
     if depth > _MAX_FILTER_DEPTH:
-        raise InvalidFilter(f"filter nests deeper than {_MAX_FILTER_DEPTH} levels")
+        raise _too_deep()
     parts = []
     for key, cond in flt.items():
         if not isinstance(key, str):
@@ -226,13 +365,13 @@ def _node(flt: Any, params: list[Any], depth: int) -> str:
         if key in ("$and", "$or"):
             if not isinstance(cond, (list, tuple)) or not all(isinstance(c, Mapping) for c in cond):
                 raise InvalidFilter(f"{key} needs a list of filter objects")
-            subs = [_node(c, params, depth + 1) for c in cond]
+            subs = [_node(c, st, depth + 1) for c in cond]
             if not subs:
                 parts.append("1" if key == "$and" else "0")
             else:
-                parts.append("(" + f" {key[1:].upper()} ".join(f"({s})" for s in subs) + ")")
+                parts.append(_join(subs, key[1:].upper()))
         elif key == "$not":
-            parts.append(f"NOT coalesce(({_node(cond, params, depth + 1)}), 0)")
+            parts.append(_not(_node(cond, st, depth + 1)))
         elif key.startswith("$"):
             hint = did_you_mean(key, _LOGICAL)
             raise InvalidFilter(
@@ -240,18 +379,19 @@ def _node(flt: Any, params: list[Any], depth: int) -> str:
                 "name)" + (f"; {hint}" if hint else "")
             )
         else:
-            parts.append(_field(check_field(key), cond, params, depth))
+            parts.append(_field(check_field(key), cond, st, depth))
     if not parts:
+        st.spend(1)  # counts as a term: a list of many {} must be bounded too
         return "1"
-    return parts[0] if len(parts) == 1 else " AND ".join(f"({p})" for p in parts)
+    return _join(parts, "AND")
 
 
 def compile_filter(flt: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
     """``(where_sql, params)`` for a filter; no filter (or ``{}``) matches every record."""
-    params: list[Any] = []
     if flt is None:
-        return "1", params
-    return _node(flt, params, 0), params
+        return "1", []
+    st = _Compiling()
+    return _node(flt, st, 0), st.params
 
 
 def _sort_part(part: Any) -> str:
@@ -292,11 +432,17 @@ def compile_sort(sort: str | list[Any] | None) -> str:
 
 
 def check_count(value: Any, what: str) -> int | None:
-    """A limit or offset: None, or a whole number >= 0."""
+    """A limit or offset: None, or a whole number >= 0.
+
+    Numbers above 2**63-1 (SQLite's largest integer) are clamped to it rather
+    than refused: no table can hold that many records, so a limit that large
+    means "no limit" and an offset that large "past the end", exactly as the
+    user asked, and the result is the same.
+    """
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidFilter(f"{what} must be a whole number >= 0, got {value!r}")
-    return value
+    return min(value, _INT64_MAX)
