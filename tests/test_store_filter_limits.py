@@ -7,7 +7,8 @@ import sqlite3
 
 import pytest
 
-from engine._store import InvalidFilter, open_store
+from engine._store import InvalidFilter, RecordError, StoreError, WriteFailed, open_store
+from engine._store.errors import translate
 from engine._store.filters import (
     _MAX_FILTER_DEPTH,
     _MAX_IN,
@@ -200,6 +201,42 @@ async def test_a_deep_field_level_not_is_refused(store, depth):
         flt = {"$not": flt}
     with pytest.raises(InvalidFilter, match="deeper than"):
         await store.count("t", filter=flt)
+
+
+# -- read errors are not write errors ---------------------------------------------------------
+
+
+async def test_a_statement_too_large_for_sqlite_is_an_invalid_filter_on_reads(store):
+    await store.add("t", {"v": 1})
+    deep = "SELECT " + "1 + " * 1200 + "1"  # what a filter past the compiler's bounds would hit
+    with pytest.raises(InvalidFilter) as err:
+        await store._read("t", deep, [], "counting")
+    assert "split it into smaller queries" in err.value.message
+    assert "disk space" not in err.value.message
+
+
+def test_translate_fits_the_advice_to_the_error():
+    too_big = sqlite3.OperationalError("Expression tree is too large (maximum depth 1000)")
+    as_record = translate(too_big, "deleting records", record=True)
+    assert isinstance(as_record, InvalidFilter) and "disk" not in as_record.message
+    engine_own = translate(too_big, "listing runs")
+    assert type(engine_own) is StoreError and "too large" in engine_own.message
+
+    io = sqlite3.OperationalError("disk I/O error")
+    read = translate(io, "querying table 't'", record=True, reading=True)
+    assert type(read) is RecordError and read.error_type == "RecordError"
+    assert "could not read" in read.message and "disk space" not in read.message
+    assert "file system failed" in read.message
+    assert type(translate(io, "listing runs", reading=True)) is StoreError
+    other = translate(sqlite3.OperationalError("something odd"), "counting", record=True, reading=True)
+    assert "could not read" in other.message and "disk space" not in other.message
+
+    write = translate(io, "adding a record", record=True)
+    assert isinstance(write, WriteFailed) and "file system failed" in write.message
+    full = translate(sqlite3.OperationalError("database or disk is full"), "adding a record", record=True)
+    assert isinstance(full, WriteFailed) and "free disk space" in full.message
+    odd = translate(sqlite3.OperationalError("something odd"), "adding a record", record=True)
+    assert isinstance(odd, WriteFailed) and "check disk space and permissions" in odd.message
 
 
 # -- sort order across kinds --------------------------------------------------------------------

@@ -109,21 +109,54 @@ class WriteFailed(RecordError):
     error_type = "WriteFailed"
 
 
-def translate(exc: BaseException, what: str, *, record: bool = False) -> CronstackError:
+#: SQLite's words for a statement beyond its limits (expression depth, LIKE
+#: pattern, bound variables, parser stack...): the query's shape, not the disk.
+_TOO_BIG_STATEMENT = (
+    "too large", "too complex", "too many sql variables", "too many terms",
+    "too many arguments", "parser stack overflow",
+)
+
+
+def translate(
+    exc: BaseException, what: str, *, record: bool = False, reading: bool = False
+) -> CronstackError:
     """The cronstack error for ``exc``, raised while doing ``what``.
 
     Our own errors pass through; sqlite3 errors become store errors whose
     message keeps SQLite's text and says what to do; anything else is a defect.
     With ``record`` (a record step's call), a database error is always a
-    ``RecordError``, so that a stack's ``try_catch`` can catch it.
+    ``RecordError``, so that a stack's ``try_catch`` can catch it; a statement
+    SQLite finds too large or complex is then ``InvalidFilter`` (only a
+    record call's filter makes statements grow). With ``reading`` (a read: a
+    query, get or count), a failure is not a ``WriteFailed``: it is a
+    ``RecordError`` (``StoreError`` without ``record``) saying SQLite could
+    not read, and the advice fits the error rather than the disk.
     """
-    err = _translate(exc, what)
+    err = _translate(exc, what, record, reading)
     if record and isinstance(exc, sqlite3.Error) and not isinstance(err, RunError):
         return RecordError(err.message, error_type=err.error_type)
     return err
 
 
-def _translate(exc: BaseException, what: str) -> CronstackError:
+def _advice(exc: sqlite3.Error, text: str) -> str:
+    """What to do about a database error, from SQLite's result code."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return "free disk space (SQLite also needs room for temporary files to sort)"
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return "make the database file and its directory writable by this process"
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH")):
+        return "check that the database file and its directory exist and that this process may use them"
+    if name.startswith("SQLITE_IOERR") or "I/O error" in text:
+        return "the disk or file system failed: check it, and that the database file is still in place"
+    if name.startswith("SQLITE_NOMEM") or "out of memory" in text:
+        return "the process ran out of memory: ask for less at once or give it more memory"
+    if name.startswith("SQLITE_INTERRUPT"):
+        return "the statement was interrupted: try again"
+    return ""
+
+
+def _translate(exc: BaseException, what: str, record: bool, reading: bool) -> CronstackError:
     if isinstance(exc, CronstackError):
         return exc
     if isinstance(exc, sqlite3.Error):
@@ -140,12 +173,27 @@ def _translate(exc: BaseException, what: str) -> CronstackError:
                 f"{what}: SQLite reports the database damaged ({text}); "
                 "restore it from a backup"
             )
+        lower = text.lower()
+        if any(words in lower for words in _TOO_BIG_STATEMENT):
+            if record:
+                return InvalidFilter(
+                    f"{what}: the query is too large for SQLite ({text}); split it into "
+                    "smaller queries: fewer $in values, fewer $and/$or terms, shorter patterns"
+                )
+            return StoreError(f"{what}: SQLite refused a statement as too large ({text})")
+        failed: type[StoreError] = (RecordError if record else StoreError) if reading else WriteFailed
         if "locked" in text or "busy" in text:
-            return WriteFailed(
+            return failed(
                 f"{what}: the database stayed locked by another connection ({text}); "
                 "stop other programs writing to it"
             )
-        return WriteFailed(f"{what}: SQLite error: {text}; check disk space and permissions")
+        advice = _advice(exc, text)
+        if reading:
+            return failed(
+                f"{what}: SQLite could not read ({text}); "
+                + (advice or "try again, and if it persists check the database file")
+            )
+        return failed(f"{what}: SQLite error: {text}; " + (advice or "check disk space and permissions"))
     return InternalError(
         f"{what}: unexpected {type(exc).__name__}: {exc}; please report this as a cronstack bug"
     )
