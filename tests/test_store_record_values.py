@@ -68,3 +68,19 @@ async def test_a_dotted_identifier_is_not_a_top_level_key(store):
     with pytest.raises(InvalidRecord, match="no value for the identifier field 'crm.id'.*path into nested"):
         await store.upsert("c", {"crm.id": "c-17", "v": 1}, "crm.id")
     assert await store.count("c") == 0
+
+
+async def test_a_failed_read_is_a_read_error_not_a_write_failure(store, monkeypatch):
+    import sqlite3
+
+    from engine._store import RecordError, WriteFailed
+
+    async def broken(sql, params):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_fetchall", broken)
+    for read in (lambda: store.query("t", filter={"warm": True}), lambda: store.count("t"),
+                 lambda: store.get("t", id=1)):
+        with pytest.raises(RecordError, match="could not read") as e:
+            await read()
+        assert not isinstance(e.value, WriteFailed)

@@ -360,9 +360,9 @@ class RecordsMixin:
         except sqlite3.OperationalError as exc:
             if str(exc).startswith("no such table"):
                 return None
-            raise translate(exc, f"{what} table {table!r}", record=True) from exc
+            raise translate(exc, f"{what} table {table!r}", record=True, reading=True) from exc
         except sqlite3.Error as exc:
-            raise translate(exc, f"{what} table {table!r}", record=True) from exc
+            raise translate(exc, f"{what} table {table!r}", record=True, reading=True) from exc
 
     async def query(
         self,
