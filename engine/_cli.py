@@ -81,16 +81,63 @@ def _secs(d: float | None) -> str | None:
 
 
 def _schedule_diags(defs: Definitions) -> list[Diagnostic]:
+    """Every bad schedule, each at the field at fault: the cron expression at ``schedule``,
+    the zone at ``timezone`` (both when both are wrong)."""
     from engine._schedule import Schedule, ScheduleError
 
     diags = []
     for task in defs.tasks.values():
-        if task.schedule is not None:
+        if task.schedule is None:
+            continue
+        try:
+            Schedule(task.schedule, task.timezone, task.cron_day_match)
+            continue
+        except ScheduleError as exc:
+            first = exc
+        found = False
+        for path, args in (("schedule", (task.schedule, "UTC", task.cron_day_match)),
+                           ("timezone", ("* * * * *", task.timezone))):
             try:
-                Schedule(task.schedule, task.timezone, task.cron_day_match)
+                Schedule(*args)
             except ScheduleError as exc:
-                diags.append(Diagnostic(exc.message, "schedule", task.file))
+                diags.append(Diagnostic(exc.message, path, task.file))
+                found = True
+        if not found:  # pragma: no cover - only the combination is refused
+            diags.append(Diagnostic(first.message, "schedule", task.file))
     return diags
+
+
+def _load_all(root: str) -> tuple[Definitions, list[Diagnostic]]:
+    """Compile every definition file below ``root``, keeping those that compile.
+
+    ``load_definitions`` raises when any file fails and keeps nothing, so ``check``
+    could not look at the schedules and calls of the files that are fine;
+    here every file is compiled on its own and all problems are returned together.
+    Calls are checked against every name the project defines, including files that
+    failed to compile (their own errors are reported; a call of them is not).
+    """
+    from compiler import compile_definition
+    from compiler._load import _gc_paused, project_files
+
+    defs, diags = Definitions(), []
+    if not Path(root).is_dir():
+        return defs, [Diagnostic(f"'{root}' is not a folder of definitions", file=str(root))]
+    failed: set[str] = set()
+    with _gc_paused():
+        for path, shown in project_files(str(root)):
+            try:
+                raw = decode_json_file(path, shown)
+            except CompileError as exc:
+                diags += exc.diagnostics
+                continue
+            try:
+                defs.add(compile_definition(raw, shown), diags)
+            except CompileError as exc:
+                diags += exc.diagnostics
+                if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                    failed.add(raw["name"])
+    diags += check_calls(defs, known=failed) + _schedule_diags(defs)
+    return defs, diags
 
 
 def _next_fires(task: Any, after: datetime, count: int) -> list[str]:
@@ -109,14 +156,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         env = load_config(Path(args.dir)).environment()
     except CompileError as exc:
         env, diags = {}, list(exc.diagnostics)
-    try:
-        defs = load_definitions(args.dir)
-    except CompileError as exc:
-        defs = None
-        diags += list(exc.diagnostics)
-    else:
-        diags += check_calls(defs) + _schedule_diags(defs)
+    defs, found = _load_all(args.dir)
+    diags += found
     if diags:
+        diags.sort(key=lambda d: d.file or "")  # stable: a file's problems keep their order
         if args.json:
             print(_dump({"ok": False, "errors": [{"file": d.file, "path": d.path, "message": str(d)} for d in diags]}))
         else:
@@ -124,7 +167,6 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(d)
             print(f"{len(diags)} error{'s' * (len(diags) != 1)}", file=sys.stderr)
         return EXIT_FAILURE
-    assert defs is not None
     if args.dis:
         return _print_dis(defs, args.dis, native=args.native)
     now = datetime.now(UTC)
