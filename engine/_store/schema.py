@@ -13,10 +13,12 @@ integer stays an integer and a text stays a text (and ``5`` differs from
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sqlite3
 
-from engine._store.errors import SchemaTooNew
-from engine._store.filters import COLUMNS, field_sql
+from engine._store.errors import InvalidName, SchemaTooNew, StoreError
+from engine._store.filters import COLUMNS, check_field, field_sql
 
 __all__ = (
     "CURRENT_VERSION",
@@ -26,6 +28,9 @@ __all__ = (
     "check_version",
     "record_table_ddl",
     "index_ddl",
+    "index_name",
+    "check_index_names",
+    "upgrade_index_names",
 )
 
 _V1 = (
@@ -125,12 +130,95 @@ def record_table_ddl(table: str) -> str:
     )
 
 
+def index_name(table: str, field: str) -> str:
+    """The name of the declared index on ``field`` of ``table``.
+
+    Readable (``cx_{table}_{field}``, dots as ``$``) and then the first 8 hex
+    digits of a SHA-256 of the exact pair: the readable part alone is
+    ambiguous (table ``t`` field ``x_y`` and table ``t_x`` field ``y``) and
+    SQLite index names ignore case (fields ``A`` and ``a``), so without the
+    hash ``CREATE INDEX IF NOT EXISTS`` silently skipped the second index.
+    ``check_index_names`` refuses the (2^-32) case where the hash does not
+    tell two declarations apart.
+    """
+    digest = hashlib.sha256(f"{table}\x00{field}".encode()).hexdigest()[:8]
+    return f"{_old_index_name(table, field)}_{digest}"
+
+
+def _old_index_name(table: str, field: str) -> str:
+    """The name cronstack gave indexes before ``index_name`` (ambiguous)."""
+    return f"cx_{table}_{field.replace('.', '$')}"
+
+
+def _index_expr(field: str) -> str:
+    return field if field in COLUMNS else field_sql(field)[0]
+
+
 def index_ddl(table: str, field: str) -> str:
     """DDL of the declared index on ``field`` (checked) of ``table``.
 
     A JSON field gets an expression index on the very ``json_extract`` text
     the filter compiler emits, so equality and range filters use it.
     """
-    name = f"cx_{table}_{field.replace('.', '$')}"
-    expr = field if field in COLUMNS else field_sql(field)[0]
-    return f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}"({expr})'
+    return f'CREATE INDEX IF NOT EXISTS "{index_name(table, field)}" ON "{table}"({_index_expr(field)})'
+
+
+def check_index_names(indexes: dict[str, tuple[str, ...]]) -> None:
+    """Refuse declarations whose index names SQLite would take for one (``StoreError``)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for table, fields in indexes.items():
+        for field in fields:
+            if field == "id":
+                continue
+            other = seen.setdefault(index_name(table, field).lower(), (table, field))
+            if other != (table, field):
+                raise StoreError(
+                    f"declared indexes on {other[0]}.{other[1]} and {table}.{field} would get "
+                    "the same index name; rename one of the fields or drop one declaration"
+                )
+
+
+_OLD_INDEX_SQL = re.compile(r'CREATE INDEX "(cx_[^"]*)" ON "([^"]+)"\((.*)\)\Z', re.DOTALL)
+_JSON_EXPR = re.compile(r"json_extract\(data, '\$\.([A-Za-z0-9_.]+)'\)\Z")
+
+
+def upgrade_index_names(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """Rebuild indexes cronstack created under old names under ``index_name``.
+
+    Run inside the opening transaction. An index counts as cronstack's only
+    when its stored SQL is exactly what the old ``index_ddl`` wrote for the
+    (table, field) its expression names; any other index is left alone. The
+    old index is dropped and the same index created under its new name, so
+    the upgraded file keeps every index it had and no useless duplicate
+    (the name of a declaration that used to collide with it is now free).
+    Idempotent: a file without old names costs one ``sqlite_master`` read.
+    Returns the (table, field) pairs rebuilt.
+    """
+    rows = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'cx\\_%' ESCAPE '\\'"
+    ).fetchall()
+    rebuilt = []
+    for name, sql in rows:
+        m = _OLD_INDEX_SQL.match(sql or "")
+        if m is None or m.group(1) != name:
+            continue
+        table, expr = m.group(2), m.group(3)
+        if expr in COLUMNS:
+            field = expr
+        else:
+            j = _JSON_EXPR.match(expr)
+            if j is None:
+                continue
+            field = j.group(1)
+        try:
+            check_field(field)
+        except InvalidName:
+            continue
+        if name != _old_index_name(table, field) or sql != (
+            f'CREATE INDEX "{name}" ON "{table}"({_index_expr(field)})'
+        ):
+            continue
+        conn.execute(f'DROP INDEX "{name}"')
+        conn.execute(index_ddl(table, field))
+        rebuilt.append((table, field))
+    return rebuilt

@@ -32,7 +32,13 @@ from engine._store.base import Store
 from engine._store.errors import StoreCorrupt, StoreError, StoreLocked, translate
 from engine._store.filters import check_field, check_table
 from engine._store.records import RecordsMixin
-from engine._store.schema import check_version, index_ddl, migrate
+from engine._store.schema import (
+    check_index_names,
+    check_version,
+    index_ddl,
+    migrate,
+    upgrade_index_names,
+)
 from engine._store.state import StateMixin
 from engine._store.writer import GroupWriter, WriteContext
 
@@ -168,10 +174,12 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
         sync = str(synchronous).upper()
         if sync not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
-        checked = {
-            check_table(t): tuple(dict.fromkeys(check_field(f) for f in fields))
-            for t, fields in (indexes or {}).items()
-        }
+        merged: dict[str, dict[str, None]] = {}
+        for t, fields in (indexes or {}).items():
+            # "Items" and "items" are one table: merge, rather than let one hide the other
+            merged.setdefault(check_table(t), {}).update(dict.fromkeys(check_field(f) for f in fields))
+        checked = {t: tuple(fields) for t, fields in merged.items()}
+        check_index_names(checked)
         store = cls(url, sqlite_path(url, base_dir), indexes=checked, synchronous=sync,
                     clock=clock, lock=lock)
         loop = asyncio.get_running_loop()
@@ -216,6 +224,7 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
             conn.execute("PRAGMA cache_size = -32000")
             migrate(conn, where)
             conn.execute("BEGIN IMMEDIATE")
+            upgrade_index_names(conn)
             for table, fields in self.indexes.items():
                 exists = conn.execute(
                     "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE",
