@@ -48,6 +48,13 @@ def _optional_int(value: Any, field: str) -> int | None:
     return int(value)
 
 
+def _flag(value: Any, field: str) -> bool:
+    """A true/false field: a text such as "false" is refused, not taken as true."""
+    if value is True or value is False:
+        return value
+    raise RunError(f"'{field}' must be true or false, got {value!r}", error_type="InvalidInput")
+
+
 def _table(f: dict[str, Any]) -> str:
     table = f.get("table")
     if not isinstance(table, str) or not table:
@@ -179,7 +186,7 @@ async def _external_api_request(ctx: RunContext, f: dict[str, Any]) -> Any:
         body_format=get("body_format") or "json",
         timeout=float(timeout),
         retries=0 if retries is None else _optional_int(retries, "retries") or 0,
-        follow_redirects=bool(get("follow_redirects", True)),
+        follow_redirects=_flag(get("follow_redirects", True), "follow_redirects"),
     )
     return response.body
 

@@ -10,6 +10,7 @@ header and ``n`` in ``query`` send the same characters.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -127,6 +128,10 @@ def add_query(target: URL, query: Mapping[str, Any]) -> URL:
     return target.extend_query(pairs) if pairs else target
 
 
+#: a header name is an HTTP token (RFC 9110, section 5.6.2); anything else the server refuses
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def build_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
     """Header block as text; None values skipped; CR/LF refused (header injection)."""
     if not headers:
@@ -141,8 +146,10 @@ def build_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
             continue
         key = to_text(name)
         text = to_text(value)
-        if not key or any(c in key for c in "\r\n:") or key != key.strip():
-            raise BadValue(f"{key!r} is not a valid header name")
+        if not _TOKEN.fullmatch(key):
+            raise BadValue(
+                f"{key!r} is not a valid header name: use letters, digits and !#$%&'*+-.^_`|~ only"
+            )
         if "\r" in text or "\n" in text:
             raise BadValue(f"the value of header {key!r} contains a line break")
         out[key] = text

@@ -106,7 +106,7 @@ def translate(
             f"{where}: the server's answer is not valid HTTP ({exc.message})",
             method=verb,
             url=shown,
-            status=exc.status or None,
+            status=None,  # no valid status line arrived (aiohttp's 400 is its parser's, not the server's)
             body=None,
         )
     if isinstance(exc, aiohttp.ClientError):
