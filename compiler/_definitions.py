@@ -6,6 +6,7 @@ file is reported together; the stack is lowered by ``compiler._lower``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -40,8 +41,26 @@ class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_delay: float = 3600.0
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait before the attempt after ``attempt`` (1-based)."""
-        return min(self.retry_delay * self.backoff ** max(attempt - 1, 0), self.max_delay)
+        """Seconds to wait before the attempt after ``attempt`` (1-based); never raises.
+
+        ``backoff ** (attempt-1)`` overflows a float long before a large
+        ``max_retries`` runs out (attempt 1025 with backoff 2): a power that
+        big is past any cap, so the delay is the cap. (The OverflowError once
+        left an attempt ``running`` with no retry, and stopped the engine
+        from opening.) ``float()``: a policy made in code may hold ints, whose
+        power would not overflow but grow without end.
+        """
+        try:
+            cap = float(self.max_delay)
+        except OverflowError:  # an int beyond any float: no cap
+            cap = math.inf
+        try:
+            base = float(self.retry_delay)
+            if not base > 0:  # 0, or a NaN (a policy made in code is not checked): no wait
+                return 0.0
+            return min(base * float(self.backoff) ** max(attempt - 1, 0), cap)
+        except OverflowError:
+            return cap
 
 
 class RequestHistory(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -173,7 +192,10 @@ def _task_checks(settings: dict[str, Any], diags: list[Diagnostic]) -> None:
     if settings.get("max_concurrency", 1) < 1:
         diags.append(Diagnostic("'max_concurrency' must be at least 1", "max_concurrency"))
     rp = settings.get("retry_policy")
-    if rp is not None and (rp.max_retries < 0 or rp.retry_delay < 0 or rp.backoff < 1 or rp.max_delay < 0):
+    # written as `not x >= n`: a NaN (a Python definition can hold one) is refused too
+    if rp is not None and (
+        rp.max_retries < 0 or not rp.retry_delay >= 0 or not rp.backoff >= 1 or not rp.max_delay >= 0
+    ):
         diags.append(
             Diagnostic("retry_policy needs max_retries >= 0, retry_delay >= 0, backoff >= 1, max_delay >= 0", "retry_policy")
         )

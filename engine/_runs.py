@@ -615,22 +615,27 @@ class RunLifecycle:
         return False  # pragma: no cover - the loop always returns
 
     async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> bool:
-        """Store the retry the policy asks for; False only when the database refused it."""
-        policy = task.retry_policy
-        attempt = int(row.get("attempt") or 1)
-        if attempt > policy.max_retries:
-            return True
-        retry = self._row(
-            task.name,
-            "task",
-            "retry",
-            scheduled_at=row.get("scheduled_at"),
-            attempt=attempt + 1,
-            parent_id=row["id"],
-            inputs=row.get("inputs"),
-        )
-        retry["not_before"] = self.clock.time() + policy.delay(attempt)
+        """Store the retry the policy asks for; False only when the database refused it.
+
+        Any other error making or storing the retry is a defect: logged, and the
+        retry skipped (True), so that the attempt's outcome is still recorded
+        (never left ``running``) and recovery (``_recover``) still opens the engine.
+        """
         try:
+            policy = task.retry_policy
+            attempt = int(row.get("attempt") or 1)
+            if attempt > policy.max_retries:
+                return True
+            retry = self._row(
+                task.name,
+                "task",
+                "retry",
+                scheduled_at=row.get("scheduled_at"),
+                attempt=attempt + 1,
+                parent_id=row["id"],
+                inputs=row.get("inputs"),
+            )
+            retry["not_before"] = self.clock.time() + policy.delay(attempt)
             await self.store.insert_run(retry)
         except CronstackError as exc:
             db_log.error(
@@ -642,6 +647,18 @@ class RunLifecycle:
                 exc,
             )
             return False
+        except Exception as exc:
+            db_log.error(
+                "internal error in the engine: run %s of %s ended %s and is not retried, "
+                "its retry could not be made: %s: %s",
+                row.get("id"),
+                task.name,
+                status,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return True
         self._queued_due[retry["id"]] = retry["not_before"]
         self._queue_wake.set()
         return True
