@@ -159,6 +159,7 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
         self._reader: aiosqlite.Connection | None = None
         self._writer: GroupWriter  # set by _open
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(
@@ -274,8 +275,16 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
         return {"batches": self._writer.batches, "writes": self._writer.writes}
 
     async def close(self) -> None:
-        if self._closed:
+        """Commit what is queued, then close. Callers that come while it runs wait for
+        the same close (and see its error, if any); a closed store closes at once."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close_once())
+        elif self._closing.done():
             return
+        # shielded: a caller cancelled while waiting leaves the close running
+        await asyncio.shield(self._closing)
+
+    async def _close_once(self) -> None:
         try:
             await self._writer.close()
         finally:
