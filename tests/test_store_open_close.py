@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import engine._store
+from engine._store import StoreCorrupt, open_store
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(engine._store.__file__).parents[2]
@@ -93,3 +95,35 @@ def test_concurrent_closes_of_a_memory_store(tmp_path):
         """,
         tmp_path,
     )
+
+
+# -- damaged files -------------------------------------------------------------------
+
+
+def overwrite_pages(path: Path) -> bytes:
+    """Overwrite two pages of a closed database with garbage; return the damaged bytes."""
+    data = bytearray(path.read_bytes())
+    data[4096 * 3 : 4096 * 5] = random.Random(7).randbytes(4096 * 2)
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def contents(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+async def damaged(path: Path) -> bytes:
+    """A database whose record pages were overwritten with garbage after it was closed."""
+    async with open_store(f"sqlite:///{path}") as store:
+        for i in range(300):
+            await store.add("t", {"i": i, "pad": "x" * 200})
+    return overwrite_pages(path)
+
+
+async def test_integrity_check_of_a_damaged_file_is_store_corrupt(tmp_path):
+    path = tmp_path / "d.db"
+    before = await damaged(path)
+    async with open_store(f"sqlite:///{path}") as store:
+        with pytest.raises(StoreCorrupt, match=r"checking the integrity of .*d\.db: .*damaged.*backup"):
+            await store.integrity_check()
+    assert contents(path) == before  # checking wrote nothing

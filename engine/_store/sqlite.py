@@ -266,8 +266,16 @@ class SQLiteStore(RecordsMixin, StateMixin, Store):
         return await self._writer.call(lambda: conn.execute(sql, params).fetchall())
 
     async def integrity_check(self) -> list[str]:
-        """SQLite's ``PRAGMA integrity_check`` lines (``["ok"]`` when healthy)."""
-        return [r[0] for r in await self._fetchall("PRAGMA integrity_check", ())]
+        """SQLite's ``PRAGMA integrity_check`` lines (``["ok"]`` when healthy).
+
+        Damage that stops SQLite from running the check at all ("database disk
+        image is malformed") is ``StoreCorrupt``, like the same error anywhere else.
+        """
+        try:
+            rows = await self._fetchall("PRAGMA integrity_check", ())
+        except sqlite3.Error as exc:
+            raise translate(exc, f"checking the integrity of {self.path}") from exc
+        return [r[0] for r in rows]
 
     @property
     def write_stats(self) -> dict[str, int]:
