@@ -402,7 +402,9 @@ class RunLifecycle:
                 current.uncancel()
             limit = defn.timeout if isinstance(defn, Task) else 300.0
             reason = active.reason if active.admitted else "queued"
-            status, result, error, trace = "cancelled", None, _cancel_error(reason, limit), None
+            # the trace is kept: the steps (and logs) that finished before the timeout or cancel
+            # are the history such a run most needs; they were redacted as they were recorded
+            status, result, error = "cancelled", None, _cancel_error(reason, limit)
             if active.reason == "timeout":
                 status = "timed_out"
         except (

@@ -1,4 +1,5 @@
-"""Retries past where backoff overflows a float, and defects while scheduling a retry (virtual time)."""
+"""Retries past where backoff overflows a float, defects while scheduling a retry, and the
+trace of timed-out and cancelled runs (virtual time)."""
 
 import math
 
@@ -145,3 +146,66 @@ async def test_a_defect_making_a_retry_at_recovery_does_not_stop_the_engine_open
     monkeypatch.setattr(RetryPolicy, "delay", delay)
     async with Engine.open(defs, database=db) as engine:
         assert (await engine.run("dead2", trace=False))["status"] == "crashed"
+
+
+# -- the trace of a timed-out or cancelled run ------------------------------------------------------
+
+SECRET = "hunter2hunter2"
+STEPS = [
+    {"function": "log", "message": "key={{ env.SECRET_KEY_X }}", "level": "info"},
+    {"function": "create_variable", "name": "x", "value": "key={{ env.SECRET_KEY_X }}"},
+    {"function": "custom_function", "name": "inner"},
+    WAIT(100),
+]
+INNER = {"name": "inner", "type": "function", "stack": [{"function": "create_variable", "name": "y", "value": 7}]}
+
+
+def _assert_partial_trace(run):
+    assert [(e["path"], e["kind"]) for e in run["trace"]] == [
+        ("stack[0]", "log"),
+        ("stack[1]", "create_variable"),
+        ("function inner > stack[0]", "create_variable"),
+        ("stack[2]", "custom_function"),
+    ]
+    assert run["trace"][1]["output"] == "key=***"
+    assert [(e["path"], e["output"]) for e in run["logs"]] == [("stack[0]", "key=***")]
+    assert SECRET not in str(run)
+
+
+async def test_a_timed_out_run_keeps_the_trace_and_logs_of_the_steps_before_the_timeout():
+    clock = FakeClock(T0)
+    defs = [task("t", STEPS, timeout=5), INNER]
+    async with Engine.open(defs, clock=clock, env={"SECRET_KEY_X": SECRET}) as engine:
+        run_id = await engine.trigger("t")
+        await settle(clock)
+        await advance(clock, 6)
+        run = await engine.run(run_id)
+        assert run["status"] == "timed_out" and run["error"]["type"] == "Timeout"
+        _assert_partial_trace(run)
+
+
+@pytest.mark.parametrize("how", ["cancel", "shutdown"])
+async def test_a_cancelled_run_keeps_its_trace(how):
+    clock = FakeClock(T0)
+    defs = [task("t", STEPS), INNER]
+    async with Engine.open(defs, clock=clock, env={"SECRET_KEY_X": SECRET}) as engine:
+        run_id = await engine.trigger("t")
+        await settle(clock)
+        if how == "cancel":
+            assert await engine.cancel(run_id) is True
+        else:
+            await engine.stop(grace=0.05)
+        run = await engine.run(run_id)
+        assert run["status"] == "cancelled"
+        _assert_partial_trace(run)
+
+
+async def test_a_timed_out_run_without_history_keeps_no_trace():
+    clock = FakeClock(T0)
+    defs = [task("t", STEPS, timeout=5, request_history={"enabled": False}), INNER]
+    async with Engine.open(defs, clock=clock, env={"SECRET_KEY_X": SECRET}) as engine:
+        run_id = await engine.trigger("t")
+        await settle(clock)
+        await advance(clock, 6)
+        run = await engine.run(run_id)
+        assert run["status"] == "timed_out" and run["trace"] == [] and run["logs"] == []
