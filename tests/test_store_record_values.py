@@ -84,3 +84,23 @@ async def test_a_failed_read_is_a_read_error_not_a_write_failure(store, monkeypa
         with pytest.raises(RecordError, match="could not read") as e:
             await read()
         assert not isinstance(e.value, WriteFailed)
+
+
+async def test_a_failed_id_mark_read_is_a_record_error_and_the_next_add_retries(store, monkeypatch):
+    import sqlite3
+
+    from engine._store import RecordError
+
+    real = store._fetchall
+    failures = []
+
+    async def flaky(sql, params):
+        if "cronstack_counters" in sql and not failures:
+            failures.append(sql)
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real(sql, params)
+
+    monkeypatch.setattr(store, "_fetchall", flaky)
+    with pytest.raises(RecordError, match="reading the id mark of table 'u'"):
+        await store.add("u", {"v": 1})
+    assert (await store.add("u", {"v": 2}))["id"] == 1 and failures

@@ -413,9 +413,14 @@ class RecordsMixin:
             async def load() -> int:
                 rows = await self._read(table, sql, (), "reading the largest id of")
                 present = rows[0][0] if rows and isinstance(rows[0][0], int) else 0
-                mark = await self._fetchall(
-                    "SELECT last_id FROM cronstack_counters WHERE tbl = ?", (key,)
-                )
+                try:
+                    mark = await self._fetchall(
+                        "SELECT last_id FROM cronstack_counters WHERE tbl = ?", (key,)
+                    )
+                except sqlite3.Error as exc:  # a RecordError: the next add tries again
+                    raise translate(
+                        exc, f"reading the id mark of table {table!r}", record=True, reading=True
+                    ) from exc
                 return max(present, mark[0][0] if mark else 0)
 
             fut = self._counter_loads[key] = asyncio.ensure_future(load())
