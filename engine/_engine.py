@@ -429,11 +429,12 @@ class Engine(RunLifecycle, Scheduling):
         limit: int = 50,
         offset: int = 0,
         newest_first: bool = True,
+        by: str = "created_at",
     ) -> list[dict[str, Any]]:
         if task is not None:
             self._task(task)
         rows = await self.store.list_runs(
-            task, status=status, limit=limit, offset=offset, newest_first=newest_first
+            task, status=status, limit=limit, offset=offset, newest_first=newest_first, by=by
         )
         return [self._public(r) for r in rows]
 

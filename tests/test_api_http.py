@@ -90,6 +90,23 @@ async def test_seed_task_history(tmp_path):
         assert [h["id"] for h in await asc.json()] == [first]
 
 
+async def test_seed_task_history_sorts_by_when_runs_ran(tmp_path):
+    """A retry's row is made when its attempt fails, but it runs later: it is listed where it ran."""
+    async with api(tmp_path) as (client, engine):
+        store, now = engine.store, engine.clock.time()
+        await store.insert_run({"id": "retry", "task": "hello", "trigger": "retry", "scheduled_at": now + 60})
+        await store.insert_run({"id": "later", "task": "hello", "scheduled_at": now + 30})
+        await store.claim_run("later", "elsewhere", now + 30)
+        await store.claim_run("retry", "elsewhere", now + 60)
+        for sort, ids in (("executed_at desc", ["retry", "later"]), ("executed_at asc", ["later", "retry"])):
+            resp = await client.post("/api/admin/task-history", json={"task_name": "hello", "sort": sort},
+                                     headers=AUTH)
+            history = await resp.json()
+            assert [h["id"] for h in history] == ids, sort
+            assert [h["executed_at"] for h in history] == sorted((h["executed_at"] for h in history),
+                                                                 reverse=sort.endswith("desc"))
+
+
 async def test_seed_task_history_records_failures(tmp_path):
     async with api(tmp_path) as (client, engine):
         await engine.trigger("boom", wait=True)

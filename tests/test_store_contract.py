@@ -407,6 +407,26 @@ async def test_recover_running_marks_dead_engines_runs_crashed(store):
     assert await store.recover_running("me") == []
 
 
+async def test_list_runs_by_executed_at(store, clock):
+    """A retry row is made when its attempt fails but runs later: by start time it sorts
+    where it ran; a run not started yet sorts by its scheduled time, then by creation."""
+    clock.t = 1_000.0
+    await store.insert_run({"id": "a", "task": "t", "scheduled_at": 1_000.0})
+    await store.claim_run("a", "me", 1_000.0)
+    clock.t = 1_010.0
+    await store.insert_run({"id": "retry", "task": "t", "scheduled_at": 1_070.0})  # runs at 1,070
+    clock.t = 1_030.0
+    await store.insert_run({"id": "b", "task": "t", "scheduled_at": 1_030.0})
+    await store.claim_run("b", "me", 1_030.0)
+    await store.claim_run("retry", "me", 1_070.0)
+    clock.t = 1_040.0
+    await store.insert_run({"id": "queued", "task": "t", "scheduled_at": 1_050.0})
+    assert [r["id"] for r in await store.list_runs("t")] == ["queued", "b", "retry", "a"]
+    assert [r["id"] for r in await store.list_runs("t", by="executed_at")] == ["retry", "queued", "b", "a"]
+    assert [r["id"] for r in await store.list_runs("t", by="executed_at", newest_first=False, limit=2)] == [
+        "a", "b"]
+
+
 async def test_list_count_and_last_runs(store, clock):
     for i in range(5):
         clock.t = 1_000.0 + i
@@ -417,6 +437,8 @@ async def test_list_count_and_last_runs(store, clock):
     assert [r["id"] for r in await store.list_runs("t", limit=2, offset=1)] == ["t3", "t2"]
     assert [r["id"] for r in await store.list_runs("t", newest_first=False, limit=2)] == ["t0", "t1"]
     assert [r["id"] for r in await store.list_runs(status="completed")] == ["t3", "t1"]
+    with pytest.raises(StoreError, match="listed by"):
+        await store.list_runs("t", by="started")
     assert len(await store.list_runs(status=["completed", "queued"])) == 3
     assert await store.count_runs() == 6
     assert await store.count_runs("t", "failed") == 3

@@ -22,7 +22,7 @@ from engine._store import (
     open_store,
 )
 from engine._store.filters import compile_filter
-from engine._store.schema import CURRENT_VERSION, ENGINE_TABLES, migrate
+from engine._store.schema import CURRENT_VERSION, ENGINE_TABLES, MIGRATIONS, migrate
 from engine._store.sqlite import sqlite_path
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +135,24 @@ async def test_existing_database_is_migrated_and_keeps_its_data(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert set(ENGINE_TABLES) <= tables
+    conn.close()
+
+
+async def test_a_version_1_database_gets_the_executed_at_index(tmp_path):
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, "v1.db", MIGRATIONS[:1])
+    conn.execute("INSERT INTO cronstack_runs (id, task, kind, trigger, status, attempt, created_at, updated_at) "
+                 "VALUES ('old', 't', 'task', 'manual', 'completed', 1, 5.0, 5.0)")
+    conn.close()
+    async with open_store(f"sqlite:///{path}") as store:
+        assert [r["id"] for r in await store.list_runs("t", by="executed_at")] == ["old"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION >= 2
+    plan = " ".join(r[-1] for r in conn.execute(
+        "EXPLAIN QUERY PLAN SELECT id FROM cronstack_runs WHERE task = 't' "
+        "ORDER BY coalesce(started_at, scheduled_at, created_at) DESC, rowid DESC LIMIT 10"))
+    assert "cronstack_runs_executed" in plan and "TEMP B-TREE FOR ORDER BY" not in plan.upper(), plan
     conn.close()
 
 

@@ -101,7 +101,7 @@ async def admin_task_history(request: web.Request) -> web.StreamResponse:
     if sort not in SORTS:
         raise ApiError(400, f"field 'sort' must be one of {', '.join(repr(s) for s in SORTS)}; got {sort!r}")
     _check_task(engine, name)  # type: ignore[arg-type]
-    runs = await engine.runs(name, limit=limit, newest_first=sort == SORTS[0])
+    runs = await engine.runs(name, limit=limit, newest_first=sort == SORTS[0], by="executed_at")
     return json_response([history_entry(r) for r in runs])
 
 

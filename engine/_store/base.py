@@ -128,8 +128,10 @@ class Store(abc.ABC):
         limit: int = 50,
         offset: int = 0,
         newest_first: bool = True,
+        by: str = "created_at",
     ) -> list[dict[str, Any]]:
-        """Runs by creation time, optionally of one task and some statuses."""
+        """Runs by creation time (``by="executed_at"``: by start time, else scheduled
+        time), optionally of one task and some statuses."""
 
     @abc.abstractmethod
     async def count_runs(

@@ -52,6 +52,12 @@ _JSON_COLUMNS = frozenset({"result", "error", "inputs"})
 _ALLOWED = {"status": RUN_STATUSES, "trigger": RUN_TRIGGERS, "kind": RUN_KINDS}
 _FINISHED = ("completed", "failed", "timed_out", "cancelled", "skipped", "crashed")
 _SELECT = f"SELECT {', '.join(RUN_COLUMNS)} FROM cronstack_runs"
+#: orders of ``list_runs``: when the row was made, or when the run ran (started, else
+#: scheduled: a retry is made when its attempt fails but runs later)
+_RUN_ORDER = {
+    "created_at": "created_at",
+    "executed_at": "coalesce(started_at, scheduled_at, created_at)",
+}
 _MISSING: Any = object()
 _flatten = chain.from_iterable
 #: what a new run row holds unless its caller says otherwise
@@ -457,11 +463,15 @@ class StateMixin:
         limit: int = 50,
         offset: int = 0,
         newest_first: bool = True,
+        by: str = "created_at",
     ) -> list[dict[str, Any]]:
         where, params = self._run_where(task, status)
         order = "DESC" if newest_first else "ASC"
+        key = _RUN_ORDER.get(by)
+        if key is None:
+            raise StoreError(f"runs can be listed by {' or '.join(map(repr, _RUN_ORDER))}, not {by!r}")
         rows = await self._state_read(
-            f"{_SELECT} WHERE {where} ORDER BY created_at {order}, rowid {order} LIMIT ? OFFSET ?",
+            f"{_SELECT} WHERE {where} ORDER BY {key} {order}, rowid {order} LIMIT ? OFFSET ?",
             (*params, limit, offset),
             "listing runs",
         )
