@@ -19,7 +19,7 @@ from compiler import CompileError, Definitions, Diagnostic, Function, RequestHis
 from engine._schedule import Schedule, ScheduleError
 from runtime import CronstackError
 
-__all__ = ("Scheduling", "schedules_of", "iso_time")
+__all__ = ("Scheduling", "schedules_of", "schedule_diagnostics", "iso_time")
 
 db_log = logging.getLogger("cronstack.engine")
 
@@ -107,6 +107,8 @@ class Scheduling:
                 continue
             now = self.clock.time()
             wave = [(name, self._next_fire.pop(name)) for name in timer.pop_due(now)]
+            if self._reschedule:  # a reload landed since the timer was built: its removed tasks fire no more
+                wave = [(name, due) for name, due in wave if name in self.definitions.tasks]
             if not wave:
                 continue
             self.lag = max(0.0, now - min(due for _name, due in wave))
@@ -118,7 +120,9 @@ class Scheduling:
                     self._spawn(self._fire(name, due, "schedule"))
             await anyio.lowlevel.checkpoint()
             for name, due in wave:
-                nxt = self.schedules[name].next_after(due)
+                # a reload may have landed during the checkpoint: a removed task is not rescheduled
+                sched = self.schedules.get(name)
+                nxt = sched.next_after(due) if sched is not None else None
                 if nxt is not None:
                     timer.schedule(name, nxt)
                     self._next_fire[name] = nxt
@@ -181,11 +185,16 @@ class Scheduling:
             return
         rows: list[dict[str, Any]] = []
         admitted: list[bool] = []
+        tasks: list[Task] = []
         for name, due in wave:
+            task = self.definitions.tasks.get(name)
+            if task is None:  # removed by a reload
+                continue
             row = self._wave_row(name, due)
             if row is not None:
                 rows.append(row)
                 admitted.append(row["status"] == "running")
+                tasks.append(task)
         if not rows:
             return
         self._launch_begin()
@@ -203,7 +212,7 @@ class Scheduling:
             return
         finally:
             self._launch_end()
-        for row, slot, new in zip(rows, admitted, claimed, strict=True):
+        for row, slot, new, task in zip(rows, admitted, claimed, tasks, strict=True):
             name = row["task"]
             if not new:  # another engine (or a catch-up) has this fire
                 if slot:
@@ -211,7 +220,7 @@ class Scheduling:
             elif row["status"] == "skipped":
                 self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
             else:
-                self._start(self.definitions.tasks[name], row, slot)
+                self._start(task, row, slot)
             self._fired_at(name, row["scheduled_at"])
 
     def _wave_row(self, name: str, scheduled_at: float) -> dict[str, Any] | None:
@@ -271,8 +280,8 @@ class Scheduling:
             db_log.error("task %s: the fire at %s could not be recorded: %s", name, iso_time(scheduled_at), exc)
 
     async def _fire_once(self, name: str, scheduled_at: float, trigger: str) -> None:
-        task = self.definitions.tasks[name]
-        if self._stopping:
+        task = self.definitions.tasks.get(name)
+        if task is None or self._stopping:  # removed by a reload since the fire was due
             return
         decision = self._decide(name, scheduled_at, trigger)
         if decision == "paused":
@@ -408,7 +417,11 @@ class Scheduling:
 
 
 def schedules_of(defs: Definitions) -> dict[str, Schedule]:
-    """Every scheduled task's ``Schedule``; invalid expressions are compile errors at ``schedule``."""
+    """Every scheduled task's ``Schedule``; an invalid one is a compile error at the field at fault.
+
+    That is ``schedule`` for the cron expression (or ``cron_day_match``) and
+    ``timezone`` for an unknown zone; both when both are wrong.
+    """
     schedules, diags = {}, []
     for task in defs.tasks.values():
         if task.schedule is None:
@@ -416,10 +429,22 @@ def schedules_of(defs: Definitions) -> dict[str, Schedule]:
         try:
             schedules[task.name] = Schedule(task.schedule, task.timezone, task.cron_day_match)
         except ScheduleError as exc:
-            diags.append(Diagnostic(str(exc), "schedule", task.file))
+            diags += schedule_diagnostics(task, exc)
     if diags:
         raise CompileError(diags)
     return schedules
+
+
+def schedule_diagnostics(task: Task, exc: ScheduleError) -> list[Diagnostic]:
+    """The diagnostics of a task whose ``Schedule`` raised ``exc``, each at the JSON path at fault."""
+    diags = []
+    for path, args in (("schedule", (task.schedule, "UTC", task.cron_day_match)),
+                       ("timezone", ("* * * * *", task.timezone))):
+        try:
+            Schedule(*args)
+        except ScheduleError as part:
+            diags.append(Diagnostic(part.message, path, task.file))
+    return diags or [Diagnostic(exc.message, "schedule", task.file)]
 
 
 
