@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import anyio
@@ -31,64 +34,202 @@ WARM_HORIZON = 300.0
 FIRE_FLUSH_INTERVAL = 2.0
 #: fires due at one instant claimed together in one write (fewer go one by one, see _fire_wave)
 WAVE_MIN = 2
+#: the most missed fires one ``misfire: run_all`` catch-up runs; later ones are dropped (logged)
+CATCHUP_MAX = 10_000
 
 
 class Scheduling:
     """The loops of a serving engine (a part of ``Engine``)."""
 
+    #: per task whose missed fires are being caught up: the last of them handled so far.
+    #: The task's stored last fire stays there until the catch-up is done (see _flush_fires).
+    _backlog: dict[str, float]
+    #: runs being claimed of tasks with missed fires to catch up: run id -> an event set once
+    #: the claim is done (made when a catch-up waits for it), see ``_holding``
+    _holds: dict[str, asyncio.Event | None]
+
     async def _serve_loops(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         assert self._serving is not None
         with self._serving:
-            await self._misfires()
+            self._backlog, self._holds = {}, {}
+            now = self.clock.time()
+            backlogs = await self._misfires(now)
             for row in await self.store.due_runs(float("inf"), 100_000):
                 self._queued_due[row["id"]] = row.get("not_before") or 0.0
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._schedule_loop)
+                tg.start_soon(self._schedule_loop, now)
+                for name, fires, latest in backlogs:
+                    tg.start_soon(self._run_missed, name, fires, latest)
                 tg.start_soon(self._queue_loop)
                 tg.start_soon(self._prune_loop)
                 tg.start_soon(self._flush_loop)
                 task_status.started()
 
-    async def _misfires(self) -> None:
-        now = self.clock.time()
+    async def _misfires(self, now: float) -> list[tuple[str, Iterator[float], float]]:
+        """The fires missed while no engine served, per task: (name, fires in order, latest of them)."""
+        backlogs = []
         for name, sched in self.schedules.items():
             if not self.is_active(name):
                 continue
             try:
-                await self._catch_up(name, sched, now)
+                backlog = await self._catch_up(name, sched, now)
             except CronstackError as exc:
                 db_log.error("task %s: missed fires could not be caught up: %s", name, exc)
+                continue
+            if backlog is not None:
+                backlogs.append(backlog)
+        return backlogs
 
-    async def _catch_up(self, name: str, sched: Schedule, now: float) -> None:
-        """Handle the fires of task ``name`` missed while no engine served (misfire policy)."""
+    async def _catch_up(self, name: str, sched: Schedule, now: float) -> tuple[str, Iterator[float], float] | None:
+        """The fires of task ``name`` missed while no engine served that its misfire policy runs, or None.
+
+        Only fires within ``misfire_grace`` of ``now`` are looked at, so the
+        cost does not grow with the downtime: ``run_once`` finds the latest
+        missed fire by bisection, ``run_all`` walks its fires lazily, as they
+        run (see ``_run_missed``). A paused task fires nothing: its missed
+        fires are dropped, and its last fire moves past them.
+        """
         task = self.definitions.tasks[name]
         state = await self.store.get_task_state(name) or {}
         last = state.get("last_fire")
         if last is None:
             await self.store.set_task_state(name, last_fire=now)
-            return
+            return None
         if task.misfire == "skip":
-            return
-        missed: list[float] = []
-        t = sched.next_after(last)
-        while t is not None and t <= now and len(missed) < 10_000:
-            if t >= now - task.misfire_grace:
-                missed.append(t)
-            t = sched.next_after(t)
-        if not missed:
-            return
+            return None
+        # a fire t is eligible when last < t <= now and t >= now - grace (fires fall on whole seconds)
+        since = max(last, math.ceil(now - task.misfire_grace) - 1)
+        latest = last_fire_between(sched, since, now)
+        if latest is None:
+            return None
+        if name in self._paused:
+            db_log.info("task %s is paused: its fires missed up to %s are dropped", name, iso_time(latest))
+            await self.store.set_task_state(name, last_fire=latest)
+            return None
         if task.misfire == "run_once":
-            missed = missed[-1:]
-        for t in missed:
-            row = self._row(name, "task", "catchup", scheduled_at=t, attempt=1)
-            await self._launch(task, row, claim_fire=True)
-        await self.store.set_task_state(name, last_fire=missed[-1])
+            return name, iter((latest,)), latest
+        return name, fires_between(sched, since, now), latest
 
-    async def _schedule_loop(self) -> None:
+    async def _run_missed(self, name: str, fires: Iterator[float], latest: float) -> None:
+        """Run a task's missed fires (``trigger: catchup``) in order, under its overlap policy.
+
+        Each fire starts when the task may start one more run: with
+        ``overlap: allow`` while fewer than ``max_concurrency`` of its runs
+        are going, with any other policy once none is (so missed fires run one
+        after another, never at once). A scheduled fire that comes meanwhile
+        meets its overlap policy as usual (a catch-up run is a run of the
+        task). If the task is paused meanwhile the rest are dropped; if it is
+        removed or made inactive by a reload they are left. Until the last one
+        is claimed the task's stored last fire stays at the last one claimed,
+        so a restart picks up the rest (within the grace).
+        """
+        self._backlog[name] = float("-inf")
+        count = 0
+        for t in fires:
+            if count >= CATCHUP_MAX:
+                db_log.warning(
+                    "task %s: %d missed fires caught up (misfire: run_all runs at most %d); "
+                    "the later ones, %s to %s, are dropped",
+                    name, count, CATCHUP_MAX, iso_time(t), iso_time(latest))
+                break
+            task = await self._slot_for_missed(name)
+            if task is None:
+                if self._stopping:
+                    return  # the rest stay missed: the next start catches them up
+                if name in self._paused:
+                    db_log.info("task %s was paused: its missed fires up to %s are dropped", name, iso_time(latest))
+                    break
+                # removed or made inactive by a reload: the rest are left, the last fire stays
+                del self._backlog[name]
+                return
+            await self._launch_missed(task, t)
+            count += 1
+            self._backlog[name] = t
+            self._fired_at(name, t)
+        # cancelled by stop() the task never gets here: its stored last fire stays at the last one claimed
+        del self._backlog[name]
+        self._fired_at(name, latest)
+
+    async def _slot_for_missed(self, name: str) -> Task | None:
+        """Wait until the task may start a catch-up run; its definition then, or None (stopping, paused, gone)."""
+        while True:
+            task = self.definitions.tasks.get(name)
+            if task is None or self._stopping or name in self._paused or not self.is_active(name):
+                return None
+            running = self._running.get(name) or set()
+            limit = task.max_concurrency if task.overlap == "allow" else 1
+            if len(running) < limit:
+                return task
+            await self._any_run_done(running)
+
+    async def _any_run_done(self, run_ids: set[str]) -> None:
+        """Wait until one of a task's running runs ends (or one being claimed is started or dropped)."""
+        events = []
+        for rid in list(run_ids):
+            active = self._active.get(rid)
+            if active is not None:
+                events.append(active.done())
+            elif rid in self._holds:
+                event = self._holds[rid]
+                if event is None:
+                    event = self._holds[rid] = asyncio.Event()
+                events.append(event)
+        if not events:  # pragma: no cover - a running run is in _active or held
+            await anyio.lowlevel.checkpoint()
+            return
+        if len(events) == 1:
+            await events[0].wait()
+            return
+        async with anyio.create_task_group() as tg:
+            async def one(event: asyncio.Event) -> None:
+                await event.wait()
+                tg.cancel_scope.cancel()
+
+            for event in events:
+                tg.start_soon(one, event)
+
+    @contextmanager
+    def _holding(self, name: str, run_id: str) -> Iterator[None]:
+        """While a fire of ``name`` is claimed, count its run as running (a catch-up waits for it).
+
+        Only a task with missed fires still to run needs this: its catch-up
+        must not start a run while a fire's run is being recorded (it would
+        then run alongside it against the overlap policy).
+        """
+        holds = getattr(self, "_holds", None)
+        if holds is None or name not in self._backlog:
+            yield
+            return
+        running = self._running.setdefault(name, set())
+        running.add(run_id)
+        holds[run_id] = None
+        try:
+            yield
+        finally:
+            if run_id not in self._active:  # already claimed, refused, or not started
+                running.discard(run_id)
+            event = holds.pop(run_id, None)
+            if event is not None:
+                event.set()
+
+    async def _launch_missed(self, task: Task, scheduled_at: float) -> None:
+        """Claim and start one missed fire; a database error loses this fire only (logged)."""
+        name = task.name
+        row = self._row(name, "task", "catchup", scheduled_at=scheduled_at, attempt=1)
+        try:
+            # the run holds the task's place while its fire is claimed: a fire meanwhile sees it
+            # running; and a claim committed must start its run: the shutdown cannot land in between
+            with self._holding(name, row["id"]), anyio.CancelScope(shield=True):
+                await self._launch(task, row, claim_fire=True)
+        except CronstackError as exc:
+            db_log.error("task %s: the missed fire at %s could not be recorded: %s",
+                         name, iso_time(scheduled_at), exc)
+
+    async def _schedule_loop(self, now: float) -> None:
+        """Fire every active task's schedule after ``now`` (fires up to it are the misfires')."""
         from engine._schedule import Timer, wait_next
 
         timer = Timer()
-        now = self.clock.time()
         for name, sched in self.schedules.items():
             if self.is_active(name):
                 nxt = sched.next_after(now)
@@ -197,6 +338,16 @@ class Scheduling:
                 tasks.append(task)
         if not rows:
             return
+        if not getattr(self, "_backlog", None):  # no missed fires being caught up: nothing to hold
+            await self._claim_wave(rows, admitted, tasks)
+            return
+        with ExitStack() as holds:
+            for row in rows:
+                if row["status"] != "skipped":
+                    holds.enter_context(self._holding(row["task"], row["id"]))
+            await self._claim_wave(rows, admitted, tasks)
+
+    async def _claim_wave(self, rows: list[dict[str, Any]], admitted: list[bool], tasks: list[Task]) -> None:
         self._launch_begin()
         try:
             claimed = await self.store.claim_fires(rows)
@@ -289,20 +440,21 @@ class Scheduling:
             return
         if decision == "queued":
             return
-        if decision == "supersede":
-            for run_id in list(self._running.get(name, ())):
-                active = self._active.get(run_id)
-                if active is not None:
-                    active.cancel("superseded")
-                    await active.done().wait()
-        elif decision == "skip":
+        if decision == "skip":
             row = self._skipped_row(name, scheduled_at, trigger, task.overlap)
             await self.store.claim_fire(name, scheduled_at, row)
             self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
             self._fired_at(name, scheduled_at)
             return
         row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
-        await self._launch(task, row, claim_fire=True)
+        with self._holding(name, row["id"]):
+            if decision == "supersede":
+                for run_id in list(self._running.get(name, ())):
+                    active = self._active.get(run_id)
+                    if active is not None:
+                        active.cancel("superseded")
+                        await active.done().wait()
+            await self._launch(task, row, claim_fire=True)
         self._fired_at(name, scheduled_at)
 
     def _fired_at(self, name: str, scheduled_at: float) -> None:
@@ -318,7 +470,15 @@ class Scheduling:
 
     async def _flush_fires(self) -> None:
         fired, self._fired = self._fired, {}
+        backlog = getattr(self, "_backlog", {})
         for name, ts in fired.items():
+            held = backlog.get(name)
+            if held is not None and ts > held:
+                # missed fires after `held` still wait their turn: a restart must still see them missed
+                self._fired_at(name, ts)
+                if held == float("-inf"):
+                    continue
+                ts = held
             try:
                 await self.store.set_task_state(name, last_fire=ts)
             except CronstackError as exc:
@@ -445,6 +605,36 @@ def schedule_diagnostics(task: Task, exc: ScheduleError) -> list[Diagnostic]:
         except ScheduleError as part:
             diags.append(Diagnostic(part.message, path, task.file))
     return diags or [Diagnostic(exc.message, "schedule", task.file)]
+
+
+def last_fire_between(sched: Schedule, after: float, now: float) -> float | None:
+    """The latest fire ``t`` of ``sched`` with ``after < t <= now``, or None.
+
+    Bisection on ``next_after`` (fires fall on whole seconds, and the fire
+    after ``s`` never comes before the one after an earlier ``s``): about
+    log2(now - after) calls, however many fires lie in between.
+    """
+    lo = math.floor(after)
+    first = sched.next_after(lo)
+    if first is None or first > now:
+        return None
+    hi = math.floor(now)  # the fire after it is after now
+    while hi - lo > 1:  # invariant: next_after(lo) <= now < next_after(hi) (or None)
+        mid = (lo + hi) // 2
+        t = sched.next_after(mid)
+        if t is not None and t <= now:
+            lo = mid
+        else:
+            hi = mid
+    return sched.next_after(lo)
+
+
+def fires_between(sched: Schedule, after: float, now: float) -> Iterator[float]:
+    """The fires ``t`` of ``sched`` with ``after < t <= now`` in order, computed as they are taken."""
+    t = sched.next_after(after)
+    while t is not None and t <= now:
+        yield t
+        t = sched.next_after(t)
 
 
 

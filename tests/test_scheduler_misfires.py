@@ -1,15 +1,22 @@
-"""The scheduler loop, in virtual time: a reload landing as a fire is due loses no
+"""Misfires (fires missed while no engine served) and the scheduler loop, in virtual time.
+
+A paused task catches nothing up; catch-up fires obey the overlap policy; the
+misfire scan looks only within the grace (cheap however long the downtime)
+and finds the latest missed fire; a reload landing as a fire is due loses no
 other task's fires; a bad time zone is reported at ``timezone``.
 """
 
 import json
+import logging
+from datetime import UTC, datetime
 
 import anyio
 import pytest
 
 from compiler import load_definitions
 from engine import CompileError, Engine, FakeClock, Schedule
-from engine._scheduler import schedules_of
+from engine._scheduler import fires_between, last_fire_between, schedules_of
+from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -76,6 +83,192 @@ def overlapping(runs):
         now += step
         most = max(most, now)
     return most
+
+
+# -- 1. a paused task does not fire after a restart --------------------------------------------------
+
+
+async def test_paused_task_gets_no_catch_up_and_its_missed_fires_stay_dropped(tmp_path):
+    db = f"sqlite:///{tmp_path / 'p.db'}"
+    expr = "*/10 * * * *"
+    defs = [task("m", [RET(1)], schedule=expr, misfire="run_once")]
+    clock = FakeClock(T0)
+    async with Engine.open(defs, database=db, clock=clock) as engine:
+        await engine.serve(api=False)
+        await advance(clock, 480, step=60)  # through the 22:20 fire
+        assert [r["trigger"] for r in await engine.runs("m")] == ["schedule"]
+        await engine.pause("m")
+        last_fired = clock.time()
+    down_until = T0 + 3000  # 23:03:20: the 22:30 ... 23:00 fires are missed while paused
+    dropped = missed(expr, last_fired, down_until, 3600)
+    assert dropped
+    async with Engine.open(defs, database=db, clock=FakeClock(down_until)) as engine:
+        await engine.serve(api=False)
+        await settle(engine.clock)
+        await anyio.sleep(0.05)
+        await settle(engine.clock)
+        assert [r["trigger"] for r in await engine.runs("m")] == ["schedule"]
+        # a paused task's fires are dropped, so its last fire moves past them
+        assert (await engine.store.get_task_state("m"))["last_fire"] == dropped[-1]
+        await engine.resume("m")
+    # resumed, then down again briefly: the fires dropped while paused are not caught up now
+    async with Engine.open(defs, database=db, clock=FakeClock(down_until + 100)) as engine:
+        await engine.serve(api=False)
+        await settle(engine.clock)
+        await anyio.sleep(0.05)
+        assert [r["trigger"] for r in await engine.runs("m")] == ["schedule"]
+
+
+# -- 2. run_all catch-ups follow the overlap policy ------------------------------------------------
+
+
+@pytest.mark.parametrize(("overlap", "max_concurrency"), [("skip", 1), ("queue", 1), ("cancel_previous", 1),
+                                                          ("allow", 2)])
+async def test_run_all_catch_ups_obey_the_overlap_policy(tmp_path, overlap, max_concurrency):
+    db = f"sqlite:///{tmp_path / 'o.db'}"
+    expr, grace, duration = "*/10 * * * *", 3600, 200  # each run takes a third of the time between fires
+    defs = [task("sync", [WAIT(duration)], schedule=expr, misfire="run_all", misfire_grace=grace,
+                 overlap=overlap, max_concurrency=max_concurrency)]
+    await first_serve(defs, db, T0)
+    now = T0 + 5400
+    expected = missed(expr, T0, now, grace)
+    assert len(expected) > max_concurrency
+    clock = FakeClock(now)
+    async with Engine.open(defs, database=db, clock=clock) as engine:
+        await engine.serve(api=False)
+        await settle(clock)
+        limit = max_concurrency
+        # long enough for every catch-up to run after one another, and then some
+        for _ in range(len(expected) * duration // 30 + 20):
+            await advance(clock, 30, step=30)
+            running = [r for r in await engine.runs("sync", limit=1000) if r["status"] == "running"]
+            assert len(running) <= limit, running
+        runs = await engine.runs("sync", limit=1000)
+    catch_ups = sorted((r for r in runs if r["trigger"] == "catchup"), key=lambda r: r["scheduled_at"])
+    # every missed fire ran, in the order of its fires: in full, or (cancel_previous) until a newer fire came
+    assert [r["scheduled_at"] for r in catch_ups] == expected
+    for r in catch_ups:
+        if overlap == "cancel_previous" and r["status"] == "cancelled":
+            assert "newer fire" in r["error"]["message"]
+        else:
+            assert r["status"] == "completed", r
+    assert [r["started_at"] for r in catch_ups] == sorted(r["started_at"] for r in catch_ups)
+    # never more runs at once than the policy allows, catch-ups and scheduled fires together
+    assert overlapping(runs) == limit
+
+
+async def test_run_all_stopped_midway_catches_up_the_rest_at_the_next_start(tmp_path):
+    db = f"sqlite:///{tmp_path / 'h.db'}"
+    expr, grace, duration = "*/10 * * * *", 3600, 250
+    defs = [task("sync", [WAIT(duration)], schedule=expr, misfire="run_all", misfire_grace=grace)]
+    await first_serve(defs, db, T0)
+    now = T0 + 5400
+    expected = missed(expr, T0, now, grace)
+    clock = FakeClock(now)
+    async with Engine.open(defs, database=db, clock=clock) as engine:
+        await engine.serve(api=False)
+        # the first catch-up ends, the second runs, and a scheduled fire comes meanwhile (skipped)
+        await advance(clock, duration + 200, step=30)
+        runs = await engine.runs("sync", limit=1000)
+        assert sorted(r["scheduled_at"] for r in runs if r["trigger"] == "catchup") == expected[:2]
+        assert [r["status"] for r in runs if r["trigger"] == "schedule"] == ["skipped"]
+    # the stored last fire stayed at the last catch-up claimed, not at the scheduled fire after it
+    async with Engine.open(defs, database=db, clock=FakeClock(clock.time())) as engine:
+        assert (await engine.store.get_task_state("sync"))["last_fire"] == expected[1]
+        await engine.serve(api=False)
+        await advance(engine.clock, len(expected) * duration, step=30)
+        runs = await engine.runs("sync", limit=1000)
+    catch_ups = sorted(r["scheduled_at"] for r in runs if r["trigger"] == "catchup")
+    assert catch_ups == expected  # each missed fire once, none lost to the restart
+
+
+# -- 3. the misfire scan: within the grace, the latest fire, a logged cap --------------------------
+
+
+@pytest.mark.parametrize(("down", "grace"), [(5 * 3600, 86400), (30 * 86400, 3600)])
+async def test_run_once_runs_the_latest_missed_fire_and_looks_only_within_the_grace(
+        tmp_path, monkeypatch, down, grace):
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    expr = "* * * * * *"  # every second: tens of thousands of fires missed
+    defs = [task("s", [RET(1)], schedule=expr, misfire="run_once", misfire_grace=grace)]
+    await first_serve(defs, db, T0)
+    now = T0 + down
+    sched = Schedule(expr)
+    latest = last_fire_between(sched, now - 1, now)  # the fire at `now` itself (it falls on a second)
+    assert latest == now
+    calls = 0
+    real = Schedule.next_after
+
+    def counting(self, ts):
+        nonlocal calls
+        calls += 1
+        return real(self, ts)
+
+    monkeypatch.setattr(Schedule, "next_after", counting)
+    clock = FakeClock(now)
+    async with Engine.open(defs, database=db, clock=clock) as engine:
+        await engine.serve(api=False)
+        runs = await eventually(lambda: _done(engine, "s", 1))
+        scan = calls
+    assert [(r["trigger"], r["scheduled_at"]) for r in runs] == [("catchup", latest)]
+    # a bisection, not a walk over every fire since the last one (or within the grace)
+    assert scan < 500, scan
+
+
+async def test_run_all_cap_is_logged_and_the_dropped_fires_are_not_redone(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("engine._scheduler.CATCHUP_MAX", 5)
+    db = f"sqlite:///{tmp_path / 'a.db'}"
+    expr, grace = "* * * * * *", 60
+    defs = [task("s", [RET(1)], schedule=expr, misfire="run_all", misfire_grace=grace)]
+    await first_serve(defs, db, T0)
+    now = T0 + 100
+    expected = missed(expr, T0, now, grace)
+    assert len(expected) > 5
+    caplog.set_level(logging.WARNING, logger="cronstack.engine")
+    async with Engine.open(defs, database=db, clock=FakeClock(now)) as engine:
+        await engine.serve(api=False)
+        runs = await eventually(lambda: _done(engine, "s", 5))
+        await anyio.sleep(0.05)
+        await settle(engine.clock)
+        runs = await engine.runs("s", limit=1000)
+    assert sorted(r["scheduled_at"] for r in runs) == expected[:5]
+    assert "dropped" in caplog.text and "5 missed fires" in caplog.text
+    async with Engine.open(defs, database=db, clock=FakeClock(now)) as engine:
+        assert (await engine.store.get_task_state("s"))["last_fire"] == expected[-1]
+
+
+async def _done(engine, name, n):
+    runs = await engine.runs(name, limit=1000)
+    if len(runs) >= n and all(r["status"] == "completed" for r in runs):
+        return runs
+    return None
+
+
+@pytest.mark.parametrize(("expr", "zone"), [
+    ("*/7 * * * * *", "UTC"),
+    ("30 2 * * *", "America/New_York"),  # skipped by spring-forward
+    ("*/30 * * * *", "America/New_York"),  # repeated on fall-back
+    ("0 1-3 * * *", "America/New_York"),
+    ("0 9 1-7 * 1", "Europe/Berlin"),
+    ("0 0 30 2 *", "UTC"),  # never fires
+])
+def test_last_fire_between_is_the_last_of_the_fires_walked_one_by_one(expr, zone):
+    sched = Schedule(expr, zone)
+    points = [datetime(2024, 3, 10, 6, 59, 59, tzinfo=UTC).timestamp(),
+              datetime(2024, 11, 3, 5, 45, tzinfo=UTC).timestamp(),
+              datetime(2024, 11, 3, 6, 15, 30, tzinfo=UTC).timestamp(),
+              datetime(2024, 1, 8, 8, 0, 1, tzinfo=UTC).timestamp() + 0.5]
+    for now in points:
+        for span in (1, 59, 3600, 2 * 86400, 40 * 86400):
+            after = now - span
+            walked = list(fires_between(sched, after, now))
+            reference = []
+            t = sched.next_after(after)
+            while t is not None and t <= now:
+                reference.append(t)
+                t = sched.next_after(t)
+            assert walked == reference
+            assert last_fire_between(sched, after, now) == (reference[-1] if reference else None)
 
 
 # -- 4. a bad time zone is reported at `timezone` ------------------------------------------------------
