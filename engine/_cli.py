@@ -84,6 +84,7 @@ def _schedule_diags(defs: Definitions) -> list[Diagnostic]:
     """Every bad schedule, each at the field at fault: the cron expression at ``schedule``,
     the zone at ``timezone`` (both when both are wrong)."""
     from engine._schedule import Schedule, ScheduleError
+    from engine._scheduler import schedule_diagnostics
 
     diags = []
     for task in defs.tasks.values():
@@ -91,19 +92,8 @@ def _schedule_diags(defs: Definitions) -> list[Diagnostic]:
             continue
         try:
             Schedule(task.schedule, task.timezone, task.cron_day_match)
-            continue
         except ScheduleError as exc:
-            first = exc
-        found = False
-        for path, args in (("schedule", (task.schedule, "UTC", task.cron_day_match)),
-                           ("timezone", ("* * * * *", task.timezone))):
-            try:
-                Schedule(*args)
-            except ScheduleError as exc:
-                diags.append(Diagnostic(exc.message, path, task.file))
-                found = True
-        if not found:  # pragma: no cover - only the combination is refused
-            diags.append(Diagnostic(first.message, "schedule", task.file))
+            diags += schedule_diagnostics(task, exc)
     return diags
 
 
