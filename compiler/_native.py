@@ -75,6 +75,7 @@ from runtime._vm import (
     _start_loop,
     _unset,
     _update,
+    interrupted,
 )
 
 __all__ = ("generate_native", "native_source", "NativeFunction")
@@ -111,6 +112,8 @@ _HELPERS: dict[str, Any] = {
     "_asyncio": asyncio,  # looked up at each yield: tests patch asyncio.sleep
     "_BUDGET": NATIVE_INSTRUCTIONS_PER_YIELD,
     "_Exception": Exception,
+    "_Cancelled": asyncio.CancelledError,
+    "_interrupted": interrupted,
     "_range": range,
     "_enumerate": enumerate,
     "_update": _update,
@@ -238,8 +241,8 @@ class _Gen:
     # -- tracing (the traced variant only) ---------------------------------------------
     def trace_start(self) -> None:
         """Where the VM reads its clocks for a traced step: before the step's instruction runs."""
-        if self.traced:
-            self.line("_t0, _p0 = _time(), _perf()")
+        if self.traced:  # _busy: a cancel from here to trace_end interrupts this step
+            self.line("_t0, _p0, _busy = _time(), _perf(), True")
 
     def trace_end(self, path: str, inputs: str = "None", output: str = "None") -> None:
         """``tracer.step`` with what the VM's traced handler leaves in ``frame.t_in``/``t_out``.
@@ -251,6 +254,7 @@ class _Gen:
         if self.traced:
             kind = self.kinds[path]
             self.line(f"_tr.step({path!r}, {kind!r}, _t0, _perf() - _p0, {inputs}, {output}, None)")
+            self.line("_busy = False")
 
     def evaluate(
         self, target: str, raw: Any, field: str, site: tuple[str, Any, Value], *, condition: bool = False
@@ -684,6 +688,7 @@ class _Gen:
         self.line(f"{err} = _error_at(_e, _S[_at])")
         if self.traced:  # the VM reports the error where it catches it, before the handler runs
             self.line(f"_tr.step(_S[_at][0], _K[_at], _time(), 0.0, None, None, {err})")
+            self.line("_busy = False")
         self.line(f"scope['error'] = {err}")
 
     def reraise(self, fin: list[Any], fin_path: str, path: str, err: str) -> None:
@@ -856,13 +861,17 @@ def _render(gen: _Gen, name: str) -> str:
     header = [
         f"async def native(frame, ctx):  # {name}{' (traced)' if gen.traced else ''}",
         "    scope = frame.scope",
-        *(["    _tr = ctx.tracer"] if gen.traced else []),
+        *(["    _tr = ctx.tracer", "    _busy = False"] if gen.traced else []),
         "    _at = 0",
         "    _b = _BUDGET",
         "    try:",
     ]
     if gen.traced:  # an error no catch takes: reported, as the VM does, then the run fails
         footer = [
+            "    except _Cancelled:  # the run's timeout or a cancel: the step it stopped is traced",
+            "        if _busy:",
+            "            _tr.step(_S[_at][0], _K[_at], _t0, _perf() - _p0, None, None, _interrupted(_S[_at][0]))",
+            "        raise",
             "    except _Exception as _e:",
             "        _e = _error_at(_e, _S[_at])",
             "        _tr.step(_S[_at][0], _K[_at], _time(), 0.0, None, None, _e)",

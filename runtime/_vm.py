@@ -307,6 +307,7 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
     pc = frame.pc
     path = frame.program.name
     kind = None
+    busy = False  # a traced step is awaiting: a cancel now interrupts it (see below)
     while True:
         try:
             while True:
@@ -323,7 +324,12 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
                     frame.pc = pc
                     frame.t_in = frame.t_out = None
                     handler = sync_table[op]
-                    pc = handler(frame, arg) if handler is not None else await async_table[op](frame, ctx, arg, path)
+                    if handler is not None:
+                        pc = handler(frame, arg)
+                    else:
+                        busy = True
+                        pc = await async_table[op](frame, ctx, arg, path)
+                        busy = False
                     tracer.step(path, kind, t0, time.perf_counter() - p0, frame.t_in, frame.t_out, None)
                     frame.t_in = frame.t_out = None
                     if pc < 0:
@@ -372,8 +378,11 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
                     if pc < 0:
                         return frame.result
         except asyncio.CancelledError:
+            if busy:  # a timeout or cancel stopped a traced step: the trace shows which
+                tracer.step(path, kind, t0, time.perf_counter() - p0, None, None, interrupted(path))
             raise
         except Exception as exc:  # every error of a step becomes an error object
+            busy = False
             obj = _error_object(exc, path, code[pc - 1].arg if pc > 0 else None)
             if tracer is not None:
                 tracer.step(path, kind or "", time.time(), 0.0, None, None, obj)
@@ -385,6 +394,11 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
             scope["error"] = obj
             scope[slot] = obj
             pc = handler_pc
+
+
+def interrupted(path: str) -> dict[str, Any]:
+    """The error of a traced step stopped by the run's timeout or a cancel (never caught)."""
+    return {"message": "the run was stopped while this step ran", "type": "Interrupted", "step": path}
 
 
 # -- handlers off the hot path -----------------------------------------------------------

@@ -455,3 +455,72 @@ def test_the_stack_copy_is_released_once_both_variants_exist():
     program = compile_stack([cv("a", 1), ret("{{ a }}")])
     assert program.native.source is not None and program.native._stack is not None
     assert program.native.traced_source is not None and program.native._stack is None
+
+
+# -- a run stopped mid-step (timeout, cancel): the step it stopped is traced ---------------------
+
+
+class ParkingClock(Clock):
+    """Sleeps that never end by themselves: the run parks in its wait until cancelled."""
+
+    def __init__(self) -> None:
+        self.parked = asyncio.Event()
+
+    async def sleep(self, seconds):
+        self.parked.set()
+        await asyncio.Event().wait()
+
+
+class ParkingHttp(Http):
+    def __init__(self, clock: ParkingClock) -> None:
+        self.clock = clock
+
+    async def request(self, method, url, **kw):
+        await self.clock.sleep(30)
+
+
+async def _cancelled_trace(program, native: bool):
+    recorder = Recorder()
+    clock = ParkingClock()
+    ctx = RunContext(records=Records(), http=ParkingHttp(clock), tracer=recorder, clock=clock, env=dict(ENV),
+                     task={"name": "t", "run_id": "r1", "attempt": 1})
+    frame = Frame(program, _new_scope(ctx, None, None))
+    run = asyncio.ensure_future(program.native.traced(frame, ctx) if native else _run(frame, ctx))
+    await clock.parked.wait()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    return recorder.calls
+
+
+@pytest.mark.parametrize("stopped", [
+    {"function": "wait", "duration": 30},
+    {"function": "external_api_request", "url": "{{ env.BASE }}/slow", "return_as": "r"},
+    try_([{"function": "wait", "duration": 30}], [log("caught")]),
+    loop([cv("seen", "{{ index }}"), cond("index == 2", [{"function": "wait", "duration": 30}])], times=5),
+])
+@pytest.mark.anyio
+async def test_the_step_a_cancel_stops_is_traced_as_interrupted(stopped):
+    program = compile_stack([log("start"), cv("x", 1), stopped, log("never")])
+    vm = await _cancelled_trace(program, native=False)
+    nat = await _cancelled_trace(program, native=True)
+    assert nat == vm
+    last = vm[-1]
+    assert last[0] == "step" and last[2] in ("wait", "external_api_request"), vm
+    assert "'type': 'Interrupted'" in last[5] and "stopped while this step ran" in last[5]
+    assert not any("never" in str(call) for call in vm)
+
+
+@pytest.mark.anyio
+async def test_a_cancel_between_steps_marks_no_step():
+    """A cancel at the yield between two loop iterations interrupts no step: nothing extra is traced."""
+    program = compile_stack([loop([cv("i", "{{ index }}")], times=10**9)])
+    recorder = Recorder()
+    ctx = RunContext(tracer=recorder, clock=Clock(), task={"name": "t", "run_id": "r1", "attempt": 1})
+    run = asyncio.ensure_future(program.native.traced(Frame(program, _new_scope(ctx, None, None)), ctx))
+    while len(recorder.calls) < 50:  # noqa: ASYNC110 - the run yields at its loop budget; no event to wait on
+        await asyncio.sleep(0)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert not any("Interrupted" in str(call) for call in recorder.calls)

@@ -166,7 +166,11 @@ def _assert_partial_trace(run):
         ("stack[1]", "create_variable"),
         ("function inner > stack[0]", "create_variable"),
         ("stack[2]", "custom_function"),
+        ("stack[3]", "wait"),  # the step the stop interrupted
     ]
+    stopped = run["trace"][-1]
+    assert stopped["error"]["type"] == "Interrupted" and stopped["error"]["step"] == "stack[3]"
+    assert all(e.get("error") is None for e in run["trace"][:-1])
     assert run["trace"][1]["output"] == "key=***"
     assert [(e["path"], e["output"]) for e in run["logs"]] == [("stack[0]", "key=***")]
     assert SECRET not in str(run)
