@@ -328,7 +328,7 @@ class _Gen:
             return
         arg = self.args[path]
         if not (arg[1].constant and _evaluates(arg[1])):  # a constant that evaluates cannot fail here
-            self.site(path, arg)
+            self.site(path, arg, arg[1])  # what fails is the value: named, constant or not (the VM's SET)
         name = step["name"]
         value = self.expr(step.get("value"), f"{path}.value")
         var = self.local_of(name)
@@ -423,7 +423,8 @@ class _Gen:
             self.trace_end(path, output="_v")
             cond = "_v"
         else:
-            self.site(path, self.args[path])
+            arg = self.args[path]
+            self.site(path, arg, arg[0])  # the condition is all that can fail (the VM's JUMP_IF_NOT)
             cond = _bare(self.expr(step["condition"], f"{path}.condition", condition=True))
         self.line(f"if {cond}:")
         self.indent()

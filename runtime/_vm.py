@@ -204,11 +204,18 @@ def _first_value(arg: Any) -> Value | None:
     return None
 
 
-def _error_object(exc: BaseException, path: str, arg: Any = None) -> dict[str, Any]:
+def _error_object(exc: BaseException, path: str, arg: Any = None, evaluating: bool = False) -> dict[str, Any]:
+    """The error object of ``exc`` raised by the step at ``path``.
+
+    The step's expression is named when it is what failed: always for a
+    non-constant one; a constant only with ``evaluating`` (the error came
+    from evaluating it, as in the VM's inline SET and JUMP_IF_NOT), since a
+    constant that evaluates cannot be what a later part of the step failed on.
+    """
     # a thrown error's message is the author's text: the step's expressions made it, they did not fail
     if isinstance(exc, CronstackError | KeyError) and not isinstance(exc, RunFailed | ThrownError):
         value = _first_value(arg)
-        if value is not None and not value.constant:
+        if value is not None and (evaluating or not value.constant):
             if isinstance(exc, KeyError):
                 exc = _unset(exc, value)
             elif "expression" not in exc.extra:
@@ -383,7 +390,8 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
             raise
         except Exception as exc:  # every error of a step becomes an error object
             busy = False
-            obj = _error_object(exc, path, code[pc - 1].arg if pc > 0 else None)
+            instr = code[pc - 1] if pc > 0 else None
+            obj = _error_object(exc, path, instr and instr.arg, instr is not None and instr.op in _INLINE_EVAL)
             if tracer is not None:
                 tracer.step(path, kind or "", time.time(), 0.0, None, None, obj)
             if not frame.tries:
@@ -394,6 +402,10 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
             scope["error"] = obj
             scope[slot] = obj
             pc = handler_pc
+
+
+#: instructions ``_run`` evaluates inline, outside ``_eval``: their only failure is the evaluation
+_INLINE_EVAL = frozenset({Op.SET, Op.JUMP_IF_NOT})
 
 
 def interrupted(path: str) -> dict[str, Any]:

@@ -144,9 +144,15 @@ CASES = {
         [cond("false", [cv("x", 1)]), loop([], condition="{{ x < 3 }}")],
         ("failed", {"message": "'x' is read before it is set", "type": "ExpressionError", "step": "stack[1]"}),
     ),
-    "constant failing on the hot path": (
+    "constant failing on the hot path": (  # named as through _eval: the same with history on and off
         [cv("a", "{{ 1 / 0 }}")],
-        ("failed", {"message": "division by zero (1 / 0)", "type": "ExpressionError", "step": "stack[0]"}),
+        ("failed", {"message": "division by zero (1 / 0) (in {{ 1 / 0 }})", "type": "ExpressionError",
+                    "step": "stack[0]", "expression": "{{ 1 / 0 }}"}),
+    ),
+    "constant condition failing on the hot path": (
+        [cond("{{ 'a'.b }}", [cv("x", 1)])],
+        ("failed", {"message": "cannot read .b of text 'a': only objects have fields (in {{ 'a'.b }})",
+                    "type": "ExpressionError", "step": "stack[0]", "expression": "{{ 'a'.b }}"}),
     ),
     "constant failing through _eval": (
         [cv("a", 0), uv("a", "set", "{{ 1 / 0 }}")],

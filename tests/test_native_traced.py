@@ -524,3 +524,22 @@ async def test_a_cancel_between_steps_marks_no_step():
     with pytest.raises(asyncio.CancelledError):
         await run
     assert not any("Interrupted" in str(call) for call in recorder.calls)
+
+
+@pytest.mark.parametrize("stack", [
+    [cv("v", "{{ 1/0 }}")],
+    [cond("{{ 'a'.b }}", [cv("x", 1)])],
+    [loop([cv("a", "{{ 'a' + 1 }}")], times=1)],
+    [try_([cv("v", "{{ 1/0 }}")], [ret("{{ error }}")])],
+])
+def test_a_failing_constant_is_named_alike_with_history_on_and_off(stack):
+    program = compile_stack(stack)
+    traced = asyncio.run(traced_outcome(program, True))[0]
+    for native in (True, False):
+        ctx = RunContext(task={"name": "t", "run_id": "r1", "attempt": 1})
+        frame = Frame(program, _new_scope(ctx, None, None))
+        try:
+            got = ("ok", repr(asyncio.run(program.native(frame, ctx) if native else _run(frame, ctx))))
+        except RunFailed as exc:
+            got = ("failed", repr(exc.error))
+        assert got == traced and "(in {{" in got[1], (native, got, traced)
