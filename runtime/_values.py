@@ -11,9 +11,10 @@ naming the operation and the types involved -- never ``KeyError``,
 Decisions (docs/expressions.md repeats them for users):
 
 * ``bool`` is not a number: ``true + 1`` is an error and ``true == 1`` is false.
-* Whole numbers are exact integers (as in Python). ``*`` refuses a result
-  beyond ``MAX_INT_BITS`` bits (``LimitExceeded``), so a loop cannot grow a
-  number without bound. ``/`` always gives a float; ``//`` and ``%`` floor,
+* Whole numbers are exact integers (as in Python). ``+``, ``-`` and ``*``
+  refuse a result beyond ``MAX_INT_BITS`` bits (``LimitExceeded``), so a loop
+  cannot grow a number without bound (``update_variable``'s increment and
+  decrement go through ``add``/``sub`` for the same reason). ``/`` always gives a float; ``//`` and ``%`` floor,
   with ints when both sides are ints. A float result that is not finite is an
   error.
 * ``==`` compares data: ``1 == 1.0`` is true, values of different kinds are
@@ -44,6 +45,7 @@ __all__ = (
     "index",
     "add",
     "sub",
+    "fits_int",
     "mul",
     "div",
     "floordiv",
@@ -62,8 +64,11 @@ __all__ = (
     "MAX_STRING_LENGTH",
 )
 
-#: Largest whole number ``*`` may produce, in bits.
+#: Largest whole number ``+``, ``-`` and ``*`` may produce, in bits.
 MAX_INT_BITS = 256
+#: an int ``r`` is within the limit exactly when ``-INT_LIMIT < r < INT_LIMIT``
+INT_LIMIT = 1 << MAX_INT_BITS
+_INT_LO = -INT_LIMIT
 
 _encoder = msgspec.json.Encoder()
 
@@ -237,6 +242,15 @@ def _fit(r: int | float, op: str, a: Any, b: Any) -> int | float:
     raise ExpressionError(f"the result of {show(a)} {op} {show(b)} is too large for a number")
 
 
+def fits_int(r: int) -> bool:
+    """True when the int ``r`` is within ``MAX_INT_BITS`` bits (what filters producing ints check)."""
+    return _INT_LO < r < INT_LIMIT
+
+
+def _bits(op: str, a: Any, b: Any) -> LimitExceeded:
+    return LimitExceeded(f"the result of {show(a)} {op} {show(b)} has more than {MAX_INT_BITS} bits")
+
+
 def _big(op: str, a: Any, b: Any) -> ExpressionError:
     return ExpressionError(f"the result of {show(a)} {op} {show(b)} is too large for a number")
 
@@ -253,7 +267,11 @@ def add(a: Any, b: Any) -> Any:
             r = a + b
         except OverflowError:
             raise _big("+", a, b) from None
-        return r if ta is int and tb is int else _fit(r, "+", a, b)
+        if ta is int and tb is int:
+            if _INT_LO < r < INT_LIMIT:
+                return r
+            raise _bits("+", a, b)
+        return _fit(r, "+", a, b)
     if ta is str and tb is str:
         if len(a) + len(b) > MAX_STRING_LENGTH:
             raise LimitExceeded(f"joining texts would exceed {MAX_STRING_LENGTH:,} characters")
@@ -279,13 +297,17 @@ def sub(a: Any, b: Any) -> Any:
         r = a - b
     except OverflowError:
         raise _big("-", a, b) from None
-    return r if type(r) is int else _fit(r, "-", a, b)
+    if type(r) is int:
+        if _INT_LO < r < INT_LIMIT:
+            return r
+        raise _bits("-", a, b)
+    return _fit(r, "-", a, b)
 
 
 def mul(a: Any, b: Any) -> Any:
     _numbers("multiply", "*", a, b)
     if type(a) is int and type(b) is int and a.bit_length() + b.bit_length() > MAX_INT_BITS + 1:
-        raise LimitExceeded(f"the result of {show(a)} * {show(b)} has more than {MAX_INT_BITS} bits")
+        raise _bits("*", a, b)
     try:
         return _fit(a * b, "*", a, b)
     except OverflowError:

@@ -44,6 +44,8 @@ __all__ = ("CodeGen", "Ty", "literal", "NAMESPACE")
 
 #: the largest finite float: a float sum or difference beyond it is refused by the helper
 _FMAX = repr(1.7976931348623157e308)
+#: one-digit ints of CPython: comparisons between them are specialised
+_COMPACT = 2**30 - 1
 #: ``len()`` returns a Py_ssize_t: at most 63 bits on any CPython we run on
 _LEN_BITS = 63
 #: longest code ``order`` repeats in its two branches (the repeats could nest)
@@ -151,8 +153,9 @@ class CodeGen:
         self.seen: dict[str, str] = {}
         #: > 0 while generating code that may not run (a branch of ``? :``, the right of ``and``/``or``/``??``)
         self.maybe = 0
-        #: code of an int-first ``+``/``-`` -> (test, int result, the other cases), for ``fused``
-        self.parts: dict[str, tuple[str, str, str]] = {}
+        #: code of an int-first ``+``/``-`` -> (class test, name of the int result, its code, the
+        #: other cases), for ``fused``: the code is ``(s if test and lo < (s := sum) < hi else rest)``
+        self.parts: dict[str, tuple[str, str, str, str]] = {}
         #: code of a float-first ``+``/``-`` -> (test, float result, the other cases), for ``order``
         self.fparts: dict[str, tuple[str, str, str]] = {}
 
@@ -285,8 +288,11 @@ class CodeGen:
         """``+``, ``-``, ``*``: plain Python where the types make the helper's checks pass, else guarded."""
         sym = _SYM[op]
         if lt.is_int and rt.is_int:
-            if op != "mul":  # int + int and int - int are never refused
-                return f"({left} {sym} {right})", _int(max(lt.bits, rt.bits) + 1)
+            if op != "mul":
+                bits = max(lt.bits, rt.bits) + 1
+                if bits <= V.MAX_INT_BITS:  # the sum or difference cannot pass the limit
+                    return f"({left} {sym} {right})", _int(bits)
+                return f"_{op}({left}, {right})", _int(V.MAX_INT_BITS)
             if lt.bits + rt.bits <= V.MAX_INT_BITS:  # the product cannot pass the limit
                 return f"({left} * {right})", _int(lt.bits + rt.bits)
             return f"_mul({left}, {right})", _int(V.MAX_INT_BITS)
@@ -307,13 +313,15 @@ class CodeGen:
             # (no chained ``is``: a chain compiles to extra stack shuffles on the path taken)
             ftest = (f"({a} := {left}).__class__ is ({b} := {right}).__class__ and {a}.__class__ is float"
                      f" and -{_FMAX} <= ({r} := {a} {sym} {b}) and {r} <= {_FMAX}")
-            ints = f"({a} {sym} {b} if {a}.__class__ is {b}.__class__ is int else _{op}({a}, {b}))"
+            s = self.tmp()
+            ints = f"({s} if {a}.__class__ is {b}.__class__ is int and {_fits(s, f'{a} {sym} {b}')} else _{op}({a}, {b}))"
             code = f"({r} if {ftest} else {ints})"
             self.fparts[code] = (ftest, r, ints)
             return code, ty
         rest = f"({r} if {a}.__class__ is {b}.__class__ is float and {finite} else _{op}({a}, {b}))"
-        code = f"({a} {sym} {b} if {test} else {rest})"
-        self.parts[code] = (test, f"{a} {sym} {b}", rest)
+        s = self.tmp()
+        code = f"({s} if {test} and {_fits(s, f'{a} {sym} {b}')} else {rest})"
+        self.parts[code] = (test, s, f"{a} {sym} {b}", rest)
         return code, ty
 
     def pair(self, op: str, ln: Node, rn: Node, name: str, k1: str, k2: str) -> tuple[str, Ty]:
@@ -328,6 +336,7 @@ class CodeGen:
             o = self.tmp()
             first = f"({o} := scope[{name!r}])"
         a, b = self.tmp(), self.tmp()
+        s = self.tmp()
         test = (f"{first}.__class__ is dict and "
                 f"({a} := {o}.get({k1!r})).__class__ is ({b} := {o}.get({k2!r})).__class__ is int")
         saved = dict(self.seen)
@@ -336,11 +345,11 @@ class CodeGen:
         usual, ty = self.arith(op, ln, rn, left, lt, right, rt)
         if self.maybe:
             self.seen = saved
-        code = f"({a} {sym} {b} if {test} else {usual})"
-        self.parts[code] = (test, f"{a} {sym} {b}", usual)
+        code = f"({s} if {test} and {_fits(s, f'{a} {sym} {b}')} else {usual})"
+        self.parts[code] = (test, s, f"{a} {sym} {b}", usual)
         return code, ty
 
-    def fused(self, op: str, inner: str, k: str, k_left: bool) -> str | None:
+    def fused(self, op: str, inner: str, k: str, kv: int, k_left: bool) -> str | None:
         """``inner ± k`` (k an int constant) where ``inner`` is an int-first ``+``/``-``: one test, not two.
 
         In the inner's int branch the sum is an int, so ``± k`` needs no test
@@ -350,11 +359,19 @@ class CodeGen:
         parts = self.parts.get(inner)
         if parts is None or op == "mul":
             return None
-        test, ints, rest = parts
-        sym, x = _SYM[op], self.tmp()
-        fast = f"{k} {sym} ({ints})" if k_left else f"{ints} {sym} {k}"
+        test, s, ints, rest = parts
+        sym, x, f = _SYM[op], self.tmp(), self.tmp()
+        fast = f"{k} {sym} {s}" if k_left else f"{s} {sym} {k}"
         ea, eb = (k, x) if k_left else (x, k)
-        return f"({fast} if {test} else ({ea} {sym} {eb} if ({x} := {rest}).__class__ is int else _{op}({ea}, {eb})))"
+        # one test bounds the inner sum so that both it and the result are within the limit;
+        # failing it (near the limit) leads to the other cases, whose helpers decide exactly
+        lim = V.INT_LIMIT
+        if op == "add":  # -lim < s + k < lim
+            lo, hi = max(-lim, -lim - kv), min(lim, lim - kv)
+        else:  # -lim < s - k < lim, or k - s: the same bounds
+            lo, hi = max(-lim, kv - lim), min(lim, kv + lim)
+        slow = f"({f} if ({x} := {rest}).__class__ is int and {_fits(f, f'{ea} {sym} {eb}')} else _{op}({ea}, {eb}))"
+        return f"({fast} if {test} and {_within(s, ints, lo, hi)} else {slow})"
 
     def one_int(self, op: str, ln: Node, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> str:
         """One side is a known int: only the other side is tested (its class, and its size for ``*``)."""
@@ -364,7 +381,8 @@ class CodeGen:
         if other.types is not None and int not in other.types:
             return f"_{op}({left}, {right})"  # never two ints: the helper decides
         if isinstance(ln if known_left else rn, Const):
-            fused = self.fused(op, right if known_left else left, left if known_left else right, known_left)
+            kv = (ln if known_left else rn).value  # type: ignore[attr-defined]
+            fused = self.fused(op, right if known_left else left, left if known_left else right, kv, known_left)
             if fused is not None:
                 return fused
         x = self.tmp()
@@ -373,9 +391,7 @@ class CodeGen:
             # the right side in whichever branch runs (its code is repeated, evaluated once, after
             # the left side as always): no binding of the right side, no test of it
             test = f"({x} := {left}).__class__ is int"
-            if op == "mul":
-                bound = _small(known.bits)
-                test += f" and -{bound} < {x} < {bound}"
+            test += " and " + self.bounded(op, x, known.bits)
             return f"({x} {sym} {right} if {test} else _{op}({x}, {right}))"
         if isinstance(ln if known_left else rn, Const):
             # the constant has no effects: testing the other side first reorders nothing
@@ -385,11 +401,22 @@ class CodeGen:
             a, b = (self.tmp(), x) if known_left else (x, self.tmp())
             test = f"(({a} := {left}) is not ({b} := {right}) or True) and {x}.__class__ is int"
             ea, eb = a, b
-        if op == "mul":
-            # bit_length(x) + known.bits <= MAX_INT_BITS: the product stays within the limit
-            bound = _small(known.bits)
-            test += f" and -{bound} < {x} < {bound}"
+        # ``*``: bit_length(x) + known.bits <= MAX_INT_BITS keeps the product within the limit;
+        # ``+``/``-``: |x| < 2**MAX_INT_BITS - 2**known.bits keeps the sum within it (near the limit
+        # the helper decides exactly)
+        test += " and " + self.bounded(op, x, known.bits)
         return f"({ea} {sym} {eb} if {test} else _{op}({ea}, {eb}))"
+
+    @staticmethod
+    def bounded(op: str, x: str, bits: int) -> str:
+        """A test that the int ``x`` times / plus / minus an int of ``bits`` bits stays within the limit."""
+        if op == "mul":
+            bound = _small(bits)
+            return f"-{bound} < {x} < {bound}"
+        room = V.INT_LIMIT - 2**bits
+        if room >= _COMPACT:  # see ``_within``
+            return f"(-{_COMPACT} < {x} < {_COMPACT} or -{room} < {x} < {room})"
+        return f"-{room} < {x} < {room}"
 
     def order(self, op: str, rn: Node, left: str, lt: Ty, right: str, rt: Ty) -> str:
         """``<`` ``<=`` ``>`` ``>=``: a side known to be a number (or both texts) needs no test."""
@@ -466,6 +493,22 @@ def _likely_float(node: Node) -> bool:
     if isinstance(node, Binary) and node.op in ("add", "sub"):
         return _likely_float(node.left) or _likely_float(node.right)
     return False
+
+
+def _within(name: str, code: str, lo: int, hi: int) -> str:
+    """A test binding ``code`` (an int) to ``name`` and checking ``lo < name < hi``.
+
+    One-digit ints (below 2**30) are tested first: CPython specialises a comparison of
+    two of them, while one against a big bound takes the generic path (20% of a sum).
+    """
+    if lo <= -_COMPACT and hi >= _COMPACT:
+        return f"(-{_COMPACT} < ({name} := {code}) < {_COMPACT} or {lo!r} < {name} < {hi!r})"
+    return f"{lo!r} < ({name} := {code}) < {hi!r}"
+
+
+def _fits(name: str, code: str) -> str:
+    """A test binding the int ``code`` to ``name`` and checking it has at most ``MAX_INT_BITS`` bits."""
+    return _within(name, code, -V.INT_LIMIT, V.INT_LIMIT)
 
 
 def _small(known_bits: int) -> str:
