@@ -3,13 +3,18 @@
 Filter calls come out with keyword arguments turned into positional ones (gaps
 filled with the declared defaults), so the code generator only sees
 positional calls. A constant sub-expression whose evaluation fails (``1/0``)
-is left alone: it fails at run time, where a ``try_catch`` can see it.
+is left alone: it fails at run time, where a ``try_catch`` can see it -- also
+when it fails with something other than the engine's own errors (the run
+reports that as a run error), and when it gives a float that is not finite
+(never folded: generated code has no literal for it, and such a value is an
+error wherever it is made).
 Results bigger than ``FOLD_LIMIT`` characters of JSON are not folded, so that
 ``0|range(999999)`` does not land in the generated source.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from compiler._errors import CompileError, did_you_mean
@@ -55,6 +60,18 @@ BINARY_OPS = {
 }
 
 
+def _finite(v: Any) -> bool:
+    """False when a float in ``v`` is infinite or NaN."""
+    t = type(v)
+    if t is float:
+        return math.isfinite(v)
+    if t is list:
+        return all(_finite(x) for x in v)
+    if t is dict:
+        return all(_finite(x) for x in v.values())
+    return True
+
+
 def _small(v: Any) -> bool:
     if v is None or type(v) in (bool, int, float):
         return True
@@ -78,7 +95,9 @@ class Folder:
             value = compute()
         except CronstackError:
             return node
-        return Const(node.col, value) if _small(value) else node
+        except Exception:  # noqa: BLE001 - a bug of a helper or filter shows at run time, not as a compile traceback
+            return node
+        return Const(node.col, value) if _small(value) and _finite(value) else node
 
     def visit(self, node: Node) -> Node:
         if isinstance(node, Const | Name):

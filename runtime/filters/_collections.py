@@ -6,11 +6,12 @@ mutates variables in place, so sharing would leak changes between values).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from runtime._errors import ExpressionError
-from runtime._values import eq, show, type_name
+from runtime._values import eq, fits_int, show, type_name
 from runtime.filters._registry import (
     ABSENT,
     check_list,
@@ -204,9 +205,13 @@ def f_sum(value, attribute=None):
     """Sum of a list of numbers (or of a field of objects); 0 for an empty list."""
     nums = _numbers("sum", value, attribute)
     try:
-        return sum(nums)
+        r = sum(nums)
     except OverflowError:
         raise ExpressionError("filter 'sum' got numbers too large to add") from None
+    # a float sum past the largest float is infinite, an int one may pass the int limit: both are errors
+    if type(r) is float and not math.isfinite(r) or type(r) is int and not fits_int(r):
+        raise ExpressionError("filter 'sum' got numbers too large to add")
+    return r
 
 
 @register("average")
@@ -214,9 +219,12 @@ def f_average(value, attribute=None):
     """Mean of a list of numbers (or of a field of objects); null for an empty list."""
     nums = _numbers("average", value, attribute)
     try:
-        return sum(nums) / len(nums) if nums else None
+        r = sum(nums) / len(nums) if nums else None
     except OverflowError:
         raise ExpressionError("filter 'average' got numbers too large to average") from None
+    if r is not None and not math.isfinite(r):  # the float sum overflowed to infinity
+        raise ExpressionError("filter 'average' got numbers too large to average")
+    return r
 
 
 def _extreme(name: str, value: Any, attribute: Any, pick: Any) -> Any:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from runtime._errors import ExpressionError
-from runtime._values import show, to_text, type_name
+from runtime._errors import ExpressionError, LimitExceeded
+from runtime._values import MAX_INT_BITS, fits_int, show, to_text, type_name
 from runtime.filters._registry import need_int, need_number, register
 
 __all__ = ()
@@ -19,7 +19,10 @@ __all__ = ()
 def _int_result(name: str, x: float) -> int | float:
     if not math.isfinite(x):
         raise ExpressionError(f"filter '{name}' cannot make a whole number of {show(x)}")
-    return int(x)
+    r = int(x)
+    if not fits_int(r):  # 1e300|round would be a 997-bit int
+        raise LimitExceeded(f"filter '{name}' of {show(x)} gives a whole number of more than {MAX_INT_BITS} bits")
+    return r
 
 
 @register("round")
