@@ -49,6 +49,9 @@ def syntax_error(text: str, col: int, message: str, path: str, hint: str | None 
     )
 
 
+_HEX = "0123456789abcdefABCDEF"
+
+
 def _string(text: str, i: int, path: str) -> tuple[str, int]:
     quote = text[i]
     out: list[str] = []
@@ -64,10 +67,23 @@ def _string(text: str, i: int, path: str) -> tuple[str, int]:
             e = text[j + 1]
             if e == "u":
                 digits = text[j + 2 : j + 6]
-                if len(digits) != 4 or not all(d in "0123456789abcdefABCDEF" for d in digits):
+                if len(digits) != 4 or not all(d in _HEX for d in digits):
                     raise syntax_error(text, j, "\\u needs four hex digits", path)
-                out.append(chr(int(digits, 16)))
+                code = int(digits, 16)
                 j += 6
+                if 0xD800 <= code <= 0xDFFF:
+                    # UTF-16 surrogates: a high one followed by a low one's escape is one character
+                    # (as in JSON: '\ud83d\ude00' is the emoji); alone, one is no character at all
+                    low = text[j + 2 : j + 6] if text[j : j + 2] == "\\u" else ""
+                    if code <= 0xDBFF and len(low) == 4 and all(d in _HEX for d in low) and 0xDC00 <= int(low, 16) <= 0xDFFF:
+                        out.append(chr(0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)))
+                        j += 6
+                        continue
+                    raise syntax_error(
+                        text, j - 6, f"\\u{digits} is half of a UTF-16 surrogate pair, not a character", path,
+                        hint="write the pair (\\ud83d\\ude00) or the character itself",
+                    )
+                out.append(chr(code))
                 continue
             if e not in _ESCAPES:
                 raise syntax_error(
@@ -110,8 +126,11 @@ def _number(text: str, i: int, path: str) -> tuple[int | float, int]:
         if not math.isfinite(value):
             raise syntax_error(text, i, f"the number {raw} is too large", path)
         return value, j
-    if len(raw) > 19 or int(raw) > 2**63 - 1:
-        raise syntax_error(text, i, f"the whole number {raw} does not fit in 64 bits", path, hint="write it as a float: 1e20")
+    # 2**63 right after a minus: -9223372036854775808, the smallest 64-bit number
+    if len(raw) > 19 or int(raw) > 2**63 - (i == 0 or text[i - 1] != "-"):
+        as_float = float(raw)  # a digit string never overflows float(): it gives inf
+        hint = f"write it as a float: {as_float!r}".replace("e+", "e") if math.isfinite(as_float) else None
+        raise syntax_error(text, i, f"the whole number {raw} does not fit in 64 bits", path, hint=hint)
     return int(raw), j
 
 
