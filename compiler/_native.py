@@ -61,7 +61,7 @@ from compiler._steps import EFFECT_STEPS
 from runtime import CronstackError, Op, Program, RunFailed, Value
 from runtime._effects import EFFECTS, RESULT_OPTIONAL
 from runtime._errors import error_from_object
-from runtime._limits import INSTRUCTIONS_PER_YIELD, NATIVE_INSTRUCTIONS_PER_YIELD
+from runtime._limits import FILTER_WEIGHT, INSTRUCTIONS_PER_CHECK, NATIVE_INSTRUCTIONS_PER_CHECK, YIELD_SLICE
 from runtime._values import check_limits, to_text
 from runtime._vm import (
     _a_call,
@@ -110,7 +110,8 @@ def _error_at(exc: BaseException, site: tuple[str, Any, Value | None]) -> dict[s
 
 _HELPERS: dict[str, Any] = {
     "_asyncio": asyncio,  # looked up at each yield: tests patch asyncio.sleep
-    "_BUDGET": NATIVE_INSTRUCTIONS_PER_YIELD,
+    "_BUDGET": NATIVE_INSTRUCTIONS_PER_CHECK,
+    "_SLICE": YIELD_SLICE,
     "_Exception": Exception,
     "_Cancelled": asyncio.CancelledError,
     "_interrupted": interrupted,
@@ -509,7 +510,7 @@ class _Gen:
         # a for loop with locals counts its iterations to the next yield instead of
         # decrementing ``_b`` each time: the same yields, one comparison per iteration
         counted = local is not None and mode != "while"
-        per_yield = (NATIVE_INSTRUCTIONS_PER_YIELD - 1) // weight + 1
+        per_yield = (NATIVE_INSTRUCTIONS_PER_CHECK - 1) // weight + 1
         nxt = f"_n{n}"
         self.local = local
         index = self.local_of("index")
@@ -521,7 +522,7 @@ class _Gen:
             if index and not writes(step.get("operations"), "index"):
                 i = counter = index
                 index = None
-            self.line(f"{nxt} = (_b - 1) // {weight}  # the iteration that yields")
+            self.line(f"{nxt} = (_b - 1) // {weight}  # the iteration that reads the clock")
             self.line(f"{i} = -1")
         self.line("try:")
         self.indent()
@@ -539,8 +540,10 @@ class _Gen:
             self.line(f"_b -= {weight}")
             self.line("if _b <= 0:")
             self.line("    _b = _BUDGET")
+        self.line("    if _perf() >= _due:  # held the loop a whole slice: give it a turn")
         yield_at = len(self.lines)
-        self.line("    await _asyncio.sleep(0)")
+        self.line("        await _asyncio.sleep(0)")
+        self.line("        _due = _perf() + _SLICE")
         if mode == "while":
             self.site(path, None, None, "condition")
             cond = self.expr(step["condition"], f"{path}.condition", condition=True)
@@ -844,7 +847,11 @@ def _natural(name: str) -> tuple[int, str]:
 
 
 def _weight(steps: Any) -> int:
-    """About the instructions the VM runs for ``steps``: the yield countdown's unit."""
+    """About the instructions the VM runs for ``steps``: the clock-check countdown's unit.
+
+    A filter in a field weighs ``FILTER_WEIGHT`` more: it may walk a whole list,
+    so a loop of such steps reads the clock every iteration or two.
+    """
     total = 0
     for step in steps or ():
         total += 1
@@ -855,7 +862,20 @@ def _weight(steps: Any) -> int:
                 total += 1 + _weight(val)
             elif key == "cases" and isinstance(val, dict):
                 total += sum(1 + _weight(v) for v in val.values() if isinstance(v, list))
+            else:
+                total += FILTER_WEIGHT * _pipes(val)
     return total
+
+
+def _pipes(value: Any) -> int:
+    """How many ``|`` the texts of a field's value hold (each may be a filter)."""
+    if isinstance(value, str):
+        return value.count("|")
+    if isinstance(value, dict):
+        return sum(_pipes(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_pipes(v) for v in value)
+    return 0
 
 
 def _render(gen: _Gen, name: str) -> str:
@@ -865,6 +885,7 @@ def _render(gen: _Gen, name: str) -> str:
         *(["    _tr = ctx.tracer", "    _busy = False"] if gen.traced else []),
         "    _at = 0",
         "    _b = _BUDGET",
+        "    _due = _perf() + _SLICE",
         "    try:",
     ]
     if gen.traced:  # an error no catch takes: reported, as the VM does, then the run fails
@@ -900,7 +921,7 @@ def _generate(stack: list[Any], program: Program, path: str, traced: bool = Fals
     if traced:
         # a traced step costs about what the VM's dispatch of it did (the tracer's
         # summaries dominate), so the VM's yield budget keeps the VM's slices of time
-        ns["_BUDGET"] = INSTRUCTIONS_PER_YIELD
+        ns["_BUDGET"] = INSTRUCTIONS_PER_CHECK
     return _render(gen, program.name), ns
 
 

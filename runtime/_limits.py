@@ -5,8 +5,10 @@ __all__ = (
     "MAX_LIST_LENGTH",
     "MAX_NESTING_DEPTH",
     "MAX_EXPRESSION_LENGTH",
-    "INSTRUCTIONS_PER_YIELD",
-    "NATIVE_INSTRUCTIONS_PER_YIELD",
+    "YIELD_SLICE",
+    "INSTRUCTIONS_PER_CHECK",
+    "NATIVE_INSTRUCTIONS_PER_CHECK",
+    "FILTER_WEIGHT",
     "MAX_CALL_DEPTH",
 )
 
@@ -18,12 +20,18 @@ MAX_LIST_LENGTH = 1_000_000
 MAX_NESTING_DEPTH = 100
 #: Longest expression source the compiler accepts (characters).
 MAX_EXPRESSION_LENGTH = 20_000
-#: A run gives the event loop a turn after this many instructions.
-INSTRUCTIONS_PER_YIELD = 1_000
-#: The same for a stack running as generated Python (compiler/_native.py), which
-#: counts the same instruction weights: with no dispatch each costs about a
-#: quarter, so four times the count is about the same slice of time (measured:
-#: a yield every ~0.12 ms in bench_vm's loop, far inside "a few milliseconds").
-NATIVE_INSTRUCTIONS_PER_YIELD = 4 * INSTRUCTIONS_PER_YIELD
+#: A run that has held the event loop this long (seconds) gives it a turn at its
+#: next check. Time, not a count of steps: a loop whose steps sort big lists must
+#: yield as soon as one whose steps add numbers (and so be stoppable by its timeout).
+YIELD_SLICE = 0.002
+#: The VM reads the clock after this many instructions. A read costs about as
+#: much as two instructions (callgrind: ~3% of a compute loop at 16).
+INSTRUCTIONS_PER_CHECK = 16
+#: The same for a stack running as generated Python (compiler/_native.py), in the
+#: same instruction weights, each costing about a quarter of the VM's.
+NATIVE_INSTRUCTIONS_PER_CHECK = 128
+#: The weight native code gives a filter (``|name``) in a loop body: a filter may
+#: walk a whole list, so a loop body with one reads the clock at every iteration.
+FILTER_WEIGHT = NATIVE_INSTRUCTIONS_PER_CHECK
 #: How deeply custom functions may call each other.
 MAX_CALL_DEPTH = 64

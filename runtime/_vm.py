@@ -1,9 +1,11 @@
 """The VM: runs a ``Program`` in a frame, cooperatively, on the event loop.
 
 Synchronous instructions run back to back without creating coroutines; only
-waits, effects and calls await. Every ``INSTRUCTIONS_PER_YIELD`` instructions
-the run gives the loop a turn, so a ``while true`` compute loop neither starves
-other runs nor escapes a timeout (cancellation lands at that turn).
+waits, effects and calls await. Every ``INSTRUCTIONS_PER_CHECK`` instructions
+the run reads the clock, and once it has held the loop for ``YIELD_SLICE`` it
+gives the loop a turn, so a ``while true`` compute loop neither starves other
+runs nor escapes a timeout (cancellation lands at that turn), however costly
+its steps.
 
 Frame state (pc, scope, loop stack, try stack) is plain data. Values are never
 mutated in place when anything else may hold them (see ``_update``).
@@ -28,7 +30,7 @@ from runtime._errors import (
     error_from_object,
 )
 from runtime._interfaces import RunContext
-from runtime._limits import INSTRUCTIONS_PER_YIELD, MAX_CALL_DEPTH, MAX_LIST_LENGTH
+from runtime._limits import INSTRUCTIONS_PER_CHECK, MAX_CALL_DEPTH, MAX_LIST_LENGTH, YIELD_SLICE
 from runtime._program import Op, Program, Value
 from runtime._values import check_limits, to_text, truthy, type_name
 
@@ -310,7 +312,8 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
     sync_table, async_table = (_SYNC if tracer is None else _SYNC_TRACED), _ASYNC
     # opcodes as locals: an enum attribute lookup costs more than the instruction
     SET, JUMP, JUMP_IF_NOT, LOOP_NEXT = Op.SET, Op.JUMP, Op.JUMP_IF_NOT, Op.LOOP_NEXT  # noqa: N806
-    budget = INSTRUCTIONS_PER_YIELD
+    budget = INSTRUCTIONS_PER_CHECK
+    due = time.perf_counter() + YIELD_SLICE  # the run gives the loop a turn once past this
     pc = frame.pc
     path = frame.program.name
     kind = None
@@ -322,9 +325,11 @@ async def _run(frame: Frame, ctx: RunContext) -> Any:  # noqa: C901 - the dispat
                 pc += 1
                 budget -= 1
                 if budget <= 0:
-                    budget = INSTRUCTIONS_PER_YIELD
-                    frame.pc = pc
-                    await asyncio.sleep(0)
+                    budget = INSTRUCTIONS_PER_CHECK
+                    if time.perf_counter() >= due:
+                        frame.pc = pc
+                        await asyncio.sleep(0)
+                        due = time.perf_counter() + YIELD_SLICE
                 if tracer is not None and kind is not None:
                     t0 = time.time()
                     p0 = time.perf_counter()

@@ -378,19 +378,17 @@ def test_localize_rewrites_only_reads_of_the_scope():
             _localize(code, local)
 
 
-def test_a_counted_loop_yields_as_often_as_the_countdown(monkeypatch):
-    """A for loop with locals counts to its next yield: the same yields as ``_b -= weight``."""
+def _racing_clock(monkeypatch):
+    """Native code's clock a second further at each read: every clock check yields."""
+    from compiler import _native
+
+    ticks = iter(range(1, 10**9))
+    monkeypatch.setitem(_native._HELPERS, "_perf", lambda: float(next(ticks)))
+
+
+def _count_yields(monkeypatch):
     import asyncio
 
-    from runtime._limits import NATIVE_INSTRUCTIONS_PER_YIELD as INSTRUCTIONS_PER_YIELD
-
-    n, weight = 20_000, 5  # 2 + conditional(1) + its branch(1) + one update(1)
-    program = compile_stack([cv("t", 0), loop([cond("index > 1", [uv("t", "increment")])], times=n), ret("{{ t }}")])
-    expected, budget = 0, INSTRUCTIONS_PER_YIELD
-    for _ in range(n):
-        budget -= weight
-        if budget <= 0:
-            budget, expected = INSTRUCTIONS_PER_YIELD, expected + 1
     calls = []
     real_sleep = asyncio.sleep
 
@@ -399,8 +397,50 @@ def test_a_counted_loop_yields_as_often_as_the_countdown(monkeypatch):
         await real_sleep(delay, *args)
 
     monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    return calls
+
+
+def test_a_counted_loop_reads_the_clock_as_often_as_the_countdown(monkeypatch):
+    """A for loop with locals counts to its next clock check: the same checks as ``_b -= weight``."""
+    import asyncio
+
+    from runtime._limits import NATIVE_INSTRUCTIONS_PER_CHECK as PER_CHECK
+
+    _racing_clock(monkeypatch)
+    n, weight = 20_000, 5  # 2 + conditional(1) + its branch(1) + one update(1)
+    program = compile_stack([cv("t", 0), loop([cond("index > 1", [uv("t", "increment")])], times=n), ret("{{ t }}")])
+    expected, budget = 0, PER_CHECK
+    for _ in range(n):
+        budget -= weight
+        if budget <= 0:
+            budget, expected = PER_CHECK, expected + 1
+    calls = _count_yields(monkeypatch)
     assert asyncio.run(execute(program)) == n - 2
     assert len(calls) == expected > 0
+
+
+def test_a_loop_body_with_a_filter_reads_the_clock_at_every_iteration(monkeypatch):
+    """A filter may walk a whole list: such an iteration alone can use up a time slice."""
+    import asyncio
+
+    _racing_clock(monkeypatch)
+    n = 50
+    program = compile_stack([cv("l", [3, 1, 2]), cv("t", 0),
+                             loop([uv("t", "set", "{{ t + (l|sort|length) }}")], times=n), ret("{{ t }}")])
+    calls = _count_yields(monkeypatch)
+    assert asyncio.run(execute(program)) == 3 * n
+    assert len(calls) >= n - 1
+
+
+def test_a_run_shorter_than_its_slice_never_yields(monkeypatch):
+    import asyncio
+
+    from compiler import _native
+
+    monkeypatch.setitem(_native._HELPERS, "_perf", lambda: 0.0)  # a frozen clock: the slice never ends
+    program = compile_stack([cv("t", 0), loop([uv("t", "increment")], times=100_000), ret("{{ t }}")])
+    calls = _count_yields(monkeypatch)
+    assert asyncio.run(execute(program)) == 100_000 and calls == []
 
 
 async def test_a_long_times_loop_with_locals_is_cancelled():

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from compiler import lower_stack
 from runtime import RunContext, RunFailed, execute
-from runtime._limits import INSTRUCTIONS_PER_YIELD
+from runtime._limits import INSTRUCTIONS_PER_CHECK
 from tests.support import assert_cancellable_while_others_run
 
 pytestmark = pytest.mark.anyio
@@ -263,29 +263,49 @@ async def test_compute_loop_yields_and_can_be_cancelled():
     await assert_cancellable_while_others_run(lambda: execute(program, RunContext(tracer=Quiet())))
 
 
-async def test_yield_budget_is_the_named_limit():
-    count = 0
-    real_sleep = anyio.sleep
+class _Clock:
+    """``perf_counter`` for the VM and the native code: frozen, or a second further at each read."""
 
+    def __init__(self, step: float) -> None:
+        self.t, self.step = 0.0, step
+
+    def perf_counter(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize(("step", "yields"), [(0.0, False), (1.0, True)])
+async def test_a_run_yields_when_its_time_slice_is_used_up(monkeypatch, step, yields):
+    """The clock is read every INSTRUCTIONS_PER_CHECK instructions; a turn is given only once the
+    slice is used up: never with a frozen clock, at every read with one that races ahead."""
     import asyncio
+    import types
+
+    from compiler import _native
+
+    clock = _Clock(step)
+    monkeypatch.setattr("runtime._vm.time", types.SimpleNamespace(perf_counter=clock.perf_counter, time=lambda: 0.0))
+    monkeypatch.setitem(_native._HELPERS, "_perf", clock.perf_counter)
+    count = 0
+    real_sleep = asyncio.sleep
 
     async def counting_sleep(delay, *a, **k):
         nonlocal count
         count += 1
         await real_sleep(0)
 
-    program = compile_stack([cv("i", 0), {"function": "loop", "times": INSTRUCTIONS_PER_YIELD, "operations": [uv("i", "increment")]}])
-    orig = asyncio.sleep
-    asyncio.sleep = counting_sleep
-    try:
-        await execute(program, RunContext(tracer=Quiet()))
-        vm_count, count = count, 0
-        await execute(program)  # the native backend: NATIVE_INSTRUCTIONS_PER_YIELD
-    finally:
-        asyncio.sleep = orig
-    # about 3 instructions per iteration: LOOP_NEXT, UPDATE, JUMP
-    assert 2 <= vm_count <= 4
-    assert count <= 1
+    n = 100 * INSTRUCTIONS_PER_CHECK
+    program = compile_stack([cv("i", 0), {"function": "loop", "times": n, "operations": [uv("i", "increment")]}])
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    await execute(program, RunContext(tracer=Quiet()))  # the VM
+    vm_count, count = count, 0
+    await execute(program)  # the native code
+    if not yields:
+        assert vm_count == count == 0
+    else:
+        # two or three instructions per iteration (LOOP_NEXT, UPDATE, JUMP): a read every 8
+        assert 2 * n // INSTRUCTIONS_PER_CHECK <= vm_count <= 3 * n // INSTRUCTIONS_PER_CHECK + 2
+        assert count > 0
 
 
 async def test_functions_interface_and_async_mode():
