@@ -32,7 +32,7 @@ from runtime._errors import (
 from runtime._interfaces import RunContext
 from runtime._limits import INSTRUCTIONS_PER_CHECK, MAX_CALL_DEPTH, MAX_LIST_LENGTH, YIELD_SLICE
 from runtime._program import Op, Program, Value
-from runtime._values import check_limits, to_text, truthy, type_name
+from runtime._values import add, check_limits, eq, sub, to_text, truthy, type_name
 
 __all__ = ("execute", "Frame")
 
@@ -106,7 +106,8 @@ def _update(scope: dict[str, Any], name: str, operation: str, value: Any) -> Any
     elif operation in ("increment", "decrement"):
         step = 1 if value is None else _number(value, f"the {operation} value")
         base = 0 if cur is None else _number(cur, f"variable '{name}'")
-        scope[name] = base + step if operation == "increment" else base - step
+        # add/sub: the 256-bit limit on whole numbers, and no overflow to infinity
+        scope[name] = add(base, step) if operation == "increment" else sub(base, step)
     elif operation == "append":
         if cur is None:
             scope[name] = [value]
@@ -136,7 +137,7 @@ def _update(scope: dict[str, Any], name: str, operation: str, value: Any) -> Any
             key = to_text(value)
             scope[name] = {k: v for k, v in cur.items() if k != key}
         elif isinstance(cur, list):
-            scope[name] = [v for v in cur if v != value]
+            scope[name] = [v for v in cur if not eq(v, value)]  # `==`'s equality: true is not 1
         elif cur is not None:
             raise _fail(f"cannot remove from variable '{name}': it is {type_name(cur)}", "ExpressionError")
     else:  # pragma: no cover - the compiler only emits the operations above

@@ -324,7 +324,7 @@ def test_now_from_an_int_clock_still_works():
 
 def test_a_constant_added_to_a_sum_joins_its_int_branch():
     code = _code("stats.done + stats.failed + 1")
-    assert "_t2 + _t3 + 1 if" in code
+    assert "_t4 + 1 if" in code and "(_t4 := _t2 + _t3)" in code  # one range check for the whole sum
     fn = compile_expression("stats.done + stats.failed + 1", "p")[0].fn
     assert fn({"stats": {"done": 7, "failed": 1}}) == 9
     assert fn({"stats": {"done": 7.5, "failed": 1}}) == 9.5

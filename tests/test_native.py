@@ -703,3 +703,28 @@ def test_localize_agrees_with_the_tokenize_rewrite(text):
         except _NoLocals:
             got = _NoLocals
         assert got == want, code
+
+
+# -- update_variable keeps the limits of + and - and the equality of == ---------------------------
+
+
+@pytest.mark.parametrize("local", [False, True])
+async def test_increment_refuses_a_number_past_the_limits(local):
+    """Doubling by increment passes 256 bits; a float incremented past the largest one is refused."""
+    body = [uv("x", "increment", "{{ x }}")] if local else [uv("x", "increment", "{{ x }}"), cv("seen", "{{ x }}")]
+    outcome, _, _ = await _both([cv("x", 1), loop(body, times=300), ret("{{ x }}")], RunContext)
+    assert outcome[0] == "failed" and outcome[1]["type"] == "LimitExceeded" and "256 bits" in outcome[1]["message"]
+    outcome, _, _ = await _both([cv("x", 1e308), loop([uv("x", "increment", 1e308)], times=2), ret("{{ x }}")],
+                                RunContext)
+    assert outcome[0] == "failed" and "too large" in outcome[1]["message"], outcome
+    outcome, _, _ = await _both([cv("x", 2**255), uv("x", "decrement", -(2**255)), ret("{{ x }}")], RunContext)
+    assert outcome[0] == "failed" and outcome[1]["type"] == "LimitExceeded"
+    ok, _, _ = await _both([cv("x", 1.5), loop([uv("x", "increment")], times=3), ret("{{ x }}")], RunContext)
+    assert ok == ("ok", 4.5)
+
+
+async def test_remove_uses_the_equality_of_eq():
+    stack = [cv("l", [1, 0, True, False, 1.0, "1", [1], {"a": 1}]),
+             uv("l", "remove", True), uv("l", "remove", 0), uv("l", "remove", [1.0]), ret("{{ l }}")]
+    outcome, _, _ = await _both(stack, RunContext)
+    assert outcome == ("ok", [1, False, 1.0, "1", {"a": 1}])
