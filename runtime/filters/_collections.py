@@ -202,7 +202,7 @@ def _numbers(name: str, value: Any, attribute: Any) -> list[int | float]:
 
 @register("sum")
 def f_sum(value, attribute=None):
-    """Sum of a list of numbers (or of a field of objects); 0 for an empty list."""
+    """Sum of a list of numbers (or of a field of objects); 0 for an empty list; an error past the number limits."""
     nums = _numbers("sum", value, attribute)
     try:
         r = sum(nums)
@@ -216,7 +216,7 @@ def f_sum(value, attribute=None):
 
 @register("average")
 def f_average(value, attribute=None):
-    """Mean of a list of numbers (or of a field of objects); null for an empty list."""
+    """Mean of a list of numbers (or of a field of objects); null for an empty list; an error past the number limits."""
     nums = _numbers("average", value, attribute)
     try:
         r = sum(nums) / len(nums) if nums else None
