@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 import anyio
 import pytest
 
+# the engine tests' helpers; quick_shutdown (autouse) cancels runs left waiting on the virtual clock
+from test_engine import RET, WAIT, quick_shutdown, task  # noqa: F401
+
 from compiler import load_definitions
 from engine import CompileError, Engine, FakeClock, Schedule
 from engine._scheduler import fires_between, last_fire_between, schedules_of
@@ -23,20 +26,6 @@ pytestmark = pytest.mark.anyio
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
 
-@pytest.fixture(autouse=True)
-def quick_shutdown(monkeypatch):
-    """Runs still waiting on a virtual clock at the end of a test are cancelled at once."""
-    from engine import EngineConfig
-
-    monkeypatch.setattr("engine._engine.load_config", lambda _dir: EngineConfig(shutdown_grace=0.05))
-
-
-def task(name, stack, **settings):
-    return {"name": name, "stack": stack, **settings}
-
-
-WAIT = lambda s: {"function": "wait", "duration": s}  # noqa: E731
-RET = lambda v: {"function": "return", "value": v}  # noqa: E731
 
 
 async def settle(clock):
