@@ -27,7 +27,7 @@ import msgspec
 from compiler._definitions import Function, Task, compile_definition
 from compiler._errors import CompileError, Diagnostic, did_you_mean
 
-__all__ = ("Definitions", "load_definitions", "decode_json_file", "check_calls")
+__all__ = ("Definitions", "load_definitions", "load_what_compiles", "decode_json_file", "check_calls")
 
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".hypothesis"}
 #: the largest definition file accepted (bytes); larger is almost surely a mistake
@@ -204,17 +204,34 @@ def check_calls(defs: Definitions, known: Iterable[str] = ()) -> list[Diagnostic
 
 def load_definitions(source: str | os.PathLike[str] | Iterable[dict[str, Any]]) -> Definitions:
     """Compile a project folder (every ``*.json`` below it) or a list of definition dicts."""
+    defs, diags, _ = load_what_compiles(source)
+    if diags:
+        raise CompileError(diags)
+    return defs
+
+
+def load_what_compiles(
+    source: str | os.PathLike[str] | Iterable[dict[str, Any]],
+) -> tuple[Definitions, list[Diagnostic], set[str]]:
+    """The definitions that compile, every problem found, and the names of those that did not.
+
+    ``load_definitions`` refuses the whole project when one file fails;
+    ``cronstack check`` uses this to go on checking the files that are fine.
+    """
     with _gc_paused():
-        return _load(source)
+        return _compile_all(source)
 
 
-def _load(source: str | os.PathLike[str] | Iterable[dict[str, Any]]) -> Definitions:
+def _compile_all(
+    source: str | os.PathLike[str] | Iterable[dict[str, Any]],
+) -> tuple[Definitions, list[Diagnostic], set[str]]:
     defs = Definitions()
     diags: list[Diagnostic] = []
+    failed: set[str] = set()
     if isinstance(source, str | os.PathLike):
         root = Path(source)
         if not root.is_dir():
-            raise CompileError(Diagnostic(f"'{root}' is not a folder of definitions", file=str(root)))
+            return defs, [Diagnostic(f"'{root}' is not a folder of definitions", file=str(root))], failed
         items = []
         for path, shown in project_files(str(root)):
             try:
@@ -228,6 +245,6 @@ def _load(source: str | os.PathLike[str] | Iterable[dict[str, Any]]) -> Definiti
             defs.add(compile_definition(raw, shown), diags)
         except CompileError as exc:
             diags.extend(exc.diagnostics)
-    if diags:
-        raise CompileError(diags)
-    return defs
+            if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+                failed.add(raw["name"])
+    return defs, diags, failed

@@ -98,34 +98,15 @@ def _schedule_diags(defs: Definitions) -> list[Diagnostic]:
 
 
 def _load_all(root: str) -> tuple[Definitions, list[Diagnostic]]:
-    """Compile every definition file below ``root``, keeping those that compile.
+    """Every definition below ``root`` that compiles, and all problems together.
 
-    ``load_definitions`` raises when any file fails and keeps nothing, so ``check``
-    could not look at the schedules and calls of the files that are fine;
-    here every file is compiled on its own and all problems are returned together.
-    Calls are checked against every name the project defines, including files that
-    failed to compile (their own errors are reported; a call of them is not).
+    The schedules and calls of the files that compile are checked even when
+    others fail; calls are checked against every name the project defines,
+    including files that failed (their own errors are reported, a call of them is not).
     """
-    from compiler import compile_definition
-    from compiler._load import _gc_paused, project_files
+    from compiler._load import load_what_compiles
 
-    defs, diags = Definitions(), []
-    if not Path(root).is_dir():
-        return defs, [Diagnostic(f"'{root}' is not a folder of definitions", file=str(root))]
-    failed: set[str] = set()
-    with _gc_paused():
-        for path, shown in project_files(str(root)):
-            try:
-                raw = decode_json_file(path, shown)
-            except CompileError as exc:
-                diags += exc.diagnostics
-                continue
-            try:
-                defs.add(compile_definition(raw, shown), diags)
-            except CompileError as exc:
-                diags += exc.diagnostics
-                if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-                    failed.add(raw["name"])
+    defs, diags, failed = load_what_compiles(root)
     diags += check_calls(defs, known=failed) + _schedule_diags(defs)
     return defs, diags
 
