@@ -476,12 +476,17 @@ async def test_a_python_functions_result_is_a_plain_json_copy():
         RED = "red"
 
     kept = {"items": (1, 2), "colour": Colour.RED, "n": True}
-    stack = [{"function": "custom_function", "name": "f", "return_as": "r"}, RET("{{ r }}")]
+    stack = [{"function": "custom_function", "name": "f", "return_as": "r"},
+             {"function": "update_variable", "name": "r", "operation": "merge", "value": {"n": False}},
+             # inside the run the values are plain JSON: a list that + extends, a text
+             RET({"r": "{{ r }}", "more": "{{ r['items'] + [3] }}", "upper": "{{ r.colour|upper }}"})]
     async with Engine.open([task("t", stack)]) as engine:
         engine.register_function("f", lambda inputs: kept)
         run = await engine.trigger("t", wait=True)
-        assert run["result"] == {"items": [1, 2], "colour": "red", "n": True}
-        assert type(run["result"]["colour"]) is str
+        assert run["status"] == "completed", run["error"]
+        assert run["result"] == {"r": {"items": [1, 2], "colour": "red", "n": False}, "more": [1, 2, 3],
+                                 "upper": "RED"}
+        assert kept == {"items": (1, 2), "colour": Colour.RED, "n": True}  # the function's own object untouched
 
 
 async def test_serve_refuses_unresolved_function_calls():
