@@ -83,9 +83,11 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
         raise CompileError(
             Diagnostic("the JSON nests too deeply to be a definition", "", shown, hint="flatten the file")
         ) from None
-    except UnicodeDecodeError:
-        raise _not_utf8(data, shown) from None
-    except msgspec.DecodeError as exc:
+    except (UnicodeDecodeError, msgspec.DecodeError) as exc:
+        # msgspec up to 0.22 raised UnicodeDecodeError for bad UTF-8 and 0.23
+        # raises DecodeError without a position, so check the bytes ourselves
+        if not _is_utf8(data):
+            raise _not_utf8(data, shown) from None
         msg = str(exc)
         where = ""
         if "(byte " in msg:
@@ -115,6 +117,14 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
 
 
 _BOM = b"\xef\xbb\xbf"
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _not_utf8(data: bytes, shown: str) -> CompileError:
