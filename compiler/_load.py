@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,6 +90,8 @@ def decode_json_file(path: str | os.PathLike[str], shown: str) -> Any:
         # raises DecodeError without a position, so check the bytes ourselves
         if not _is_utf8(data):
             raise _not_utf8(data, shown) from None
+        if isinstance(exc, msgspec.ValidationError) and "out of range" in str(exc):
+            raise _number_too_big(data, shown) from None
         msg = str(exc)
         where = ""
         if "(byte " in msg:
@@ -136,6 +140,35 @@ def _not_utf8(data: bytes, shown: str) -> CompileError:
         where = f"line {line}, column {col}"
     return CompileError(
         Diagnostic("the file is not valid UTF-8", where, shown, hint="save the file as UTF-8 (without a byte-order mark)")
+    )
+
+
+#: a JSON string (skipped whole, so digits inside it are not numbers) or a JSON number
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?')
+
+
+def _number_too_big(data: bytes, shown: str) -> CompileError:
+    """Name the number msgspec could not hold (its own message has no position)."""
+    where, number, limit = "", "a number", sys.get_int_max_str_digits()  # 0: no limit
+    for m in _TOKEN.finditer(data):
+        token = m.group()
+        if token[:1] == b'"':
+            continue
+        digits = token.lstrip(b"-")
+        too_big = 0 < limit < len(digits) if digits.isdigit() else math.isinf(float(token))
+        if too_big:
+            line, col = _line_col(data, m.start())
+            where = f"line {line}, column {col}"
+            number = token.decode() if len(token) <= 40 else f"{token[:20].decode()}... ({len(token)} characters)"
+            break
+    return CompileError(
+        Diagnostic(
+            f"the number {number} is too large: a fraction or exponent must fit a 64-bit float "
+            f"(about 1.8e308)" + (f" and a whole number {limit:,} digits" if limit else ""),
+            where,
+            shown,
+            hint="write it as a string if it is an identifier, or use a smaller number",
+        )
     )
 
 
