@@ -127,9 +127,13 @@ async def _add_or_edit_record(ctx: RunContext, f: dict[str, Any]) -> Any:
     if not isinstance(identifier, str) or not identifier:
         raise RunError("'identifier' must name a field of 'data'", error_type="InvalidInput")
     data = _need_object(f.get("data"), "data")
-    if identifier not in data:
+    value: Any = data
+    for part in identifier.split("."):  # a dotted identifier is a path into nested objects, as in filters
+        value = value.get(part) if type(value) is dict else None
+    if value is None:
         raise RunError(
-            f"'data' has no field '{identifier}' to match on (the step's identifier)",
+            f"'data' has no value for '{identifier}' to match on (the step's identifier)"
+            + ("; a dotted identifier is a path into nested objects" if "." in identifier else ""),
             error_type="InvalidInput",
         )
     return await _records(ctx).upsert(_table(f), data, identifier)

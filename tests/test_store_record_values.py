@@ -104,3 +104,22 @@ async def test_a_failed_id_mark_read_is_a_record_error_and_the_next_add_retries(
     with pytest.raises(RecordError, match="reading the id mark of table 'u'"):
         await store.add("u", {"v": 1})
     assert (await store.add("u", {"v": 2}))["id"] == 1 and failures
+
+
+async def test_a_step_with_a_dotted_identifier_upserts_through_the_engine(tmp_path):
+    """The step checks the identifier as the store reads it: a path, not a top-level key."""
+    from engine import Engine, RunFailed
+
+    step = {"function": "add_or_edit_record", "table": "c", "identifier": "crm.id",
+            "data": {"crm": {"id": "{{ k }}"}, "v": "{{ v }}"}, "return_as": "rec"}
+    async with Engine.open([], database=f"sqlite:///{tmp_path}/e.db") as engine:
+        for v in (1, 2):
+            rec = await engine.run_stack([step, {"function": "return", "value": "{{ rec }}"}], {"k": "c-1", "v": v})
+        assert rec["v"] == 2 and rec["crm"] == {"id": "c-1"}
+        assert await engine.run_stack([{"function": "count_records", "table": "c", "return_as": "n"},
+                                       {"function": "return", "value": "{{ n }}"}]) == 1
+        with pytest.raises(RunFailed) as info:
+            await engine.run_stack([step], {"k": None, "v": 3})
+    assert info.value.error["type"] == "InvalidInput"
+    assert "no value for 'crm.id'" in info.value.error["message"]
+    assert "path into nested objects" in info.value.error["message"]
