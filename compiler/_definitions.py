@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -160,13 +160,44 @@ def _settings(
             # strict: "300" for a timeout is refused, not read as a number (true, 1 and "1" stay apart)
             out[key] = msgspec.convert(value, typ)
         except msgspec.ValidationError as exc:
-            msg = str(exc)
-            sub = ""
-            if " - at `$" in msg:
-                msg, _, at = msg.partition(" - at `$")
-                sub = at.rstrip("`")
-            diags.append(Diagnostic(msg, f"{key}{sub}"))
+            diags.append(_explain(key, typ, value, str(exc)))
     return out
+
+
+#: msgspec's type names, as the docs speak of JSON values
+_KINDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "a text",
+          "array": "a list", "object": "an object", "null": "null", "str | null": "a text or null"}
+_EXPECTED = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+
+
+def _explain(key: str, typ: Any, value: Any, msg: str) -> Diagnostic:
+    """msgspec's reason a setting does not convert, said with the field's path, its allowed values and a hint."""
+    msg, _, at = msg.partition(" - at `$")
+    path = key + at.rstrip("`")
+    field_name = path.rsplit(".", 1)[-1]
+    choices = get_args(typ) if get_origin(typ) is Literal else ()
+    if choices:  # an enum: list what it may be, and the nearest
+        hint = did_you_mean(value, choices) if isinstance(value, str) else None
+        return Diagnostic(f"'{key}' must be one of {', '.join(choices)}; got {_shown(value)}", path, hint=hint)
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", msg)
+    if unknown and isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+        name, allowed = unknown.group(1), typ.__struct_fields__
+        return Diagnostic(f"unknown field '{name}' in '{key}'", f"{path}.{name}",
+                          hint=did_you_mean(name, allowed) or f"allowed: {', '.join(allowed)}")
+    expected = _EXPECTED.fullmatch(msg)
+    if expected:
+        want, got = (_KINDS.get(t, t) for t in expected.groups())
+        if path == key and not isinstance(value, (dict, list)):
+            got += f" ({_shown(value)})"
+        hint = "write the number without quotes" if want.endswith("number") and got.startswith("a text") else None
+        return Diagnostic(f"'{field_name}' must be {want}, got {got}", path, hint=hint)
+    return Diagnostic(msg, path)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the file wrote it, shortened."""
+    text = repr(value) if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _name(raw: dict[str, Any], diags: list[Diagnostic]) -> str:

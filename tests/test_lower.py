@@ -1,5 +1,6 @@
 """Lowering: every step kind compiles, every mistake is reported with its JSON path and a hint."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ def test_load_reports_invalid_json_with_line_and_column(tmp_path):
      "u.json: line 2, column 48: the number -1e999 is too large"),
     (b'{"name": "u",\n "stack": [{"function": "return", "value": ' + b"7" * 5000 + b"}]}",
      "u.json: line 2, column 44: the number 77777777777777777777... (5000 characters) is too large"),
-    (b'{"name": "u", "timeout": "300", "stack": []}', "u.json: timeout: Expected `float`, got `str`"),
+    (b'{"name": "u", "timeout": "300", "stack": []}', "u.json: timeout: 'timeout' must be a number, got a text ('300'); write the number without quotes"),
     (b'{"name": "u", "request_history": {"retention_days": -1}, "stack": []}',
      "u.json: request_history.retention_days: 'retention_days' must be 0 or more days"),
 ])
@@ -199,3 +200,21 @@ def test_golden_programs(name):
 def test_instructions_remember_their_step():
     program = lower_stack([{"function": "wait", "duration": 1}], "t").program
     assert program.instrs[0].op is Op.WAIT and program.instrs[0].path == "stack[0]" and program.instrs[0].kind == "wait"
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("overlap", "sometimes", "overlap: 'overlap' must be one of skip, queue, allow, cancel_previous; got 'sometimes'"),
+    ("misfire", "runonce", "misfire: 'misfire' must be one of run_once, skip, run_all; got 'runonce'; did you mean 'run_once'?"),
+    ("cron_day_match", 3, "cron_day_match: 'cron_day_match' must be one of and, or; got 3"),
+    ("retry_policy", {"max_retrys": 1},
+     "retry_policy.max_retrys: unknown field 'max_retrys' in 'retry_policy'; did you mean 'max_retries'?"),
+    ("request_history", {"enabled": "yes"}, "request_history.enabled: 'enabled' must be true or false, got a text"),
+    ("tags", ["a", 1], "tags[1]: 'tags[1]' must be a text, got a whole number"),
+    ("max_concurrency", 1.5, "max_concurrency: 'max_concurrency' must be a whole number, got a number (1.5)"),
+])
+def test_task_settings_errors_name_the_allowed_values(tmp_path, field, value, expected):
+    """A setting of the wrong kind says what it may be, in JSON's words, not msgspec's type names."""
+    (tmp_path / "u.json").write_text(json.dumps({"name": "u", field: value, "stack": []}))
+    with pytest.raises(CompileError) as info:
+        load_definitions(tmp_path)
+    assert str(info.value) == f"u.json: {expected}"
