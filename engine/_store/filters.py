@@ -227,9 +227,10 @@ def equals(path: str, value: Any, params: list[Any]) -> str:
 class _Compiling:
     """The bound values of one filter so far, and how many terms it has used."""
 
-    __slots__ = ("params", "terms", "values")
+    __slots__ = ("params", "terms", "values", "d")
 
-    def __init__(self) -> None:
+    def __init__(self, dialect: Any = None) -> None:
+        self.d = _SQLITE if dialect is None else dialect
         self.params: list[Any] = []
         self.terms = 0
         self.values = 0
@@ -264,14 +265,18 @@ def _in(path: str, values: Any, st: _Compiling) -> str:
     consts: set[Any] = set()  # None, True, False: one term each however often listed
     for v in values:
         kind = _kind(v, where)
-        if kind == "number":
+        if kind == "number" and st.d is _SQLITE:
             numbers.append(_number(v))
         elif kind == "text":
             texts.append(v)
         elif kind == "json":
             jsons.append(_json_text(v, where))
+        elif kind == "number" and st.d is not _SQLITE:
+            numbers.append(v)
         else:
             consts.add(v)
+    if st.d is not _SQLITE:
+        return st.d.in_(path, numbers, texts, jsons, consts, st.params)
     parts = []
     if None in consts:
         parts.append(f"{expr} IS NULL")
@@ -289,22 +294,25 @@ def _in(path: str, values: Any, st: _Compiling) -> str:
 def _operator(path: str, op: str, arg: Any, st: _Compiling, depth: int) -> str:
     expr, typ = field_sql(path)
     where = f"filter on {path!r}: {op}"
+    d = st.d
     if op == "$not":
-        return _not(_field(path, arg, st, depth + 1))
+        return d.not_(_field(path, arg, st, depth + 1))
     if op == "$in":
         return _in(path, arg, st)
     if op == "$nin":
-        return _not(_in(path, arg, st))
+        return d.not_(_in(path, arg, st))
     st.spend(1)
     params = st.params
     if op == "$eq":
-        return equals(path, arg, params)
+        return d.equals(path, arg, params)
     if op == "$ne":
-        return _not(equals(path, arg, params))
+        return d.not_(d.equals(path, arg, params))
     if op in _RANGE:
         kind = _kind(arg, where)
         if kind not in ("number", "text"):
             raise InvalidFilter(f"{where} needs a number or a text, got {kind}")
+        if d is not _SQLITE:
+            return d.range(path, _RANGE[op], kind, arg, params)
         params.append(_number(arg) if kind == "number" else arg)
         guard = f"IN {_NUMBER_TYPES}" if kind == "number" else "= 'text'"
         return f"({typ} {guard} AND {expr} {_RANGE[op]} ?)"
@@ -320,11 +328,15 @@ def _operator(path: str, op: str, arg: Any, st: _Compiling, depth: int) -> str:
                 f"{where}: the pattern is {size} bytes, SQLite's limit is {_MAX_LIKE}; "
                 "use a shorter pattern (or $eq to compare a whole text)"
             )
+        if d is not _SQLITE:
+            return d.like(path, arg, params)
         params.append(arg)
         return f"({typ} = 'text' AND {expr} LIKE ? ESCAPE '\\')"
     if op == "$exists":
         if arg is not True and arg is not False:
             raise InvalidFilter(f"{where} needs true or false")
+        if d is not _SQLITE:
+            return d.exists(path, arg)
         if path in COLUMNS:
             return "1" if arg else "0"
         return f"{typ} IS {'NOT ' if arg else ''}NULL"
@@ -350,7 +362,7 @@ def _field(path: str, cond: Any, st: _Compiling, depth: int) -> str:
             )
         return _join([_operator(path, op, arg, st, depth) for op, arg in cond.items()], "AND")
     st.spend(1)
-    return equals(path, cond, st.params)
+    return st.d.equals(path, cond, st.params)
 
 
 def _node(flt: Any, st: _Compiling, depth: int) -> str:
@@ -367,11 +379,11 @@ def _node(flt: Any, st: _Compiling, depth: int) -> str:
                 raise InvalidFilter(f"{key} needs a list of filter objects")
             subs = [_node(c, st, depth + 1) for c in cond]
             if not subs:
-                parts.append("1" if key == "$and" else "0")
+                parts.append(st.d.true if key == "$and" else st.d.false)
             else:
                 parts.append(_join(subs, key[1:].upper()))
         elif key == "$not":
-            parts.append(_not(_node(cond, st, depth + 1)))
+            parts.append(st.d.not_(_node(cond, st, depth + 1)))
         elif key.startswith("$"):
             hint = did_you_mean(key, _LOGICAL)
             raise InvalidFilter(
@@ -382,19 +394,29 @@ def _node(flt: Any, st: _Compiling, depth: int) -> str:
             parts.append(_field(check_field(key), cond, st, depth))
     if not parts:
         st.spend(1)  # counts as a term: a list of many {} must be bounded too
-        return "1"
+        return st.d.true
     return _join(parts, "AND")
 
 
-def compile_filter(flt: Mapping[str, Any] | None) -> tuple[str, list[Any]]:
-    """``(where_sql, params)`` for a filter; no filter (or ``{}``) matches every record."""
+def compile_filter(
+    flt: Mapping[str, Any] | None, dialect: Any = None, params: list[Any] | None = None
+) -> tuple[str, list[Any]]:
+    """``(where_sql, params)`` for a filter; no filter (or ``{}``) matches every record.
+
+    ``dialect`` (None: SQLite) writes the SQL of each comparison; the checks,
+    limits and errors are the same for every dialect. ``params`` are values
+    already bound before the filter's (a dialect with numbered placeholders
+    counts from them); the result's list starts with them.
+    """
+    st = _Compiling(dialect)
+    if params:
+        st.params.extend(params)
     if flt is None:
-        return "1", []
-    st = _Compiling()
+        return st.d.true, st.params
     return _node(flt, st, 0), st.params
 
 
-def _sort_part(part: Any) -> str:
+def _sort_part(part: Any, dialect: Any = None) -> str:
     if isinstance(part, Mapping):
         unknown = set(part) - {"field", "direction"}
         if unknown or "field" not in part:
@@ -411,13 +433,16 @@ def _sort_part(part: Any) -> str:
         raise InvalidFilter(f"a sort entry must be a text or an object, got {type(part).__name__}")
     if not isinstance(direction, str) or direction.lower() not in ("asc", "desc"):
         raise InvalidFilter(f"sort direction {direction!r} for {field!r} must be 'asc' or 'desc'")
+    if dialect is not None:
+        return dialect.sort_key(check_field(field), direction.upper())
     return f"{field_sql(check_field(field))[0]} {direction.upper()}"
 
 
-def compile_sort(sort: str | list[Any] | None) -> str:
-    """An ORDER BY list; ties (and no sort) keep insertion order."""
+def compile_sort(sort: str | list[Any] | None, dialect: Any = None) -> str:
+    """An ORDER BY list; ties (and no sort) keep insertion order (``dialect`` as ``compile_filter``'s)."""
+    tie = "rowid" if dialect is None else dialect.insertion_order
     if sort is None or sort == "" or sort == []:
-        return "rowid"
+        return tie
     if isinstance(sort, str):
         entries: list[Any] = [p for p in sort.split(",") if p.strip()]
         if not entries:
@@ -428,7 +453,7 @@ def compile_sort(sort: str | list[Any] | None) -> str:
             entries.extend(p.split(",") if isinstance(p, str) else [p])
     else:
         raise InvalidFilter(f"sort must be a text or a list, got {type(sort).__name__}")
-    return ", ".join(_sort_part(p) for p in entries) + ", rowid"
+    return ", ".join(_sort_part(p, dialect) for p in entries) + f", {tie}"
 
 
 def check_count(value: Any, what: str) -> int | None:
@@ -446,3 +471,17 @@ def check_count(value: Any, what: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidFilter(f"{what} must be a whole number >= 0, got {value!r}")
     return min(value, _INT64_MAX)
+
+
+class _SQLiteDialect:
+    """SQLite's SQL for the comparisons (the module's own functions); ``_in`` and
+    ``_operator`` write SQLite's SQL inline and consult the dialect only for others."""
+
+    true = "1"
+    false = "0"
+    insertion_order = "rowid"
+    not_ = staticmethod(_not)
+    equals = staticmethod(equals)
+
+
+_SQLITE = _SQLiteDialect()
