@@ -1,8 +1,9 @@
 """Persistence: records for stacks and the engine's own state, in one database.
 
 ``open_store(url)`` returns a ``Store``: a ``runtime.Records`` for the record
-steps plus the engine's bookkeeping (runs, traces, schedule state). Writes are
-group-committed; see docs/store.md for the contract.
+steps plus the engine's bookkeeping (runs, traces, schedule state): SQLite
+(``sqlite:///``, one engine per file, group-committed writes) or PostgreSQL
+(``postgresql://``, several engines sharing one database). See docs/store.md.
 """
 
 from __future__ import annotations
@@ -69,13 +70,14 @@ class _Opening:
             raise StoreError(f"a database URL must be a text, got {url!r}")
         scheme = url.split(":", 1)[0].lower()
         if scheme in ("postgresql", "postgres"):
-            raise UnsupportedDatabase(
-                "PostgreSQL is not available in this build of cronstack yet; "
-                "use a sqlite:/// URL"
-            )
+            from engine._store.postgres import PostgresStore
+
+            kw = {k: v for k, v in self._kwargs.items() if k in ("indexes", "synchronous", "clock")}
+            return await PostgresStore.open(url, **kw)
         if scheme != "sqlite":
             raise UnsupportedDatabase(
-                f"unknown database URL {url!r}; use sqlite:///path/to.db"
+                f"unknown database URL {url.split('@')[-1]!r}; use sqlite:///path/to.db or "
+                "postgresql://user:password@host:port/database"
             )
         return await SQLiteStore.open(url, **self._kwargs)
 

@@ -155,6 +155,24 @@ class Store(abc.ABC):
     async def last_runs(self) -> dict[str, dict[str, Any]]:
         """The most recently created run of every task."""
 
+    # -- engines sharing one database (additive: backends that share override) --
+
+    #: whether several engines may serve one database at once (PostgreSQL). The
+    #: engine then checks periodically for runs left ``running`` by engines that
+    #: died (``recover_running``), not only when it starts.
+    shared: bool = False
+
+    async def register_engine(self, engine_id: str) -> None:
+        """Mark engine ``engine_id`` alive on this store until ``close``.
+
+        An engine calls it once, before it claims any run. On a shared
+        database ``recover_running`` never takes the runs of an engine that is
+        registered and alive (PostgreSQL: a session-level advisory lock, see
+        docs/store.md). SQLite needs nothing: one engine owns the file, under
+        its file lock. This default does nothing.
+        """
+        return None
+
     # -- traces, schedule state, retention ------------------------------------
 
     @abc.abstractmethod

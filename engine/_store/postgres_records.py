@@ -1,0 +1,284 @@
+"""Records on PostgreSQL: the record steps (``runtime.Records``) as SQL on the ordered writer.
+
+Names, ids, timestamps and documents are checked exactly as the SQLite
+backend checks them (the helpers of ``records.py``). Assigned ids come from
+the table's row in ``cronstack_counters``, bumped in the write's own
+transaction: the row lock makes ids unique and increasing among every engine
+on the database, a given integer id raises the counter, and ids are never
+reused. ``upsert`` holds a transaction-level advisory lock on its table, so two
+engines upserting one identifier at once make one record, not two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+
+from engine._store import codec
+from engine._store.errors import DuplicateRecord, InvalidRecord, RecordError, RecordNotFound
+from engine._store.filters import check_count, check_field, check_table
+from engine._store.postgres_errors import translate_pg
+from engine._store.postgres_filters import PG, compile_pg_filter, compile_pg_sort
+from engine._store.postgres_schema import LOCK_NAMESPACE, index_ddl, record_table_ddl, table_lock_key
+from engine._store.postgres_writer import PgWriter
+from engine._store.records import MAX_INT_ID, _at_path, _check_id, _check_time, _encode, _no_id_left, _split
+
+__all__ = ("PgRecordsMixin",)
+
+_SELECT = "SELECT id::text, created_at, updated_at, doc::text FROM"
+
+
+def _record(row: Any) -> dict[str, Any]:
+    rec = {"id": codec.decode(row[0]), "created_at": row[1], "updated_at": row[2]}
+    rec.update(codec.decode(row[3]))
+    return rec
+
+
+def _id_json(rid: Any) -> str:
+    return codec.encode(rid)
+
+
+class PgRecordsMixin:
+    _writer: PgWriter
+    _clock: Callable[[], float]
+    _fetch: Callable[..., Awaitable[list[Any]]]
+    _tables: set[str]
+    indexes: dict[str, tuple[str, ...]]
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def _read(self, table: str, sql: str, params: list[Any], what: str) -> list[Any] | None:
+        try:
+            return await self._fetch(sql, *params)
+        except asyncpg.UndefinedTableError:
+            return None
+        except Exception as exc:
+            raise translate_pg(exc, f"{what} table {table!r}", record=True, reading=True) from exc
+
+    async def query(self, table: str, *, filter: Mapping[str, Any] | None = None,
+                    sort: str | list[Any] | None = None, limit: int | None = None,
+                    offset: int | None = None) -> list[dict[str, Any]]:
+        key = check_table(table)
+        where, params = compile_pg_filter(filter)
+        order = compile_pg_sort(sort)
+        limit = check_count(limit, "limit")
+        offset = check_count(offset, "offset")
+        sql = f'{_SELECT} "{key}" WHERE {where} ORDER BY {order}'
+        if limit is not None:
+            params.append(limit)
+            sql += f" LIMIT ${len(params)}"
+        if offset:
+            params.append(offset)
+            sql += f" OFFSET ${len(params)}"
+        rows = await self._read(table, sql, params, "querying")
+        return [] if rows is None else [_record(r) for r in rows]
+
+    async def get(self, table: str, *, id: Any = None, filter: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any] | None:
+        key = check_table(table)
+        if id is not None:
+            sql, params = f'{_SELECT} "{key}" WHERE id = $1::jsonb', [_id_json(_check_id(id, table))]
+        elif filter is not None:
+            where, params = compile_pg_filter(filter)
+            sql = f'{_SELECT} "{key}" WHERE {where} ORDER BY seq LIMIT 1'
+        else:
+            raise RecordError(f"get_record on table {table!r} needs an id or a filter")
+        rows = await self._read(table, sql, params, "reading")
+        return _record(rows[0]) if rows else None
+
+    async def count(self, table: str, *, filter: Mapping[str, Any] | None = None) -> int:
+        key = check_table(table)
+        where, params = compile_pg_filter(filter)
+        rows = await self._read(table, f'SELECT count(*) FROM "{key}" WHERE {where}', params, "counting")
+        return rows[0][0] if rows else 0
+
+    # -- writer-side helpers (run inside the writer's transaction) ------------------
+
+    async def _ensure_table(self, conn: Any, key: str) -> None:
+        if key in self._tables:
+            return
+        exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{key}"')
+        if not exists:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", table_lock_key(key))
+            await conn.execute(record_table_ddl(key))
+            for field in self.indexes.get(key, ()):
+                if field != "id":
+                    await conn.execute(index_ddl(key, field))
+        await conn.execute(
+            "INSERT INTO cronstack_counters (tbl, last_id) VALUES ($1, 0) ON CONFLICT (tbl) DO NOTHING", key)
+        self._tables.add(key)
+
+    async def _table_exists(self, conn: Any, key: str) -> bool:
+        return key in self._tables or await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{key}"')
+
+    async def _insert(self, conn: Any, key: str, table: str, rid: Any, created: float, updated: float,
+                      text: str) -> Any:
+        """Insert one row (``rid`` None: the next id); the id it got."""
+        await self._ensure_table(conn, key)
+        if rid is None:
+            rid = await conn.fetchval(
+                "UPDATE cronstack_counters SET last_id = last_id + 1 WHERE tbl = $1 AND last_id < $2 "
+                "RETURNING last_id", key, MAX_INT_ID)
+            if rid is None:
+                raise InvalidRecord(_no_id_left(table))
+        elif isinstance(rid, int):
+            await conn.execute(
+                "UPDATE cronstack_counters SET last_id = greatest(last_id, $2) WHERE tbl = $1", key, rid)
+        try:
+            await conn.execute(
+                f'INSERT INTO "{key}" (id, created_at, updated_at, doc) VALUES ($1::jsonb, $2, $3, $4::json)',
+                _id_json(rid), created, updated, text)
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateRecord(
+                f"table {table!r} already has a record with id {rid!r}; "
+                "use edit_record or add_or_edit_record to change it", id=rid) from exc
+        return rid
+
+    @staticmethod
+    async def _merge(conn: Any, key: str, row: Any, fields: dict[str, Any], created: Any,
+                     updated: float) -> dict[str, Any]:
+        """Shallow-merge ``fields`` into stored ``row`` (seq, id text, created_at, doc text)."""
+        doc = codec.decode(row[3])
+        doc.update(fields)
+        created_at = row[2] if created is None else created
+        await conn.execute(f'UPDATE "{key}" SET doc = $1::json, created_at = $2, updated_at = $3 WHERE seq = $4',
+                           codec.encode(doc), created_at, updated, row[0])
+        rec = {"id": codec.decode(row[1]), "created_at": created_at, "updated_at": updated}
+        rec.update(doc)
+        return rec
+
+    # -- writes --------------------------------------------------------------------
+
+    async def add(self, table: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        key = check_table(table)
+        fields, rid, created, updated = _split(data, table)
+        text = _encode(fields, table).decode()
+        if rid is not None:
+            rid = _check_id(rid, table)
+        now = self._clock()
+        created = now if created is None else _check_time(created, "created_at", table)
+        updated = now if updated is None else _check_time(updated, "updated_at", table)
+
+        async def op(conn: Any) -> Any:
+            return await self._insert(conn, key, table, rid, created, updated, text)
+
+        got = await self._writer.submit(op, what="adding a record", record=True)
+        rec = {"id": got, "created_at": created, "updated_at": updated}
+        rec.update(fields)
+        return rec
+
+    def _patch(self, data: Any, table: str, rid: Any) -> tuple[dict[str, Any], Any, float]:
+        fields, new_id, created, updated = _split(data, table)
+        if new_id is not None and new_id != rid:
+            raise InvalidRecord(f"table {table!r}: an edit cannot change a record's id ({rid!r} to {new_id!r})")
+        _encode(fields, table)
+        if created is not None:
+            created = _check_time(created, "created_at", table)
+        now = self._clock() if updated is None else _check_time(updated, "updated_at", table)
+        return fields, created, now
+
+    async def edit(self, table: str, id: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+        key = check_table(table)
+        rid = _check_id(id, table)
+        fields, created, now = self._patch(data, table, rid)
+
+        async def op(conn: Any) -> dict[str, Any]:
+            row = None
+            if await self._table_exists(conn, key):
+                row = await conn.fetchrow(
+                    f'SELECT seq, id::text, created_at, doc::text FROM "{key}" WHERE id = $1::jsonb FOR UPDATE',
+                    _id_json(rid))
+            if row is None:
+                raise RecordNotFound(
+                    f"table {table!r} has no record with id {rid!r}; check the id "
+                    "(5 and '5' are different ids) or use add_or_edit_record", table=table, id=rid)
+            return await self._merge(conn, key, row, fields, created, now)
+
+        return await self._writer.submit(op, what="editing a record", record=True)
+
+    async def delete(self, table: str, id: Any) -> bool:
+        key = check_table(table)
+        rid = _id_json(_check_id(id, table))
+
+        async def op(conn: Any) -> bool:
+            if not await self._table_exists(conn, key):
+                return False
+            return await conn.execute(f'DELETE FROM "{key}" WHERE id = $1::jsonb', rid) != "DELETE 0"
+
+        return await self._writer.submit(op, what="deleting a record", record=True)
+
+    async def upsert(self, table: str, data: Mapping[str, Any], identifier: str) -> dict[str, Any]:
+        key = check_table(table)
+        ident = check_field(identifier)
+        value = _at_path(data, ident) if isinstance(data, Mapping) else None
+        if value is None:
+            raise InvalidRecord(
+                f"add_or_edit_record on table {table!r}: the data has no value for the "
+                f"identifier field {ident!r}; include it in data"
+                + (" (a dotted identifier is a path into nested objects)" if "." in ident else ""))
+        params: list[Any] = []
+        if ident == "id":
+            params.append(_id_json(_check_id(value, table)))
+            where = "id = $1::jsonb"
+        else:
+            where = PG.equals(ident, value, params)
+        fields, rid, created, updated = _split(data, table)
+        text = _encode(fields, table).decode()
+        if rid is not None:
+            rid = _check_id(rid, table)
+        now = self._clock()
+        created_at = now if created is None else _check_time(created, "created_at", table)
+        updated_at = now if updated is None else _check_time(updated, "updated_at", table)
+        merge_created = None if created is None else created_at
+
+        async def op(conn: Any) -> dict[str, Any]:
+            await self._ensure_table(conn, key)
+            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NAMESPACE, table_lock_key(key) >> 32)
+            row = await conn.fetchrow(
+                f'SELECT seq, id::text, created_at, doc::text FROM "{key}" WHERE {where} ORDER BY seq LIMIT 1 '
+                "FOR UPDATE", *params)
+            if row is not None:
+                return await self._merge(conn, key, row, fields, merge_created, updated_at)
+            got = await self._insert(conn, key, table, rid, created_at, updated_at, text)
+            rec = {"id": got, "created_at": created_at, "updated_at": updated_at}
+            rec.update(fields)
+            return rec
+
+        return await self._writer.submit(op, what="adding or editing a record", record=True)
+
+    async def delete_many(self, table: str, filter: Mapping[str, Any]) -> int:
+        key = check_table(table)
+        where, params = compile_pg_filter(filter)
+
+        async def op(conn: Any) -> int:
+            if not await self._table_exists(conn, key):
+                return 0
+            status = await conn.execute(f'DELETE FROM "{key}" WHERE {where}', *params)
+            return int(status.split()[-1])
+
+        return await self._writer.submit(op, what="deleting records", record=True)
+
+    async def edit_many(self, table: str, filter: Mapping[str, Any], data: Mapping[str, Any]) -> int:
+        key = check_table(table)
+        where, params = compile_pg_filter(filter)
+        fields, rid, created, updated = _split(data, table)
+        if rid is not None:
+            raise InvalidRecord(f"edit_records on table {table!r}: data cannot set an id")
+        _encode(fields, table)
+        if created is not None:
+            created = _check_time(created, "created_at", table)
+        now = self._clock() if updated is None else _check_time(updated, "updated_at", table)
+
+        async def op(conn: Any) -> int:
+            if not await self._table_exists(conn, key):
+                return 0
+            rows = await conn.fetch(
+                f'SELECT seq, id::text, created_at, doc::text FROM "{key}" WHERE {where} ORDER BY seq FOR UPDATE',
+                *params)
+            for row in rows:
+                await self._merge(conn, key, row, fields, created, now)
+            return len(rows)
+
+        return await self._writer.submit(op, what="editing records", record=True)
