@@ -23,3 +23,24 @@ settings.load_profile("soak" if os.environ.get("CRONSTACK_SOAK") else "ci")
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL server for the session (tests/pg_server.py); skipped only without binaries."""
+    from tests.pg_server import PgServer, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    server = PgServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """The URL of a new, empty database on the private server."""
+    return pg_server.new_database()

@@ -45,10 +45,12 @@ def clock():
     return Clock()
 
 
-@pytest.fixture(params=["sqlite-file"])
+@pytest.fixture(params=["sqlite-file", "postgresql"])
 async def store(request, tmp_path, clock):
     if request.param == "sqlite-file":
         url = f"sqlite:///{tmp_path}/contract.db"
+    else:
+        url = request.getfixturevalue("pg_url")
     async with open_store(url, clock=clock, indexes={"items": ["status"]}) as s:
         yield s
 
