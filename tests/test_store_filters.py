@@ -23,9 +23,10 @@ def anyio_backend():
     return "asyncio"
 
 
-@pytest.fixture
-async def store(tmp_path):
-    async with open_store(f"sqlite:///{tmp_path}/f.db", indexes={"people": ["age", "addr.city"]}) as s:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path):
+    url = f"sqlite:///{tmp_path}/f.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    async with open_store(url, indexes={"people": ["age", "addr.city"]}) as s:
         for row in ROWS:
             await s.add("people", row)
         yield s
