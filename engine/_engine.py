@@ -224,6 +224,8 @@ class Engine(RunLifecycle, Scheduling):
                 limit_per_host=cfg.http_connections_per_host,
             )
             async with engine._background():
+                # alive before any claim: on a shared database, other engines' recovery leaves its runs alone
+                await engine.store.register_engine(engine.engine_id)
                 await engine._load_state()
                 await engine._recover()
                 try:
@@ -326,14 +328,25 @@ class Engine(RunLifecycle, Scheduling):
                 ):
                     rows.setdefault(row["id"], row)
         for row in rows.values():
-            task = self.definitions.tasks.get(row["task"])
-            if (
-                task is not None
-                and row.get("kind", "task") == "task"
-                and int(row.get("attempt") or 1) <= task.retry_policy.max_retries
-                and not await self._has_retry(row)
-            ):
-                await self._maybe_retry(task, row, "crashed")
+            await self._retry_one_crashed(row)
+
+    async def _recover_dead_engines(self) -> int:
+        """While serving on a shared database: runs of engines that died since become ``crashed``
+        and retry under their policy (``recover_running`` takes each run once among engines)."""
+        rows = await self.store.recover_running(self.engine_id)
+        for row in rows:
+            await self._retry_one_crashed(row)
+        return len(rows)
+
+    async def _retry_one_crashed(self, row: dict[str, Any]) -> None:
+        task = self.definitions.tasks.get(row["task"])
+        if (
+            task is not None
+            and row.get("kind", "task") == "task"
+            and int(row.get("attempt") or 1) <= task.retry_policy.max_retries
+            and not await self._has_retry(row)
+        ):
+            await self._maybe_retry(task, row, "crashed")
 
     async def _has_retry(self, row: dict[str, Any], page: int = 500, max_pages: int = 20) -> bool:
         """Whether a retry of run ``row`` is stored (runs of its task created since, newest first)."""

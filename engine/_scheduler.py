@@ -34,6 +34,9 @@ WARM_HORIZON = 300.0
 FIRE_FLUSH_INTERVAL = 2.0
 #: fires due at one instant claimed together in one write (fewer go one by one, see _fire_wave)
 WAVE_MIN = 2
+#: seconds between checks, on a database several engines share, for runs left running by engines
+#: that died (their liveness lock is free): those are marked crashed and retried (see _recover_loop)
+RECOVER_INTERVAL = 10.0
 #: the most missed fires one ``misfire: run_all`` catch-up runs; later ones are dropped (logged)
 CATCHUP_MAX = 10_000
 
@@ -63,6 +66,8 @@ class Scheduling:
                 tg.start_soon(self._queue_loop)
                 tg.start_soon(self._prune_loop)
                 tg.start_soon(self._flush_loop)
+                if getattr(self.store, "shared", False):
+                    tg.start_soon(self._recover_loop)
                 task_status.started()
 
     async def _misfires(self, now: float) -> list[tuple[str, Iterator[float], float]]:
@@ -555,6 +560,20 @@ class Scheduling:
             return
         row.update(status="running", started_at=now)
         await self._launch(defn, row, claimed=True)
+
+    async def _recover_loop(self) -> None:
+        """On a shared database (PostgreSQL), an engine that dies while others serve leaves runs
+        ``running``; every ``RECOVER_INTERVAL`` seconds the serving engines look for them (only
+        runs whose engine's liveness lock is free) and mark them crashed and retried, each once."""
+        while True:
+            await self.clock.sleep(RECOVER_INTERVAL)
+            try:
+                found = await self._recover_dead_engines()
+            except CronstackError as exc:  # tried again at the next round
+                db_log.error("runs of stopped engines could not be recovered: %s", exc)
+                continue
+            if found:
+                db_log.warning("%d runs of engines that stopped were marked crashed", found)
 
     async def _prune_loop(self) -> None:
         while True:
