@@ -160,7 +160,8 @@ async def test_engine_open_same_file_sources_is_not_store_locked(tmp_path):
     ("url", "kind", "words"),
     [
         ("sqlite:///nodir/r.db", StoreError, "does not exist"),
-        ("postgresql://localhost/x", UnsupportedDatabase, "PostgreSQL is not available"),
+        ("mysql://localhost/x", UnsupportedDatabase, "unknown database URL"),
+        ("postgresql://127.0.0.1:1/x", StoreError, "PostgreSQL at 127.0.0.1:1/x is unreachable"),
         ("sqlite:///../out.db", StoreError, "leaves the project directory"),
         ("sqlite:///r.db?mode=ro", StoreError, "query strings"),
     ],

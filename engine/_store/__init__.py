@@ -76,7 +76,8 @@ class _Opening:
             return await PostgresStore.open(url, **kw)
         if scheme != "sqlite":
             raise UnsupportedDatabase(
-                f"unknown database URL {url.split('@')[-1]!r}; use sqlite:///path/to.db or "
+                f"unknown database URL scheme {scheme + ':'!r} in {_without_password(url)!r}; "
+                "use sqlite:///path/to.db or "
                 "postgresql://user:password@host:port/database"
             )
         return await SQLiteStore.open(url, **self._kwargs)
@@ -91,6 +92,15 @@ class _Opening:
     async def __aexit__(self, *exc: object) -> None:
         if self._store is not None:
             await self._store.close()
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit for an error message: a password in it is replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
 
 
 def open_store(
