@@ -4,7 +4,9 @@ Local commands (``run``, ``check``, ``exec``, ``next``) work on definition
 files; remote ones (``tasks``, ``trigger``, ``runs``, ``show``, ``pause``,
 ``resume``, ``cancel``) call the admin API of a running engine over HTTP.
 Exit codes are part of the interface: 0 ok, 1 failure (a failed run, compile
-errors, a refused request), 2 usage, 3 the engine cannot be reached, 4 not found.
+errors, a refused request), 2 usage, 3 the engine cannot be reached, 4 not found,
+5 no outcome yet (the request reached the engine but its answer did not come in
+time, or the run ``trigger --wait`` waits for is still running).
 """
 
 from __future__ import annotations
@@ -28,10 +30,17 @@ from compiler._load import decode_json_file
 from engine._config import CONFIG_FILE
 from runtime import CronstackError, dis
 
-__all__ = ("main", "CliError", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_NOT_FOUND")
+__all__ = ("main", "CliError", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNREACHABLE", "EXIT_NOT_FOUND",
+           "EXIT_NO_OUTCOME")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
+#: the request reached the engine, but its outcome is not known yet: repeating it may do it twice
+EXIT_NO_OUTCOME = 5
 DEFAULT_URL = "http://127.0.0.1:7600"
+#: seconds a remote command waits for each answer unless --timeout says otherwise
+REQUEST_TIMEOUT = 30.0
+#: seconds between looks at a run `trigger --wait` waits for: from the first to the last
+WAIT_POLL = (0.02, 1.0)
 _EXEC_TASK = "cronstack_exec"
 
 
@@ -283,6 +292,7 @@ async def _exec(defs: list[dict[str, Any]], args: argparse.Namespace, shown: str
             unresolved = check_calls(engine.definitions, engine.functions.python)
             if unresolved:  # refused before the run, as `run` refuses to start
                 raise CompileError(unresolved)
+            retries = _run_once(engine, name)  # type: ignore[arg-type]
             done = await engine.trigger(name, wait=True)  # type: ignore[arg-type]
             run = await engine.run(done["id"], trace=True) or done  # type: ignore[index]
     except CompileError as exc:
@@ -292,7 +302,28 @@ async def _exec(defs: list[dict[str, Any]], args: argparse.Namespace, shown: str
         print(_dump(run))
     else:
         _print_run(run)
+    if retries and run.get("status") != "completed":
+        print(f"cronstack exec: the run is not retried: exec runs the stack once (the task's retry_policy "
+              f"allows {retries} retr{'y' if retries == 1 else 'ies'} when an engine runs it)", file=sys.stderr)
     return EXIT_OK if run.get("status") == "completed" else EXIT_FAILURE
+
+
+def _run_once(engine: Any, name: str) -> int:
+    """Take the retries out of task ``name`` (exec runs its stack once); how many its policy allowed.
+
+    The policy was compiled and checked with the file; only its use is
+    dropped, so no ``queued`` retry is left in a ``--database`` for an
+    engine opened on it later.
+    """
+    import dataclasses
+
+    from compiler._definitions import RetryPolicy
+
+    task = engine.definitions.tasks[name]
+    retries = task.retry_policy.max_retries
+    if retries:
+        engine.definitions.tasks[name] = dataclasses.replace(task, retry_policy=RetryPolicy())
+    return retries
 
 
 def _print_run(run: dict[str, Any]) -> None:
@@ -327,22 +358,60 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT, then stop within the grace; a second one cancels the runs at once.
+
+    The handlers are installed before the engine opens (opening compiles the
+    project and recovers the store, which takes a while): a signal meanwhile
+    is kept and acted on once the engine is open, never the default action
+    (a SIGHUP would end the process).
+    """
     from engine import Engine
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    state: dict[str, Any] = {"engine": None, "now": False, "reload": False}
     reloads: list[asyncio.Task[Any]] = []
+
+    def on_stop() -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        if state["now"]:
+            return
+        state["now"] = True
+        print("cronstack: stopping now: cancelling the running runs (they are recorded as cancelled; "
+              "runs that had not started stay queued for the next start)", file=sys.stderr, flush=True)
+        if state["engine"] is not None:
+            state["engine"]._shutdown_now()
+
+    def on_hup() -> None:
+        if state["engine"] is None:
+            state["reload"] = True  # reloaded as soon as the engine is open
+        else:
+            reloads.append(loop.create_task(_reload(state["engine"])))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         async with Engine.open(args.dir, database=args.database) as engine:
-            loop.add_signal_handler(signal.SIGHUP, lambda: reloads.append(loop.create_task(_reload(engine))))
-            await engine.serve(host=args.host, port=args.port)
-            print(f"cronstack: serving {len(engine.task_names())} tasks from {args.dir}; "
-                  f"admin API on {engine.api_url}; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
-            await stop.wait()
-            print("cronstack: stopping: no new fires, letting running runs finish", file=sys.stderr, flush=True)
+            state["engine"] = engine
+            if state["now"]:
+                engine._shutdown_now()
+            if not stop.is_set():
+                if state["reload"]:
+                    await _reload(engine)
+                await engine.serve(host=args.host, port=args.port)
+                print(f"cronstack: serving {len(engine.task_names())} tasks from {args.dir}; "
+                      f"admin API on {engine.api_url}; Ctrl-C or SIGTERM stops", file=sys.stderr, flush=True)
+                await stop.wait()
+            if not state["now"]:
+                print("cronstack: stopping: no new runs, letting running runs finish "
+                      f"(up to {engine.config.shutdown_grace:g} s; SIGTERM or Ctrl-C again cancels them now)",
+                      file=sys.stderr, flush=True)
             await engine.stop()
+            if reloads:
+                await asyncio.gather(*reloads, return_exceptions=True)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
@@ -367,20 +436,40 @@ async def _reload(engine: Any) -> None:
 
 
 async def _request(args: argparse.Namespace, method: str, path: str, *, params: dict[str, Any] | None = None,
-                   body: Any = None) -> Any:
-    """Call the admin API; map failures to exit codes (3 unreachable, 4 not found, 1 refused)."""
+                   body: Any = None, timeout: float | None = None) -> Any:
+    """Call the admin API; map failures to exit codes (3 unreachable, 4 not found, 1 refused,
+    5 sent but not answered in time: it may have taken effect).
+
+    ``timeout``: seconds for the answer (default ``--timeout``, else 30).
+    """
     import aiohttp
 
     url = args.url.rstrip("/") + path
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in (params or {}).items() if v is not None}
+    limit = timeout if timeout is not None else args.timeout if args.timeout is not None else REQUEST_TIMEOUT
+    sent = False  # the request went out: a failure after this may leave it done
+
+    async def on_sent(*_: Any) -> None:
+        nonlocal sent
+        sent = True
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(on_sent)
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=limit),
+                                         trace_configs=[tracing]) as session:
             async with session.request(method, url, params=query, json=body, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
     except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, TimeoutError) as exc:
-        raise CliError(EXIT_UNREACHABLE, f"cannot reach the engine at {args.url}: {exc or type(exc).__name__}; "
+        timed_out = isinstance(exc, TimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError)
+        what = f"no answer within {limit:g} s (--timeout)" if timed_out else str(exc) or type(exc).__name__
+        if sent and method != "GET":  # it may have been done: saying "unreachable" would invite a repeat
+            raise CliError(EXIT_NO_OUTCOME, f"{method} {path}: the engine at {args.url} got the request but "
+                                            f"{what if timed_out else f'the answer was lost ({what})'}; it may "
+                                            "have taken effect: check (`cronstack runs`) before repeating it") from None
+        raise CliError(EXIT_UNREACHABLE, f"cannot reach the engine at {args.url}: {what}; "
                                          "is `cronstack run` running there? (see --url)") from None
     try:
         data = msgspec.json.decode(raw) if raw else None
@@ -421,17 +510,56 @@ async def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 async def cmd_trigger(args: argparse.Namespace) -> int:
-    out = await _request(args, "POST", f"/api/tasks/{args.task}/trigger", params={"wait": args.wait or None},
+    out = await _request(args, "POST", f"/api/tasks/{args.task}/trigger",
                          body={"source": args.source} if args.source else None)
+    if not args.wait:
+        print(_dump(out) if args.json else out["run_id"])
+        return EXIT_OK
+    run = await _wait_for_run(args, out["run_id"])
     if args.json:
-        print(_dump(out))
-    elif args.wait:
-        _print_run(out)
+        print(_dump(run))
     else:
-        print(out["run_id"])
-    if args.wait:
-        return EXIT_OK if out.get("status") == "completed" else EXIT_FAILURE
-    return EXIT_OK
+        _print_run(run)
+    return EXIT_OK if run.get("status") == "completed" else EXIT_FAILURE
+
+
+async def _wait_for_run(args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+    """The run once it finished, looked at every second at most; with ``--timeout``, at most that long.
+
+    Without ``--timeout`` the wait has no limit (each look at the run still
+    times out after 30 s). A run still going at the limit, or an engine lost
+    while waiting, is ``EXIT_NO_OUTCOME`` with the run id: the run was started
+    and goes on, so triggering again would start a second one.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if args.timeout is None else loop.time() + args.timeout
+    delay, longest = WAIT_POLL
+    status = "queued"
+
+    def still(reason: str) -> CliError:
+        print(_dump({"run_id": run_id, "task_name": args.task, "status": status}) if args.json else run_id)
+        return CliError(EXIT_NO_OUTCOME, f"run {run_id} of task '{args.task}' {reason}; it was started and goes "
+                                         f"on in the engine: follow it with `cronstack show {run_id}` (triggering "
+                                         "again would start another run)")
+
+    while True:
+        left = None if deadline is None else deadline - loop.time()
+        if left is not None and left <= 0:
+            raise still(f"is still {status} after {args.timeout:g} s (--timeout)")
+        try:
+            run = await _request(args, "GET", f"/api/runs/{run_id}", params={"trace": False},
+                                 timeout=REQUEST_TIMEOUT if left is None else max(min(left, REQUEST_TIMEOUT), 0.001))
+        except CliError as exc:
+            if exc.code not in (EXIT_UNREACHABLE, EXIT_NO_OUTCOME):
+                raise
+            if deadline is not None and loop.time() >= deadline:
+                raise still(f"is still {status} after {args.timeout:g} s (--timeout)") from None
+            raise still(f"was {status} when the engine stopped answering ({exc.message})") from None
+        status = run.get("status") or status
+        if status not in ("queued", "running"):
+            return run  # type: ignore[no-any-return]
+        await asyncio.sleep(delay if left is None else min(delay, left))
+        delay = min(delay * 1.5, longest)
 
 
 async def cmd_runs(args: argparse.Namespace) -> int:
@@ -462,7 +590,8 @@ def _simple(method_path: Callable[[argparse.Namespace], str]) -> Callable[[argpa
 # --- the parser ---------------------------------------------------------------------------
 
 _EPILOG = """exit codes: 0 ok, 1 failure (failed run, compile errors, refused request),
-2 usage, 3 cannot reach the engine, 4 not found"""
+2 usage, 3 cannot reach the engine, 4 not found, 5 no outcome yet (no answer in
+time, or the run `trigger --wait` waits for is still running: it goes on)"""
 
 
 def _add(sub: Any, name: str, help: str, example: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
@@ -477,7 +606,9 @@ def _remote_options(p: argparse.ArgumentParser) -> None:
                    help=f"the engine's admin API (default: $CRONSTACK_URL or {DEFAULT_URL})")
     p.add_argument("--token", default=os.environ.get("CRONSTACK_TOKEN"),
                    help="bearer token (default: $CRONSTACK_TOKEN)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for an answer (default 30); with trigger --wait, for the run to finish "
+                        "(default: no limit)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -517,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --dis: print the Python coroutine the stack compiles to instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = _add(sub, "exec", "run one stack once and print its result and trace",
+    p = _add(sub, "exec", "run one stack once (no retries) and print its result and trace",
              "cronstack exec tasks/daily_user_analytics.json --database sqlite:///scratch.db", cmd_exec)
     p.add_argument("file", help="a task or function file, or a JSON list of steps")
     p.add_argument("--project", metavar="DIR", help="load the functions of this project folder (default: the nearest folder "
@@ -538,7 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "trigger", "start a run of a task on a running engine", "cronstack trigger data_cleanup --wait",
              _remote(cmd_trigger))
     p.add_argument("task", help="task name")
-    p.add_argument("--wait", action="store_true", help="wait for the run and print it (exit 1 unless it completed)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the run and print it (exit 1 unless it completed; 5 with its id when it is "
+                        "still running after --timeout)")
     p.add_argument("--source", help="who asked, recorded with the run")
     _remote_options(p)
     p = _add(sub, "runs", "list runs of a running engine, newest first", "cronstack runs data_cleanup --status failed",

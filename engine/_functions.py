@@ -23,21 +23,53 @@ from runtime._vm import execute
 if TYPE_CHECKING:
     from engine._engine import Engine
 
-__all__ = ("FunctionTable", "PyFunction")
+__all__ = ("FunctionSet", "FunctionTable", "PyFunction")
 
 PyFunction = Callable[[dict[str, Any]], Any] | Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class FunctionTable:
-    """Implements ``runtime.Functions`` for one engine."""
+    """The engine's functions: the stack functions of the definitions loaded last, and the
+    registered Python functions. Implements ``runtime.Functions`` with the current ones.
+
+    Each load of the definitions is one ``FunctionSet`` (``current``); a run
+    keeps the set it started with (a reference, nothing copied), so a reload
+    that removes or changes a function leaves the runs in progress calling
+    the functions they started with. Assigning ``stacks`` (as ``reload``
+    does, after ``definitions``) makes a new set; the mapping given is never
+    changed in place.
+    """
 
     def __init__(self, engine: Engine, functions: dict[str, Function]) -> None:
         self._engine = engine
-        self.stacks = functions
         self.python: dict[str, PyFunction] = {}
+        self.current = FunctionSet(self, functions, _tasks_of(engine), None)
+
+    @property
+    def stacks(self) -> dict[str, Function]:
+        """The stack functions of the definitions loaded last."""
+        return self.current.stacks
+
+    @stacks.setter
+    def stacks(self, functions: dict[str, Function]) -> None:
+        previous = self.current
+        previous.previous = None  # only one set back is kept (see ``set_for``)
+        self.current = FunctionSet(self, functions, _tasks_of(self._engine), previous)
+
+    def set_for(self, defn: Any) -> FunctionSet:
+        """The set loaded with ``defn`` (a task or function definition): the current one,
+        or the one before it when a reload came between reading ``defn`` and starting its
+        run (the write of the run's row); the current one for anything else."""
+        current = self.current
+        for candidate in (current, current.previous):
+            if candidate is not None and (
+                candidate.tasks.get(defn.name) is defn or candidate.stacks.get(defn.name) is defn
+            ):
+                return candidate
+        return current
 
     def names(self) -> set[str]:
-        return set(self.stacks) | set(self.python)
+        return self.current.names()
 
     def register(self, name: str, fn: PyFunction) -> None:
         if not callable(fn):
@@ -46,6 +78,38 @@ class FunctionTable:
             raise ValueError(f"'{name}' is already a function defined in {self.stacks[name].file or 'the project'}")
         self.python[name] = fn
 
+    async def call(self, name: str, inputs: dict[str, Any], ctx: RunContext) -> Any:
+        return await self.current.call(name, inputs, ctx)
+
+    async def start(self, name: str, inputs: dict[str, Any], ctx: RunContext) -> Any:
+        return await self.current.start(name, inputs, ctx)
+
+
+class FunctionSet:
+    """The functions of one load of the definitions, as the runs started on it see them.
+
+    Implements ``runtime.Functions``. Registered Python functions are shared
+    by every set (they are not reloaded).
+    """
+
+    __slots__ = ("table", "stacks", "tasks", "previous")
+
+    def __init__(
+        self,
+        table: FunctionTable,
+        stacks: dict[str, Function],
+        tasks: dict[str, Any],
+        previous: FunctionSet | None,
+    ) -> None:
+        self.table = table
+        self.stacks = stacks
+        #: the tasks loaded with these functions (to match a run's task to its set)
+        self.tasks = tasks
+        self.previous = previous
+
+    def names(self) -> set[str]:
+        return set(self.stacks) | set(self.table.python)
+
     def _unknown(self, name: str) -> RunError:
         hint = did_you_mean(name, self.names())
         return RunError(
@@ -53,14 +117,14 @@ class FunctionTable:
         )
 
     async def call(self, name: str, inputs: dict[str, Any], ctx: RunContext) -> Any:
-        fn = self.python.get(name)
+        fn = self.table.python.get(name)
         if fn is not None:
-            return await self._call_python(name, fn, inputs)
+            return await _call_python(name, fn, inputs)
         defn = self.stacks.get(name)
         if defn is None:
             raise self._unknown(name)
         child = RunContext(
-            records=self._engine.records_for(defn.data_source) if defn.data_source else ctx.records,
+            records=self.table._engine.records_for(defn.data_source) if defn.data_source else ctx.records,
             http=ctx.http,
             functions=self,
             tracer=ctx.tracer.child(f"function {name}") if ctx.tracer is not None and hasattr(ctx.tracer, "child") else ctx.tracer,
@@ -72,24 +136,31 @@ class FunctionTable:
         return await execute(defn.program, child, inputs={**defn.inputs, **inputs})
 
     async def start(self, name: str, inputs: dict[str, Any], ctx: RunContext) -> Any:
-        if name not in self.stacks and name not in self.python:
+        """An async call: a new run, of the function as currently defined (see ``start_function_run``)."""
+        if name not in self.stacks and name not in self.table.python:
             raise self._unknown(name)
-        return await self._engine.start_function_run(name, inputs, parent_id=ctx.task.get("run_id"))
+        return await self.table._engine.start_function_run(name, inputs, parent_id=ctx.task.get("run_id"))
 
-    async def _call_python(self, name: str, fn: PyFunction, inputs: dict[str, Any]) -> Any:
-        try:
-            if inspect.iscoroutinefunction(fn):
-                return await fn(inputs)
-            result = await anyio.to_thread.run_sync(fn, inputs)
-            if inspect.isawaitable(result):
-                result = await result
-        except CronstackError:
-            raise
-        except Exception as exc:
-            raise RunError(
-                f"function '{name}' raised {type(exc).__name__}: {exc}", error_type="FunctionError"
-            ) from exc
-        return _json_copy(result, name)
+
+def _tasks_of(engine: Any) -> dict[str, Any]:
+    definitions = getattr(engine, "definitions", None)
+    return definitions.tasks if definitions is not None else {}
+
+
+async def _call_python(name: str, fn: PyFunction, inputs: dict[str, Any]) -> Any:
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(inputs)
+        result = await anyio.to_thread.run_sync(fn, inputs)
+        if inspect.isawaitable(result):
+            result = await result
+    except CronstackError:
+        raise
+    except Exception as exc:
+        raise RunError(
+            f"function '{name}' raised {type(exc).__name__}: {exc}", error_type="FunctionError"
+        ) from exc
+    return _json_copy(result, name)
 
 
 #: what a Python function may return, and so what a stack may hold

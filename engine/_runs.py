@@ -22,6 +22,8 @@ import anyio
 
 from compiler import Function, Task
 from compiler._lower import lower_stack
+from engine._functions import FunctionSet
+from engine._gate import GateClosed
 from engine._trace import RunTrace
 from runtime import CronstackError, RunContext, RunFailed
 from runtime._vm import execute
@@ -278,11 +280,17 @@ class RunLifecycle:
         return self._start(defn, row, admitted)
 
     def _admit(self, row: dict[str, Any]) -> bool:
-        """Take a run slot now if one is free: the row says ``running`` from this moment."""
-        admitted = self._gate.try_acquire()
-        if admitted:
+        """Take a run slot now if one is free: the row says ``running`` from this moment.
+
+        A stopping engine starts no run: the row stays ``queued`` (see ``_leave_queued``).
+        """
+        if not self._stopping and self._gate.try_acquire():
             row["status"], row["started_at"] = "running", self.clock.time()
-        return admitted
+            return True
+        if self._gate.closed and not self._stopping:  # serving again after a stop
+            self._gate.open()
+            return self._admit(row)
+        return False
 
     def _start(self, defn: Task | Function, row: dict[str, Any], admitted: bool) -> _Active:
         """Start the task of a run whose row is stored (``admitted``: it holds a slot)."""
@@ -293,7 +301,12 @@ class RunLifecycle:
             if running is None:
                 running = self._running[defn.name] = set()
             running.add(row["id"])
-        active.handle = self._spawn_run(self._execute(defn, row, active), row["id"])
+        # the functions the run calls are those loaded with its definition, whatever a
+        # reload changes while it runs (a reference to that load's set, nothing copied)
+        functions = self.functions.current
+        if functions.tasks.get(defn.name) is not defn:
+            functions = self.functions.set_for(defn)
+        active.handle = self._spawn_run(self._execute(defn, row, active, functions), row["id"])
         if run_log.isEnabledFor(logging.INFO):
             run_log.info(
                 "run %s id=%s task=%s trigger=%s attempt=%s",
@@ -337,9 +350,15 @@ class RunLifecycle:
                 "internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc
             )
 
-    async def _execute(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
+    async def _execute(
+        self, defn: Task | Function, row: dict[str, Any], active: _Active, functions: FunctionSet
+    ) -> None:
         """The run's task: a slot (a queued run waits for one), the attempt under its
-        timeout, then its outcome recorded, whatever happens.
+        timeout, then its outcome recorded, whatever happens. ``functions``: the
+        functions the run calls (those loaded with ``defn``).
+
+        A run that never got its slot when the engine stops is left ``queued``
+        (``_leave_queued``): the next start of the engine runs it.
 
         One coroutine from the slot to the outcome, the attempt included: every
         level of ``await`` between the run's task and the VM is paid twice per
@@ -348,11 +367,14 @@ class RunLifecycle:
         """
         active.started = True
         trace = None
+        left_queued = False
         try:
             if active.reason is not None:  # cancelled before its task started
                 raise asyncio.CancelledError
             failure = None if active.admitted else await self._wait_for_slot(row, active)
-            if failure is not None:
+            if failure is _LEFT_QUEUED:
+                left_queued = True
+            elif failure is not None:
                 status, result, error = "failed", None, failure
             else:
                 is_task = isinstance(defn, Task)
@@ -361,7 +383,7 @@ class RunLifecycle:
                 ctx = RunContext(
                     records=self.records_for(defn.data_source),
                     http=self.http,
-                    functions=self.functions,
+                    functions=functions,
                     tracer=trace,
                     clock=self.clock,
                     env=self.env,
@@ -381,7 +403,7 @@ class RunLifecycle:
                     else:
                         inputs = row.get("inputs") or {}
                         if defn.name in self.functions.python:
-                            result = await self.functions.call(defn.name, inputs, ctx)
+                            result = await functions.call(defn.name, inputs, ctx)
                         else:
                             result = await execute(
                                 defn.program, ctx, inputs={**defn.inputs, **inputs}
@@ -401,6 +423,8 @@ class RunLifecycle:
             if current is not None:
                 current.uncancel()
             limit = defn.timeout if isinstance(defn, Task) else 300.0
+            if not active.admitted and active.reason == "shutdown":
+                left_queued = True  # never started: the next start runs it
             reason = active.reason if active.admitted else "queued"
             # the trace is kept: the steps (and logs) that finished before the timeout or cancel
             # are the history such a run most needs; they were redacted as they were recorded
@@ -421,7 +445,10 @@ class RunLifecycle:
             }
         try:
             active.finishing = True
-            await self._finish(defn, row, active, active.admitted, status, result, error, trace)
+            if left_queued:
+                await self._leave_queued(defn, row, active)
+            else:
+                await self._finish(defn, row, active, active.admitted, status, result, error, trace)
         except Exception as exc:  # a defect in the engine: logged, never silent
             db_log.error(
                 "internal error in the engine: %s: %s", type(exc).__name__, exc, exc_info=exc
@@ -430,8 +457,20 @@ class RunLifecycle:
             self._tasks.discard(active.handle)  # type: ignore[arg-type]
 
     async def _wait_for_slot(self, row: dict[str, Any], active: _Active) -> dict[str, Any] | None:
-        """A queued run: wait for a slot, then record it ``running``; the error object if the database refused."""
-        await self._gate.acquire(row["task"])
+        """A queued run: wait for a slot, then record it ``running``; the error object if the
+        database refused; ``_LEFT_QUEUED`` when the engine stops first (the gate closes)."""
+        if self._stopping:
+            return _LEFT_QUEUED
+        if self._gate.closed:  # serving again after a stop
+            self._gate.open()
+        try:
+            await self._gate.acquire(row["task"])
+        except GateClosed:
+            return _LEFT_QUEUED
+        if self._stopping:  # handed a slot as stop() began: it starts nothing either
+            self._gate.close()
+            self._gate.release()
+            return _LEFT_QUEUED
         active.admitted = True
         row["started_at"] = self.clock.time()
         try:
@@ -548,6 +587,8 @@ class RunLifecycle:
             if running is not None:
                 running.discard(run_id)
             if admitted:
+                if self._stopping:  # the freed slot starts nothing: stop() began
+                    self._gate.close()
                 self._gate.release()
             active.set_finished()
             if (
@@ -559,6 +600,52 @@ class RunLifecycle:
             ):
                 scheduled_at, trigger = self._pending.pop(defn.name)
                 self._spawn(self._fire(defn.name, scheduled_at, trigger))
+
+    async def _leave_queued(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
+        """The engine stopped before the run got a slot: its row stays ``queued`` for the next start.
+
+        A run claimed from the store (a retry, an async call) was marked
+        ``running`` by the claim: it goes back to ``queued`` (a row left
+        ``running`` would be taken for a crash and retried as one).
+        """
+        run_id = row["id"]
+        try:
+            if row.get("status") != "queued":
+                row["status"], row["started_at"] = "queued", None
+                await self.store.update_run(run_id, {"status": "queued", "started_at": None})
+            if run_log.isEnabledFor(logging.INFO):
+                run_log.info(
+                    "run left queued id=%s task=%s (the engine stopped before it started; "
+                    "the next start runs it)",
+                    run_id,
+                    row["task"],
+                )
+        except CronstackError as exc:
+            db_log.error(
+                "run %s of %s was claimed but the engine stopped before it started, and it could "
+                "not be put back in the queue; the next start recovers it as crashed: %s",
+                run_id,
+                row["task"],
+                exc,
+            )
+        finally:
+            self._active.pop(run_id, None)
+            if isinstance(defn, Task):
+                running = self._running.get(defn.name)
+                if running is not None:
+                    running.discard(run_id)
+            active.set_finished()
+
+    def _shutdown_now(self) -> None:
+        """Cancel every run at once (a second SIGTERM/SIGINT during ``stop()``'s grace).
+
+        No run starts any more; running runs are recorded ``cancelled`` (as at
+        the end of the grace) and runs waiting for a slot stay ``queued``.
+        """
+        self._stopping = True
+        self._gate.close()
+        for active in list(self._active.values()):
+            active.cancel("shutdown")
 
     async def _final_write(
         self, run_id: str, fields: dict[str, Any], trace: str | None, *, fallback: bool = False
@@ -668,9 +755,18 @@ class RunLifecycle:
     async def start_function_run(
         self, name: str, inputs: dict[str, Any], parent_id: str | None
     ) -> str:
-        """A durable run of function ``name`` (execution_mode async); returns its id at once."""
+        """A durable run of function ``name`` (execution_mode async); returns its id at once.
+
+        The new run is of the function as currently defined: a caller that
+        started before a reload starts the reloaded function, and a call of a
+        function the reload removed makes a run that fails at once
+        (``UnknownFunction``); the caller goes on with its id.
+        """
         defn = self.functions.stacks.get(name)
-        if defn is None:  # a registered Python function: run it as a function run too
+        if defn is None:
+            if name not in self.functions.python:
+                return await self._function_gone(name, inputs, parent_id)
+            # a registered Python function: run it as a function run too
             defn = Function(name=name, program=lower_stack([], name).program)
         row = self._row(
             name,
@@ -684,8 +780,42 @@ class RunLifecycle:
         await self._launch(defn, row)
         return row["id"]
 
+    async def _function_gone(
+        self, name: str, inputs: dict[str, Any], parent_id: str | None
+    ) -> str:
+        """An async call of a function a reload removed after its caller started: a failed run."""
+        now = self.clock.time()
+        row = self._row(
+            name,
+            "function",
+            "async_call",
+            scheduled_at=now,
+            attempt=1,
+            parent_id=parent_id,
+            inputs=inputs,
+        )
+        row.update(
+            status="failed",
+            finished_at=now,
+            error={
+                "message": f"no function named '{name}': the definitions were reloaded without it "
+                "after the calling run started",
+                "type": "UnknownFunction",
+                "step": None,
+            },
+        )
+        await self.store.insert_run(row)
+        key = (name, "failed")
+        self.runs_total[key] = self.runs_total.get(key, 0) + 1
+        run_log.info("run failed id=%s task=%s: no function named '%s' (removed by a reload)",
+                     row["id"], name, name)
+        return row["id"]
+
     # -- serving --------------------------------------------------------------------------
 
+
+#: what ``_wait_for_slot`` returns when the engine stops before the run gets a slot
+_LEFT_QUEUED: dict[str, Any] = {"left": "queued"}
 
 _CANCEL_MESSAGES = {
     "cancel": "cancelled",
