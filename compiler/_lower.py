@@ -16,7 +16,7 @@ from typing import Any
 
 from compiler._errors import CompileError, Diagnostic, did_you_mean
 from compiler._expr import BUILTIN_NAMES, NameRef, compile_condition, compile_value
-from compiler._native import generate_native
+from compiler._native import generate_native, restores_error
 from compiler._steps import COMMON_FIELDS, EFFECT_STEPS, STEPS, FieldKind
 from runtime import Instr, Op, Program, Value
 
@@ -55,6 +55,25 @@ class _Try:
     finally_path: str
 
 
+@dataclass(slots=True)
+class _Handler:
+    """A catch block, or a finally block run after an error: ``error`` is the slot ``own``.
+
+    Leaving it other than by an error puts ``error`` back from the slot ``prev``.
+    """
+
+    own: str
+    prev: str | None
+
+
+#: the slot holding ``error`` as the run started (see ``_Lowering.prev_error``)
+_ERROR0 = "$error0"
+
+
+def _read(slot: str) -> Value:
+    return Value(lambda s, _k=slot: s[_k], slot)
+
+
 def _const(value: Any, source: str) -> Value:
     return Value(lambda _s, _v=value: _v, source, True)
 
@@ -81,6 +100,11 @@ def _collect_defined(steps: Any, out: set[str]) -> None:
                     _collect_defined(branch, out)
 
 
+def _finally_outside(ctx: list[Any], down_to: int, i: int) -> bool:
+    """Whether a try with a finally block sits in ``ctx[down_to:i]`` (its copy runs after ``ctx[i]`` is left)."""
+    return any(isinstance(c, _Try) and c.finally_steps for c in ctx[down_to:i])
+
+
 class _Lowering:
     def __init__(self, defined: set[str]) -> None:
         self.code: list[list[Any]] = []
@@ -88,9 +112,12 @@ class _Lowering:
         self.defined = defined
         self.reads: list[NameRef] = []
         self.calls: list[tuple[str, str]] = []
-        self.ctx: list[_Loop | _Try] = []
+        self.ctx: list[_Loop | _Try | _Handler] = []
         self.try_count = 0
         self.labels: list[_Label] = []
+        #: the stack assigns ``error`` itself (a return_as): each try saves it (see prev_error)
+        self.saves_error = "error" in defined
+        self.uses_error0 = False
 
     # -- emission -----------------------------------------------------------------
     def emit(self, op: Op, arg: Any, path: str, kind: str | None = None) -> None:
@@ -248,21 +275,53 @@ class _Lowering:
         for i in range(len(self.ctx) - 1, -1, -1):
             if isinstance(self.ctx[i], _Loop):
                 loop = self.ctx[i]
-                self._exit_tries(i + 1, path, kind)
+                self._exit_tries(i + 1, path)
                 return loop
         self.error(f"'{kind}' outside of any loop", path, "use it inside a loop's operations")
         return None
 
-    def _exit_tries(self, down_to: int, path: str, kind: str | None) -> None:
+    def _exit_tries(self, down_to: int, path: str, *, returning: bool = False) -> None:
+        """Leave every try and handler from the innermost down to ``ctx[down_to]``.
+
+        A try pops and runs a copy of its finally block; a handler (catch, or
+        finally after an error) puts ``error`` back -- on a ``return`` only when
+        a finally copy further out will run and could read it.
+        """
         saved = self.ctx
         for i in range(len(saved) - 1, down_to - 1, -1):
             entry = saved[i]
-            if isinstance(entry, _Try):
+            if isinstance(entry, _Handler):
+                if not returning or _finally_outside(saved, down_to, i):
+                    self.restore(entry.prev, path)
+            elif isinstance(entry, _Try):
                 self.emit(Op.TRY_POP, None, path, None)
                 if entry.finally_steps:
                     self.ctx = saved[:i]
                     self.block(entry.finally_steps, entry.finally_path)
                     self.ctx = saved
+
+    def prev_error(self, n: int, catch: Any, fin: Any, path: str) -> str | None:
+        """The slot the handler of try ``n`` restores ``error`` from, emitting its save if one is needed.
+
+        Only try_catch sets ``error``, and each puts it back on leaving its
+        handler, so before a try it is the error of the innermost handler
+        around it (its slot), or at the top what it was as the run started
+        (``$error0``, saved by the first instruction): no work when the try
+        starts. A stack that assigns ``error`` itself saves it at each try
+        whose handler may end other than by an error.
+        """
+        if not self.saves_error:
+            return next((c.own for c in reversed(self.ctx) if isinstance(c, _Handler)), _ERROR0)
+        if not restores_error(catch, fin):
+            return None
+        prev = f"$prev{n}"
+        self.emit(Op.SET, (prev, _read("error")), path, None)
+        return prev
+
+    def restore(self, prev: str | None, path: str) -> None:
+        if prev is not None:
+            self.uses_error0 |= prev == _ERROR0
+            self.emit(Op.SET, ("error", _read(prev)), path, None)
 
     def lower_break_loop(self, step: dict, path: str, kind: str) -> None:
         loop = self._unwind_to_loop(path, kind)
@@ -281,14 +340,22 @@ class _Lowering:
             self.emit(Op.RETURN, value, path, kind)
             return
         self.emit(Op.SET, (_RETURN_SLOT, value), path, kind)
-        self._exit_tries(0, path, None)
+        self._exit_tries(0, path, returning=True)
         self.emit(Op.RETURN, Value(lambda s: s[_RETURN_SLOT], "(return value)"), path)
 
     def lower_try_catch(self, step: dict, path: str, kind: str) -> None:
+        """The try block under TRY_PUSH; its handler: catch and/or finally (+ RERAISE).
+
+        Each end of the handler other than an error (the fall-through after
+        the catch, break/continue out of the catch or finally) puts ``error``
+        back (``prev_error``): it is this try's error only inside its catch and
+        finally blocks.
+        """
         self.try_count += 1
         slot = f"$error{self.try_count}"
         catch, fin = step.get("catch_block"), step.get("finally_block")
         fin_path = f"{path}.finally_block"
+        prev = self.prev_error(self.try_count, catch, fin, path)
         handler, end = _Label(), _Label()
         self.emit(Op.TRY_PUSH, (handler, slot), path, kind)
         self.ctx.append(_Try(fin, fin_path))
@@ -298,6 +365,7 @@ class _Lowering:
         self.block(fin, fin_path)
         self.emit(Op.JUMP, end, path)
         self.mark(handler)
+        self.ctx.append(_Handler(slot, prev))
         if catch and fin:
             handler2 = _Label()
             self.emit(Op.TRY_PUSH, (handler2, slot), path)
@@ -306,15 +374,18 @@ class _Lowering:
             self.ctx.pop()
             self.emit(Op.TRY_POP, None, path)
             self.block(fin, fin_path)
+            self.restore(prev, path)
             self.emit(Op.JUMP, end, path)
             self.mark(handler2)
             self.block(fin, fin_path)
             self.emit(Op.RERAISE, slot, path)
-        elif catch:
-            self.block(catch, f"{path}.catch_block")
         elif fin:
             self.block(fin, fin_path)
             self.emit(Op.RERAISE, slot, path)
+        else:
+            self.block(catch, f"{path}.catch_block")
+            self.restore(prev, path)
+        self.ctx.pop()
         self.mark(end)
 
     def lower_throw_error(self, step: dict, path: str, kind: str) -> None:
@@ -389,7 +460,11 @@ class _Lowering:
                     arg, seen = nxt[1], seen + 1
                 ins[1] = arg
 
-    def instructions(self) -> tuple[Instr, ...]:
+    def instructions(self, root: str) -> tuple[Instr, ...]:
+        if self.uses_error0:  # ``error`` as the run starts, for the restores outside any handler
+            self.code.insert(0, [Op.SET, (_ERROR0, _read("error")), root, None])
+            for label in self.labels:
+                label.pc += 1
         self._peephole()
 
         def resolve(arg: Any) -> Any:
@@ -418,7 +493,7 @@ def lower_stack(
         low.block(stack, path)
     low.emit(Op.END, None, path)
     low.check_names(extra_names)
-    program = Program(name, low.instructions(), file, frozenset(defined))
+    program = Program(name, low.instructions(path), file, frozenset(defined))
     if not low.diags:
         program = dataclasses.replace(program, native=generate_native(stack, program, path=path))
     diags = [Diagnostic(d.message, d.path, d.file or file, d.column, d.hint) for d in low.diags]

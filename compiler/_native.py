@@ -79,7 +79,7 @@ from runtime._vm import (
     interrupted,
 )
 
-__all__ = ("generate_native", "native_source", "NativeFunction")
+__all__ = ("generate_native", "native_source", "NativeFunction", "restores_error")
 
 #: the names the tests know these by
 _localize, _NoLocals = localize, NoLocals
@@ -163,6 +163,44 @@ class _Try:
         self.finally_path = finally_path
 
 
+class _Handler:
+    """A catch block, or a finally block run after an error (the lowering's ``_Handler``):
+    ``error`` is the local ``own``; leaving it puts ``error`` back from the local ``prev``."""
+
+    __slots__ = ("own", "prev")
+
+    def __init__(self, own: str, prev: str | None) -> None:
+        self.own = own
+        self.prev = prev
+
+
+def _jumps_out(steps: Any) -> bool:
+    """Whether ``steps`` hold a break_loop, continue_loop or return anywhere (nested ones too)."""
+    if not isinstance(steps, list):
+        return False
+    for step in steps:
+        if not isinstance(step, dict):
+            continue
+        if step.get("function") in ("break_loop", "continue_loop", "return"):
+            return True
+        for key, val in step.items():
+            if isinstance(val, list) and _jumps_out(val):
+                return True
+            if key == "cases" and isinstance(val, dict) and any(_jumps_out(v) for v in val.values()):
+                return True
+    return False
+
+
+def restores_error(catch: Any, fin: Any) -> bool:
+    """Whether a try_catch can leave its handler other than by an error, so it saves ``error``.
+
+    A catch block (or no blocks at all: the error is dropped) falls through; a
+    finally block alone re-raises, unless a break, continue or return in it
+    leaves the try_catch.
+    """
+    return bool(catch) or not fin or _jumps_out(fin)
+
+
 class _Gen:
     """Walks a stack the way ``compiler._lower`` does, writing Python instead of instructions.
 
@@ -184,7 +222,7 @@ class _Gen:
         self.kinds: dict[str, str] = {}
         self.site_ids: dict[tuple[str, str], int] = {}
         self.holders: set[str] = {"_v"}
-        self.ctx: list[_Loop | _Try] = []
+        self.ctx: list[_Loop | _Try | _Handler] = []
         self.n = 0
         self.args: dict[str, Any] = {}
         self.return_values: dict[str, Value] = {}
@@ -199,6 +237,10 @@ class _Gen:
         self.created: set[str] = set(BUILTIN_NAMES)
         #: inside a loop body whose variables live in locals: which ones
         self.local: Locals | None = None
+        #: the stack assigns ``error`` itself: each try saves it (``compiler._lower``'s prev_error)
+        self.saves_error = "error" in program.variables
+        #: a restore reads ``_e0``, ``error`` as the run started (set in the header)
+        self.uses_e0 = False
 
     # -- output -------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -598,17 +640,36 @@ class _Gen:
             self.line(f"{src} = _it = None")
             self.dedent()
 
-    def exit_tries(self, down_to: int) -> None:
-        """The finally copies of every try from the innermost down to ``ctx[down_to]``."""
+    def exit_tries(self, down_to: int, *, returning: bool = False) -> None:
+        """Leave every try and handler from the innermost down to ``ctx[down_to]``, as the lowering's
+        ``_exit_tries``: a try's flag cleared and its finally copied; a handler's ``error`` put back
+        (on a ``return`` only when a finally copy further out runs after it)."""
         saved = self.ctx
         for i in range(len(saved) - 1, down_to - 1, -1):
             entry = saved[i]
-            if isinstance(entry, _Try):
+            if isinstance(entry, _Handler):
+                if not returning or any(isinstance(c, _Try) and c.finally_steps for c in saved[down_to:i]):
+                    self.restore(entry.prev)
+            elif isinstance(entry, _Try):
                 self.line(f"{entry.flag} = False")
                 if entry.finally_steps:
                     self.ctx = saved[:i]
                     self.block(entry.finally_steps, entry.finally_path)
                     self.ctx = saved
+
+    def prev_error(self, n: int, catch: Any, fin: Any) -> str | None:
+        """The local the handler of try ``n`` restores ``error`` from (``compiler._lower``'s prev_error)."""
+        if not self.saves_error:
+            return next((c.own for c in reversed(self.ctx) if isinstance(c, _Handler)), "_e0")
+        if not restores_error(catch, fin):
+            return None
+        self.line(f"_p{n} = scope['error']")
+        return f"_p{n}"
+
+    def restore(self, prev: str | None) -> None:
+        if prev is not None:
+            self.uses_e0 |= prev == "_e0"
+            self.line(f"scope['error'] = {prev}")
 
     def innermost_loop(self) -> int:
         for i in range(len(self.ctx) - 1, -1, -1):
@@ -636,13 +697,13 @@ class _Gen:
         if through_finally and self.traced:  # the traced SET $return evaluates through ``_eval``
             self.evaluate("_r", step.get("value"), f"{path}.value", (path, ("$return", value), value))
             self.trace_end(path, output="_r")
-            self.exit_tries(0)
+            self.exit_tries(0, returning=True)
             slot = self.return_values.get(path) or Value(lambda s: s["$return"], "(return value)")
             self.site(path, slot, None, "return slot")
         elif through_finally:  # SET $return on the hot path, the finally copies, RETURN (return value)
             self.site(path, ("$return", value))
             self.line(f"_r = {self.expr(step.get('value'), f'{path}.value')}")
-            self.exit_tries(0)
+            self.exit_tries(0, returning=True)
             slot = self.return_values.get(path) or Value(lambda s: s["$return"], "(return value)")
             self.site(path, slot, None, "return slot")
         else:
@@ -653,10 +714,12 @@ class _Gen:
         self.line("return _r")
 
     def do_try_catch(self, step: dict, path: str, kind: str) -> None:
+        """The lowering's try_catch: ``error`` put back at each end of the handler but an error."""
         catch, fin = step.get("catch_block"), step.get("finally_block")
         fin_path = f"{path}.finally_block"
         n = self.fresh("")
         flag, err = f"_a{n}", f"_e{n}"
+        prev = self.prev_error(n, catch, fin)
         self.trace_start()  # TRY_PUSH carries the step
         self.trace_end(path)
         self.line(f"{flag} = True")
@@ -669,6 +732,7 @@ class _Gen:
         self.line("except _Exception as _e:")
         self.indent()
         self.catch_error(flag, err)
+        self.ctx.append(_Handler(err, prev))
         if catch and fin:
             flag2 = f"_a{n}c"
             self.line(f"{flag2} = True")
@@ -686,11 +750,15 @@ class _Gen:
             self.line("else:")
             self.indent()
             self.block(fin, fin_path)
+            self.restore(prev)
             self.dedent()
-        elif catch:
-            self.block(catch, f"{path}.catch_block")
         elif fin:
             self.reraise(fin, fin_path, path, err)
+        else:
+            if catch:
+                self.block(catch, f"{path}.catch_block")
+            self.restore(prev)
+        self.ctx.pop()
         self.dedent()
         if fin:
             self.line("else:")
@@ -915,6 +983,7 @@ def _render(gen: _Gen, name: str) -> str:
     header = [
         f"async def native(frame, ctx):  # {name}{' (traced)' if gen.traced else ''}",
         "    scope = frame.scope",
+        *(["    _e0 = scope['error']  # error as the run starts: restored after a try_catch"] if gen.uses_e0 else []),
         *(["    _tr = ctx.tracer", "    _busy = False"] if gen.traced else []),
         "    _at = 0",
         "    _b = _BUDGET",

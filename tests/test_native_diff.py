@@ -102,10 +102,17 @@ def step(draw, depth, in_loop):
     out = {"function": "try_catch", "try_block": draw(inner)}
     for name in sorted(blocks):
         out[name] = draw(inner)
+    if draw(st.booleans()):  # what `error` is once the try_catch is over (in a catch: that catch's error)
+        return {"function": "conditional", "condition": "true", "true_branch": [out, TOP_ERROR if depth == 0 else SEEN_ERROR]}
     return out
 
 
-PRELUDE = [cv("a", 1), cv("b", 2), cv("l", [1, 2]), cv("o", {"k": "v"}), cv("s", "text"),
+#: record `error` in `e` (anywhere) and `top` (at the top, in no catch or finally: always null), lists no other step changes
+SEEN_ERROR = {"function": "update_variable", "name": "e", "operation": "append", "value": "{{ error }}"}
+TOP_ERROR = {"function": "update_variable", "name": "top", "operation": "append", "value": "{{ error }}"}
+
+
+PRELUDE = [cv("a", 1), cv("b", 2), cv("l", [1, 2]), cv("o", {"k": "v"}), cv("s", "text"), cv("e", []), cv("top", []),
            {"function": "conditional", "condition": "{{ a > 100 }}", "true_branch": [cv("x", 1)]}]
 
 
@@ -137,9 +144,11 @@ def same(stack, variables=None):
 @settings(max_examples=400)
 @given(steps(max_len=6))
 def test_random_stacks_agree(body):
-    same([*PRELUDE, *body, {"function": "return", "value": {"a": "{{ a }}", "l": "{{ l }}", "o": "{{ o }}",
+    got = same([*PRELUDE, *body, {"function": "return", "value": {"a": "{{ a }}", "l": "{{ l }}", "o": "{{ o }}",
                                                           "item": "{{ item }}", "index": "{{ index }}",
-                                                          "error": "{{ error }}"}}])
+                                                          "error": "{{ error }}", "e": "{{ e }}", "top": "{{ top }}", "final": True}}])
+    if got[0] == "ok" and isinstance(got[1], dict) and got[1].get("final") is True:  # not an early return
+        assert got[1]["top"] == [None] * len(got[1]["top"]) and got[1]["error"] is None
 
 
 def test_the_generator_reaches_every_outcome():
@@ -151,6 +160,12 @@ def test_the_generator_reaches_every_outcome():
          and any(s.get("function") == "try_catch" for s in b))
     find(steps(max_len=6), lambda b: same([*PRELUDE, *b])[0] == "ok"
          and any(s.get("function") == "loop" for s in b))
+    # `error` read after a try_catch at the top (the random test checks it is null there)
+    def seen(b, name):
+        got = same([*PRELUDE, *b, {"function": "return", "value": {"seen": f"{{{{ {name} }}}}", "final": True}}])
+        return got[1]["seen"] if got[0] == "ok" and isinstance(got[1], dict) and got[1].get("final") is True else []
+
+    find(steps(max_len=6), lambda b: bool(seen(b, "top")))
 
 
 @pytest.mark.parametrize("variables", [None, {"a": 5, "l": [3, 4, 5]}, {"s": ""}])

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from compiler import lower_stack
 from runtime import RunContext, RunFailed, execute
 from runtime._limits import INSTRUCTIONS_PER_CHECK
+from runtime._vm import Frame, _new_scope, _run
 from tests.support import assert_cancellable_while_others_run
 
 pytestmark = pytest.mark.anyio
@@ -31,25 +32,36 @@ class Quiet:
 
 
 async def run(stack, ctx=None, **variables):
-    """Run ``stack``; with no context given, on both backends, which must agree.
+    """Run ``stack``; with no context given, on the VM, the traced native code and the native code,
+    which must agree. (A context's fakes record calls, so those runs go through execute() once.)
 
-    (A context's fakes record calls, so those runs go through execute() once.)
+    With a tracer, execute() runs the native code's traced variant, not the VM: the VM runs here
+    through ``_run`` itself.
     """
     program = compile_stack(stack)
     if ctx is not None:
         return await execute(program, ctx, variables)
     outcomes = []
-    for backend in (RunContext(tracer=Quiet()), RunContext()):  # the interpreter, then the native code
+    vm = RunContext()
+    runs = (
+        lambda: _run(Frame(program, _new_scope(vm, dict(variables), None)), vm),  # the interpreter
+        lambda: execute(program, RunContext(tracer=Quiet()), dict(variables)),  # the traced native code
+        lambda: execute(program, RunContext(), dict(variables)),  # the native code
+    )
+    for start in runs:
         try:
-            outcomes.append(("result", await execute(program, backend, dict(variables))))
+            outcomes.append(("result", await start()))
         except RunFailed as exc:
             outcomes.append(("error", exc))
-    (vm_kind, vm_value), (native_kind, native_value) = outcomes
-    assert vm_kind == native_kind, outcomes
+    (vm_kind, vm_value), *others = outcomes
+    for kind, value in others:
+        assert kind == vm_kind, outcomes
+        if vm_kind == "error":
+            assert value.error == vm_value.error
+        else:
+            assert value == vm_value
     if vm_kind == "error":
-        assert vm_value.error == native_value.error
         raise vm_value
-    assert vm_value == native_value
     return vm_value
 
 
@@ -223,6 +235,127 @@ async def test_catch_restores_loop_depth():
              {"function": "loop", "times": 2, "operations": [uv("n", "increment")]},
              ret("{{ n }}")]
     assert await run(stack) == 2  # index restored to null in the catch, then two increments
+
+
+def throw(message, etype="E"):
+    return {"function": "throw_error", "message": message, "type": etype}
+
+
+def try_catch(try_block, catch_block=None, finally_block=None):
+    step = {"function": "try_catch", "try_block": try_block}
+    if catch_block is not None:
+        step["catch_block"] = catch_block
+    if finally_block is not None:
+        step["finally_block"] = finally_block
+    return step
+
+
+SEEN = uv("log", "append", "{{ error.message ?? 'null' }}")
+
+
+async def test_error_is_the_outer_one_again_after_a_nested_try_catch():
+    stack = [cv("log", []),
+             try_catch([throw("outer", "A")], [
+                 try_catch([throw("inner", "B")], [uv("log", "append", "{{ error.message }}")]),
+                 uv("log", "append", "{{ error.message }}")]),
+             ret("{{ log }}")]
+    assert await run(stack) == ["inner", "outer"]
+
+
+async def test_error_is_null_outside_a_catch_before_and_after_a_try_catch():
+    stack = [cv("log", []), SEEN,
+             try_catch([throw("one")], [SEEN]), SEEN,
+             try_catch([throw("two")], []), SEEN,  # an empty catch drops the error
+             try_catch([cv("x", 1)], [SEEN]), SEEN,
+             ret(["{{ log }}", "{{ error }}"])]
+    assert await run(stack) == [["null", "one", "null", "null", "null"], None]
+    assert await run([try_catch([throw("x")], [cv("seen", "{{ error.message }}")]), ret(["{{ seen }}", "{{ error }}"])]) == ["x", None]
+
+
+async def test_finally_after_a_catch_sees_the_error_then_it_is_put_back():
+    stack = [cv("log", []),
+             try_catch([throw("outer")], [
+                 try_catch([throw("inner")], [SEEN], [SEEN]), SEEN,
+                 try_catch([cv("x", 1)], [SEEN], [SEEN]), SEEN]),  # no error: the finally sees the outer one
+             SEEN, ret("{{ log }}")]
+    assert await run(stack) == ["inner", "inner", "outer", "outer", "outer", "null"]
+
+
+async def test_an_error_in_a_catch_is_the_error_of_the_finally_and_of_the_handler_outside():
+    stack = [cv("log", []),
+             try_catch([throw("outer")], [try_catch([try_catch([throw("one")], [throw("two")], [SEEN])], [SEEN]), SEEN]),
+             SEEN, ret("{{ log }}")]
+    assert await run(stack) == ["two", "two", "outer", "null"]
+    rethrow = [try_catch([try_catch([throw("one")], [throw("{{ error.message }}!")])], [SEEN]), SEEN]
+    assert await run([cv("log", []), *rethrow, ret("{{ log }}")]) == ["one!", "null"]
+
+
+@pytest.mark.parametrize("exit_step", ["continue_loop", "break_loop"])
+async def test_continue_or_break_out_of_a_catch_puts_error_back(exit_step):
+    stack = [cv("log", []),
+             try_catch([throw("outer")], [
+                 {"function": "loop", "times": 2, "operations": [
+                     SEEN,
+                     try_catch([throw("inner{{ index }}")], [SEEN, {"function": exit_step}]),
+                     uv("log", "append", "not reached")]},
+                 SEEN]),
+             SEEN, ret("{{ log }}")]
+    if exit_step == "continue_loop":
+        assert await run(stack) == ["outer", "inner0", "outer", "inner1", "outer", "null"]
+    else:
+        assert await run(stack) == ["outer", "inner0", "outer", "null"]
+
+
+@pytest.mark.parametrize("exit_step", ["continue_loop", "break_loop"])
+async def test_continue_or_break_out_of_a_finally_puts_error_back(exit_step):
+    """Out of a finally entered by an error (which the jump drops), and out of one after a catch."""
+    done = [SEEN, {"function": exit_step}]
+    stack = [cv("log", []),
+             {"function": "loop", "times": 2, "operations": [
+                 SEEN, try_catch([throw("a{{ index }}")], None, done), uv("log", "append", "not reached")]},
+             {"function": "loop", "times": 1, "operations": [
+                 try_catch([throw("b")], [SEEN], done)]},
+             {"function": "loop", "times": 1, "operations": [
+                 try_catch([throw("c")], [SEEN, {"function": exit_step}], [SEEN])]},
+             SEEN, ret("{{ log }}")]
+    first = ["null", "a0", "null", "a1"] if exit_step == "continue_loop" else ["null", "a0"]
+    assert await run(stack) == [*first, "b", "b", "c", "c", "null"]
+
+
+async def test_a_finally_run_by_a_return_from_an_inner_catch_sees_the_error_around_it():
+    stack = [try_catch([try_catch([throw("inner")], [ret("{{ error.message }}")])], None,
+                       [ret("{{ error.message ?? 'null' }}")])]
+    assert await run(stack) == "null"
+    stack = [try_catch([throw("outer")], [
+        try_catch([try_catch([throw("inner")], [ret("{{ error.message }}")])], None, [ret("{{ error.message }}")])])]
+    assert await run(stack) == "outer"
+    stack = [try_catch([try_catch([throw("inner")], [ret("{{ error.message }}")])], None, [cv("x", 1)])]
+    assert await run(stack) == "inner"  # the return's value is taken before the finally runs
+
+
+async def test_error_from_the_callers_variables_is_put_back_too():
+    assert await run([try_catch([throw("x")], []), ret("{{ error }}")], error={"message": "given"}) == {"message": "given"}
+
+
+async def test_a_stack_that_assigns_error_gets_its_own_value_back():
+    """``return_as: error`` makes ``error`` a variable of the stack: each try then saves and restores it."""
+
+    class Functions:
+        async def call(self, name, inputs, ctx):
+            return {"message": f"mine-{inputs['n']}"}
+
+    stack = [cv("log", []),
+             {"function": "custom_function", "name": "f", "inputs": {"n": 1}, "return_as": "error"},
+             try_catch([throw("outer")], [
+                 {"function": "custom_function", "name": "f", "inputs": {"n": 2}, "return_as": "error"},
+                 try_catch([throw("inner")], [SEEN]), SEEN,
+                 {"function": "loop", "times": 1, "operations": [try_catch([throw("loop")], [{"function": "break_loop"}])]},
+                 SEEN]),
+             SEEN, ret("{{ log }}")]
+    program = compile_stack(stack)
+    for ctx in (RunContext(functions=Functions()), RunContext(functions=Functions(), tracer=Quiet())):
+        assert await _run(Frame(program, _new_scope(ctx, None, None)), ctx) == ["inner", "mine-2", "mine-2", "mine-1"]
+        assert await execute(program, ctx) == ["inner", "mine-2", "mine-2", "mine-1"]
 
 
 async def test_seed_bug_member_of_text_names_step_and_expression():
