@@ -8,6 +8,7 @@ variable in place), cut to ``MAX_SUMMARY_BYTES``, and scrubbed of every
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,7 +16,9 @@ import msgspec
 
 from engine._http import redact_headers, redact_url
 from engine._http.redact import MASK
-from engine._store.codec import encode_lenient
+from engine._store.codec import encode_bounded, encode_lenient
+from runtime._errors import LimitExceeded
+from runtime._values import check_limits
 
 __all__ = ("RunTrace", "Secrets", "MAX_SUMMARY_BYTES", "MAX_TRACE_ENTRIES")
 
@@ -30,6 +33,22 @@ _encode = msgspec.json.encode
 _Raw = msgspec.Raw
 #: values a summary keeps as they are (immutable, small, nothing to scrub)
 _PLAIN = frozenset({type(None), int, float, bool})
+#: the ``repr`` of a value msgspec cannot encode: bounded in length and in work
+#: (it shows the first entries of each list and object, to a few levels)
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel, _short_repr.maxlist, _short_repr.maxdict = 6, 20, 20
+_short_repr.maxstring = _short_repr.maxother = _short_repr.maxlong = MAX_SUMMARY_BYTES
+
+
+def _too_large(exc: LimitExceeded) -> dict[str, Any]:
+    """The summary of a value that cannot be written out: the reason, not the value.
+
+    ``check_limits`` measures a list or object as written out, shared parts
+    counted each time they appear, before it is encoded: a value built by
+    repeating itself (``[s, s]`` in a loop) would otherwise be written out in
+    full, holding the event loop for as long as that takes.
+    """
+    return {"$too_large": exc.message}
 
 
 class _Step(msgspec.Struct, gc=False):
@@ -134,9 +153,13 @@ class RunTrace:
         if kind is str and len(value) <= _SHORT_TEXT:
             return secrets.scrub(value)
         try:
+            check_limits(value)
+        except LimitExceeded as exc:
+            return _too_large(exc)
+        try:
             data = _encode(value)
-        except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
-            return secrets.scrub(repr(value)[:MAX_SUMMARY_BYTES])
+        except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+            return secrets.scrub(_short_repr.repr(value)[:MAX_SUMMARY_BYTES])
         return self._of_encoded(data)
 
     def _of_encoded(self, data: bytes) -> Any:
@@ -190,8 +213,11 @@ class RunTrace:
                     output = self.summary(output)
             elif kind_out is dict or kind_out is list:
                 try:
+                    check_limits(output)
                     data = _encode(output)
-                except (TypeError, ValueError, msgspec.EncodeError, OverflowError):
+                except LimitExceeded as exc:
+                    output = _too_large(exc)
+                except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
                     output = self.summary(output)
                 else:  # a long one is cut from the same bytes, not encoded again
                     output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self._of_encoded(data)
@@ -234,6 +260,9 @@ class RunTrace:
     def export_json(self) -> str:
         """The stored JSON text of the trace: exactly ``codec.encode_lenient(self.export())``.
 
+        Through ``codec.encode_bounded``, which skips ``encode_lenient``'s size
+        check: every entry holds only summaries, each already bounded.
+
         One encode of the entries as they are kept, with the store's own
         encoder, instead of building a dict per entry for the store to
         encode: the same text (keys in the same order), for a fraction of
@@ -244,6 +273,6 @@ class RunTrace:
         """
         entries = self._stored()
         try:
-            return encode_lenient(entries)
+            return encode_bounded(entries)
         except Exception:
-            return encode_lenient(self.export())
+            return encode_bounded(self.export())

@@ -4,6 +4,8 @@ __all__ = (
     "MAX_STRING_LENGTH",
     "MAX_LIST_LENGTH",
     "MAX_NESTING_DEPTH",
+    "MAX_VALUE_NODES",
+    "MAX_VALUE_CHARS",
     "MAX_EXPRESSION_LENGTH",
     "YIELD_SLICE",
     "INSTRUCTIONS_PER_CHECK",
@@ -18,6 +20,20 @@ MAX_STRING_LENGTH = 10_000_000
 MAX_LIST_LENGTH = 1_000_000
 #: Deepest nesting of lists and objects a value may have.
 MAX_NESTING_DEPTH = 100
+#: Most entries (list items and object fields, at every level) a value may have
+#: when written out as JSON. Values may share parts: ``[s, s]`` holds ``s``
+#: twice without copying it, so 40 rounds of it make a value of 41 lists in
+#: memory that writes out to 2**40 entries. Every value is measured as written,
+#: shared parts counted each time they appear (but measured once), before
+#: anything writes or walks it as a tree. 50 million is far beyond any value a
+#: run builds from distinct parts (a list at the list limit of objects of 49
+#: fields, several GB in memory) and writes out in well under a second.
+MAX_VALUE_NODES = 50_000_000
+#: Most characters of text (texts and object keys, counted each time they are
+#: written) a value may have when written out: the same for a text repeated
+#: through sharing. 20 texts at the text limit, or a list at the list limit of
+#: objects with 200 characters each, fit.
+MAX_VALUE_CHARS = 200_000_000
 #: Longest expression source the compiler accepts (characters).
 MAX_EXPRESSION_LENGTH = 20_000
 #: A run that has held the event loop this long (seconds) gives it a turn at its

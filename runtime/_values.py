@@ -31,7 +31,13 @@ from typing import Any
 import msgspec
 
 from runtime._errors import ExpressionError, LimitExceeded
-from runtime._limits import MAX_LIST_LENGTH, MAX_NESTING_DEPTH, MAX_STRING_LENGTH
+from runtime._limits import (
+    MAX_LIST_LENGTH,
+    MAX_NESTING_DEPTH,
+    MAX_STRING_LENGTH,
+    MAX_VALUE_CHARS,
+    MAX_VALUE_NODES,
+)
 
 __all__ = (
     "truthy",
@@ -39,6 +45,7 @@ __all__ = (
     "type_name",
     "json_dumps",
     "check_limits",
+    "written_size",
     "show",
     "is_number",
     "member",
@@ -103,11 +110,47 @@ def is_number(v: Any) -> bool:
 
 
 def json_dumps(v: Any) -> str:
-    """Compact JSON of a value (msgspec); keys keep their insertion order."""
+    """Compact JSON of a value (msgspec); keys keep their insertion order.
+
+    A text, so no longer than ``MAX_STRING_LENGTH``: a list or object is
+    measured first (``_text_form_fits``), so that one which shares parts is
+    refused before it is written out rather than after.
+    """
+    t = type(v)
+    if (t is list or t is dict) and not _text_form_fits(v, t):
+        raise LimitExceeded(f"the text form of this {type_name(v)} is longer than {MAX_STRING_LENGTH:,} characters")
     try:
-        return _encoder.encode(v).decode()
+        text = _encoder.encode(v).decode()
     except (TypeError, ValueError, OverflowError) as exc:
         raise ExpressionError(f"cannot encode a {type_name(v)} as JSON: {exc}") from None
+    if len(text) > MAX_STRING_LENGTH:
+        raise LimitExceeded(f"the text form of this {type_name(v)} is longer than {MAX_STRING_LENGTH:,} characters")
+    return text
+
+
+def _text_form_fits(v: Any, t: type) -> bool:
+    """False when the JSON of the list or object ``v`` is surely longer than ``MAX_STRING_LENGTH``.
+
+    JSON writes every entry in at least one character and every text in at
+    least its length, so more entries or more characters of text than the
+    limit cannot fit. A flat value is summed in one pass; one that nests is
+    measured by ``_measure`` (linear in its distinct parts). Raises
+    ``LimitExceeded`` for a value that breaks a limit of its own (depth).
+    """
+    chars = 0
+    for item in v.values() if t is dict else v:
+        ti = type(item)
+        if ti is str:
+            chars += len(item)
+        elif ti is dict or ti is list:
+            break
+    else:
+        return len(v) + chars <= MAX_STRING_LENGTH
+    try:
+        _measure(v, t, 0, {}, MAX_STRING_LENGTH, MAX_STRING_LENGTH)
+    except _Expands:
+        return False
+    return True
 
 
 def _number_text(v: int | float) -> str:
@@ -130,10 +173,7 @@ def to_text(v: Any) -> str:
         return "true" if v else "false"
     if t is int or t is float:
         return _number_text(v)
-    text = json_dumps(dict(v) if isinstance(v, Mapping) and t is not dict else v)
-    if len(text) > MAX_STRING_LENGTH:
-        raise LimitExceeded(f"the text form of this {type_name(v)} is longer than {MAX_STRING_LENGTH:,} characters")
-    return text
+    return json_dumps(dict(v) if isinstance(v, Mapping) and t is not dict else v)
 
 
 def show(v: Any, width: int = 40) -> str:
@@ -152,8 +192,11 @@ def check_limits(v: Any) -> None:
     """Raise LimitExceeded when ``v`` breaks a size or depth limit of ``runtime._limits``.
 
     Every run's result comes through here, and most are a flat object or list
-    of scalars: those are checked in one pass over their items; anything that
-    nests is walked in full by ``_check_nested``.
+    of scalars: those are checked in one pass over their items (the texts'
+    lengths summed, which bounds both each text and the characters the list
+    writes out, however often it repeats one text); anything that nests is
+    measured by ``_measure``, as written out, in time linear in its distinct
+    lists and objects.
     """
     t = type(v)
     if t is str:
@@ -164,32 +207,126 @@ def check_limits(v: Any) -> None:
         return
     if len(v) > MAX_LIST_LENGTH:
         _check_nested(v)  # raises with the reason
+    chars = 0
     for item in v.values() if t is dict else v:
         ti = type(item)
         if ti is str:
-            if len(item) > MAX_STRING_LENGTH:
-                _check_nested(v)
+            chars += len(item)
         elif ti is dict or ti is list:
-            _check_nested(v)
+            break
+    else:
+        if chars <= MAX_STRING_LENGTH:
             return
+    _check_nested(v)
 
 
 def _check_nested(v: Any) -> None:
-    stack: list[tuple[Any, int]] = [(v, 0)]
-    while stack:
-        x, depth = stack.pop()
-        t = type(x)
-        if t is str:
-            if len(x) > MAX_STRING_LENGTH:
-                raise LimitExceeded(f"a text of {len(x):,} characters is longer than the limit of {MAX_STRING_LENGTH:,}")
-        elif t is list or t is dict:
-            if depth >= MAX_NESTING_DEPTH:
+    """``check_limits`` without its fast path: the full measure of any value."""
+    t = type(v)
+    if t is str:
+        if len(v) > MAX_STRING_LENGTH:
+            raise LimitExceeded(f"a text of {len(v):,} characters is longer than the limit of {MAX_STRING_LENGTH:,}")
+    elif t is dict or t is list:
+        try:
+            _measure(v, t, 0, {}, MAX_VALUE_NODES, MAX_VALUE_CHARS)
+        except _Expands as exc:
+            raise LimitExceeded(exc.message()) from None
+
+
+def written_size(v: Any, max_entries: int = MAX_VALUE_NODES, max_chars: int = MAX_VALUE_CHARS) -> tuple[int, int]:
+    """``(entries, characters)`` of ``v`` written out as JSON, shared parts counted each time they appear.
+
+    Entries are list items and object fields at every level; characters are
+    those of texts and object keys. Takes time linear in the distinct lists
+    and objects of ``v`` (each is measured once), however many times the
+    value repeats them. Raises ``LimitExceeded`` past ``max_entries`` or
+    ``max_chars``, or when a limit of ``runtime._limits`` is broken (nesting
+    depth, list length, text length).
+    """
+    t = type(v)
+    if t is str:
+        if len(v) > MAX_STRING_LENGTH:
+            raise LimitExceeded(f"a text of {len(v):,} characters is longer than the limit of {MAX_STRING_LENGTH:,}")
+        if len(v) > max_chars:
+            raise LimitExceeded(_Expands("characters of text", max_chars).message())
+        return 0, len(v)
+    if t is not dict and t is not list:
+        if isinstance(v, Mapping):
+            return written_size(dict(v), max_entries, max_chars)
+        return 0, 0
+    try:
+        entries, chars, _ = _measure(v, t, 0, {}, max_entries, max_chars)
+    except _Expands as exc:
+        raise LimitExceeded(exc.message()) from None
+    return entries, chars
+
+
+class _Expands(Exception):
+    """``_measure``'s signal: the value written out passes ``limit`` entries or characters."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        self.what, self.limit = what, limit
+
+    def message(self) -> str:
+        return (
+            f"a value would expand to more than {self.limit:,} {self.what} when written out: it holds the "
+            "same list or object many times over (as `[s, s]` repeated in a loop does); "
+            "build it without repeating shared parts, or keep a count of them instead"
+        )
+
+
+def _measure(x: Any, t: type, depth: int, memo: dict[int, tuple[int, int, int]], max_entries: int, max_chars: int) -> tuple[int, int, int]:
+    """``(entries, characters, height)`` of the list or object ``x`` written out.
+
+    ``memo`` holds the measure of every list and object already measured in
+    this walk, by ``id`` (each is alive, inside the value, for the whole walk):
+    a part the value shares is measured once and counted wherever it appears.
+    Raises ``_Expands`` as soon as a part passes ``max_entries`` or
+    ``max_chars`` (a part is never larger than the whole), so a value doubled
+    40 times stops within a few dozen levels. ``depth`` also bounds the walk
+    of a value that holds itself.
+    """
+    if depth >= MAX_NESTING_DEPTH:
+        raise LimitExceeded(f"a value nests deeper than {MAX_NESTING_DEPTH} lists/objects")
+    n = len(x)
+    if n > MAX_LIST_LENGTH:
+        raise LimitExceeded(f"a {type_name(x)} of {n:,} entries is longer than the limit of {MAX_LIST_LENGTH:,}")
+    entries, chars, height = n, 0, 1
+    if t is dict:
+        for key in x:
+            if type(key) is str:
+                chars += len(key)
+        items: Any = x.values()
+    else:
+        items = x
+    own = 0
+    for item in items:
+        ti = type(item)
+        if ti is str:
+            own += len(item)
+        elif ti is list or ti is dict:
+            got = memo.get(id(item))
+            if got is None:
+                got = _measure(item, ti, depth + 1, memo, max_entries, max_chars)
+            elif depth + 1 + got[2] > MAX_NESTING_DEPTH:
                 raise LimitExceeded(f"a value nests deeper than {MAX_NESTING_DEPTH} lists/objects")
-            if len(x) > MAX_LIST_LENGTH:
-                raise LimitExceeded(f"a {type_name(x)} of {len(x):,} entries is longer than the limit of {MAX_LIST_LENGTH:,}")
-            for item in x.values() if t is dict else x:
-                if type(item) in (str, list, dict):
-                    stack.append((item, depth + 1))
+            entries += got[0]
+            chars += got[1]
+            if got[2] >= height:
+                height = got[2] + 1
+    if own > MAX_STRING_LENGTH:
+        for item in items:
+            if type(item) is str and len(item) > MAX_STRING_LENGTH:
+                raise LimitExceeded(
+                    f"a text of {len(item):,} characters is longer than the limit of {MAX_STRING_LENGTH:,}"
+                )
+    chars += own
+    if entries > max_entries:
+        raise _Expands("entries", max_entries)
+    if chars > max_chars:
+        raise _Expands("characters of text", max_chars)
+    got = memo[id(x)] = (entries, chars, height)
+    return got
 
 
 # -- member access: the single choke point --------------------------------------------
@@ -368,16 +505,46 @@ def eq(a: Any, b: Any) -> bool:
     """Data equality: numbers by value (1 == 1.0), booleans only equal booleans, deep for containers."""
     ta, tb = type(a), type(b)
     if ta is tb:
-        if ta is list:
-            return len(a) == len(b) and all(eq(x, y) for x, y in zip(a, b))
-        if ta is dict:
-            return a.keys() == b.keys() and all(eq(v, b[k]) for k, v in a.items())
+        if ta is list or ta is dict:
+            return _eq_deep(a, b, ta, set())
         return a == b
     if (ta is int or ta is float) and (tb is int or tb is float):
         return a == b
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         return eq(dict(a), dict(b))
     return False
+
+
+def _eq_deep(a: Any, b: Any, t: type, same: set[tuple[int, int]]) -> bool:
+    """``eq`` of two lists or two objects, in time linear in their distinct parts.
+
+    ``same`` holds the pairs of parts (by ``id``, alive for the whole walk)
+    already found equal: values may share parts (``[s, s]``), and a pair met
+    again is not compared again. A part is equal to itself (values hold no
+    NaN: no operation, filter or decoder makes one).
+    """
+    if a is b:
+        return True
+    pair = (id(a), id(b))
+    if pair in same:
+        return True
+    if len(a) != len(b):
+        return False
+    if t is list:
+        pairs: Any = zip(a, b)
+    else:
+        if a.keys() != b.keys():
+            return False
+        pairs = ((v, b[k]) for k, v in a.items())
+    for x, y in pairs:
+        tx = type(x)
+        if tx is type(y) and (tx is list or tx is dict):
+            if not _eq_deep(x, y, tx, same):
+                return False
+        elif not eq(x, y):
+            return False
+    same.add(pair)
+    return True
 
 
 def ne(a: Any, b: Any) -> bool:

@@ -18,6 +18,9 @@ from urllib.parse import urlencode
 import msgspec
 from yarl import URL
 
+from runtime._errors import LimitExceeded
+from runtime._values import check_limits
+
 __all__ = (
     "METHODS",
     "BODY_FORMATS",
@@ -68,6 +71,20 @@ class BadJson(ValueError):
         self.text = text
 
 
+def _measured(value: Any, what: str) -> None:
+    """Raise BadValue when the list or object ``value`` would write out past the limits.
+
+    Values may share parts (``[s, s]`` holds ``s`` twice): one small in memory
+    can write out to more JSON than any server takes, and writing it would hold
+    the event loop until memory runs out. ``check_limits`` measures it first, in
+    time linear in its distinct parts.
+    """
+    try:
+        check_limits(value)
+    except LimitExceeded as exc:
+        raise BadValue(f"{what} cannot be sent: {exc.message}") from None
+
+
 def to_text(value: Any) -> str:
     """``value`` as the characters a text template would produce."""
     if isinstance(value, str):
@@ -83,6 +100,7 @@ def to_text(value: Any) -> str:
             return str(int(value))
         return repr(value)
     if isinstance(value, (list, tuple, dict)):
+        _measured(value, f"a {type(value).__name__}")
         try:
             return _json_encode(value).decode()
         except (TypeError, ValueError) as exc:
@@ -94,6 +112,7 @@ def _pairs(values: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
     """Key/text pairs: None skipped, lists become repeated keys."""
     if not isinstance(values, Mapping):
         raise BadValue(f"{what} must be an object of names to values, not {type(values).__name__}")
+    _measured(values, what)  # all its texts together, not each one (a list may repeat one value)
     pairs: list[tuple[str, str]] = []
     for key, value in values.items():
         if value is None:
@@ -140,6 +159,7 @@ def build_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
         raise BadValue(
             f"headers must be an object of names to values, not {type(headers).__name__}"
         )
+    _measured(headers, "headers")
     out: dict[str, str] = {}
     for name, value in headers.items():
         if value is None:
@@ -178,6 +198,7 @@ def encode_body(method: str, body: Any, body_format: str) -> tuple[bytes | None,
     if method in _BODYLESS:
         raise BadValue(f"a {method} request carries no body; put the values in `query` instead")
     if body_format == "json":
+        _measured(body, "the body")
         try:
             payload = _json_encode(body)
         except (TypeError, ValueError, OverflowError) as exc:

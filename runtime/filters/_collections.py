@@ -16,6 +16,7 @@ from runtime.filters._registry import (
     ABSENT,
     check_list,
     group_key,
+    measured,
     need_int,
     need_list,
     need_object,
@@ -66,7 +67,7 @@ def f_unique(value):
     """The list without repeated entries (by ==), keeping first appearances in order."""
     seen: set[Any] = set()
     out = []
-    for x in need_list("unique", value):
+    for x in measured(need_list("unique", value)):
         k = group_key(x)
         if k not in seen:
             seen.add(k)
@@ -129,7 +130,7 @@ def f_group_by(value, key):
     """Groups of a list by a field: [{key, count, items}] in order of first appearance."""
     path = need_text("group_by", key, "its key")
     groups: dict[Any, dict[str, Any]] = {}
-    for x in need_list("group_by", value):
+    for x in measured(need_list("group_by", value)):
         k = pluck(x, path)
         g = groups.get(group_key(k))
         if g is None:

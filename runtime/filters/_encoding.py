@@ -17,7 +17,7 @@ import msgspec
 
 from runtime._errors import ExpressionError
 from runtime._values import check_limits, json_dumps, show, to_text, type_name
-from runtime.filters._registry import check_text, need_text, register
+from runtime.filters._registry import check_text, need_text, register, texts
 
 __all__ = ()
 
@@ -44,7 +44,7 @@ def f_json_decode(value):
 def f_url_encode(value):
     """Text percent-encoded for a URL part, or an object as a query string (a=1&b=x)."""
     if isinstance(value, Mapping):
-        pairs = [(k, to_text(v)) for k, v in value.items()]
+        pairs = list(zip(value.keys(), texts("url_encode", value.values(), 1)))
         return urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
     if type(value) in (int, float, bool):
         value = to_text(value)

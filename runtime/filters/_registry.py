@@ -15,7 +15,7 @@ from typing import Any
 
 from runtime._errors import ExpressionError, LimitExceeded
 from runtime._limits import MAX_LIST_LENGTH, MAX_STRING_LENGTH
-from runtime._values import json_dumps, show, type_name
+from runtime._values import check_limits, json_dumps, show, to_text, type_name
 
 __all__ = (
     "Filter",
@@ -31,6 +31,8 @@ __all__ = (
     "group_key",
     "check_list",
     "check_text",
+    "texts",
+    "measured",
 )
 
 
@@ -160,3 +162,28 @@ def check_list(name: str, n: int) -> None:
 def check_text(name: str, n: int) -> None:
     if n > MAX_STRING_LENGTH:
         raise LimitExceeded(f"filter '{name}' would build a text of {n:,} characters, more than the limit of {MAX_STRING_LENGTH:,}")
+
+
+def texts(name: str, values: Any, extra: int = 0) -> list[str]:
+    """``to_text`` of each of ``values``, refused as soon as they add up to more than ``MAX_STRING_LENGTH``
+    characters (plus ``extra`` per text: a separator).
+
+    Summed as they are made, not after: a list may hold one list or object
+    many times over, whose text form is made anew for each.
+    """
+    out: list[str] = []
+    total = 0
+    for v in values:
+        text = to_text(v)
+        total += len(text) + extra
+        if total > MAX_STRING_LENGTH + extra:
+            check_text(name, total - extra)
+        out.append(text)
+    return out
+
+
+def measured(v: Any) -> Any:
+    """``v`` once ``check_limits`` has measured it: for a filter that writes out each entry of a list
+    (``unique``, ``group_by``), whose entries may share parts and each write out to far more than it holds."""
+    check_limits(v)
+    return v

@@ -15,8 +15,8 @@ from typing import Any
 
 from runtime._errors import ExpressionError
 from runtime._limits import MAX_STRING_LENGTH
-from runtime._values import show, to_text
-from runtime.filters._registry import check_list, check_text, need_list, need_text, register
+from runtime._values import show
+from runtime.filters._registry import check_list, check_text, need_list, need_text, register, texts
 
 __all__ = ("MAX_PATTERN_LENGTH",)
 
@@ -93,7 +93,7 @@ def f_join(value, separator=""):
     """The entries of a list as text (null as "", lists/objects as JSON), separated by separator."""
     items = need_list("join", value)
     sep = need_text("join", separator, "its separator")
-    parts = [to_text(x) for x in items]
+    parts = texts("join", items, len(sep))
     check_text("join", sum(map(len, parts)) + len(sep) * max(0, len(parts) - 1))
     return sep.join(parts)
 
