@@ -12,6 +12,7 @@ from typing import Any
 
 from runtime._errors import RunError
 from runtime._interfaces import RunContext
+from runtime._values import check_limits
 
 __all__ = ("EFFECTS", "EffectHandler", "RESULT_OPTIONAL")
 
@@ -37,6 +38,7 @@ def _need_object(value: Any, field: str) -> dict[str, Any]:
         raise RunError(
             f"'{field}' must be an object, got {type(value).__name__}", error_type="InvalidInput"
         )
+    check_limits(value)  # a value sharing parts ([s, s] in a loop) must not expand in the store's encoder
     return value
 
 
@@ -106,6 +108,8 @@ def _add_record(ctx: RunContext, f: dict[str, Any], keep: bool = True) -> Awaita
     data = f.get("data")
     if type(data) is not dict:
         data = _need_object(data, "data")
+    else:
+        check_limits(data)
     queue_add = getattr(type(records), "queue_add", None)
     if queue_add is not None:
         return queue_add(records, table, data, keep)

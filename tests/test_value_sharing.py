@@ -6,8 +6,6 @@ distinct parts, and stops with a clear ``LimitExceeded`` instead of holding
 the event loop. Each test here would hang (or exhaust memory) without that.
 """
 
-import time
-
 import msgspec
 import pytest
 from aiohttp import web
@@ -58,10 +56,8 @@ def test_written_size_counts_shared_parts_each_time_they_appear():
 
 @pytest.mark.timeout(5)
 def test_check_limits_refuses_a_value_that_writes_out_past_the_entry_limit_at_once():
-    started = time.perf_counter()
     with pytest.raises(LimitExceeded, match=f"{EXPANDS} {MAX_VALUE_NODES:,} entries when written out"):
-        check_limits(doubled(40))
-    assert time.perf_counter() - started < 0.1
+        check_limits(doubled(40))  # walking 2**41 entries would run past the timeout by days
     check_limits(doubled(20))  # 2 million entries: a value like any other
 
 
@@ -147,14 +143,12 @@ def test_text_form_and_filters_refuse_before_writing_out():
 async def test_a_run_that_doubles_a_value_40_times_ends_at_once(tracer, value, expected):
     program = compile_stack(loop_stack(40, ret(value)))
     ctx = RunContext(tracer=tracer) if tracer else RunContext()
-    started = time.perf_counter()
     if expected is None:
         assert await execute(program, ctx, {}) in (2, True)
     else:
         with pytest.raises(RunFailed) as info:
             await execute(program, ctx, {})
         assert info.value.error["type"] == "LimitExceeded" and expected in info.value.error["message"]
-    assert time.perf_counter() - started < 2
 
 
 # -- the engine: traces, storage, HTTP ----------------------------------------------------------
@@ -166,22 +160,22 @@ def quick_shutdown(monkeypatch):
 
 
 @pytest.mark.timeout(20)
-async def test_a_traced_run_keeps_the_reason_not_the_value():
+async def test_a_traced_run_keeps_the_start_of_a_shared_value():
     stack = loop_stack(40, {"function": "log", "message": "{{ s }}"}, ret("{{ s|length }}"))
     async with Engine.open([{"name": "t", "stack": stack}]) as engine:
         run = await engine.run((await engine.trigger("t", wait=True))["id"])
     assert run["status"] == "completed" and run["result"] == 2
     kept = msgspec.json.encode(run["trace"]).decode()
-    assert EXPANDS in kept and len(kept) < 2_000_000
+    assert '"$truncated":"[[[[' in kept and len(kept) < 2_000_000
 
 
-def test_a_trace_summary_of_a_shared_value_is_the_reason():
+def test_a_trace_summary_of_a_shared_value_is_its_start():
     trace = RunTrace(["secret-value"])
-    assert EXPANDS in trace.summary(doubled(40))["$too_large"]
+    assert trace.summary(doubled(40))["$truncated"].startswith("[[[[[[[[")
     plain = RunTrace()
     plain.step("stack[0]", "update_variable", 0.0, 0.0, doubled(40), doubled(40), None)
     entry = plain.export()[0]
-    assert EXPANDS in entry["inputs"]["$too_large"] and EXPANDS in entry["output"]["$too_large"]
+    assert entry["inputs"]["$truncated"].startswith("[[[[") and entry["output"]["$truncated"].startswith("[[[[")
     plain.step("stack[1]", "update_variable", 0.0, 0.0, None, doubled(3), None)
     assert msgspec.json.decode(plain.export()[1]["output"]) == doubled(3)
 
@@ -237,3 +231,18 @@ async def test_an_http_request_with_a_shared_body_fails_before_sending():
     finally:
         await runner.cleanup()
     assert calls == [b"[[[1],[1]],[[1],[1]]]"]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("step", [
+    {"function": "add_record", "table": "t", "data": {"s": "{{ s }}"}},
+    {"function": "add_record", "table": "t", "data": {"s": "{{ s }}"}, "return_as": "r"},
+    {"function": "add_or_edit_record", "table": "t", "identifier": "k", "data": {"k": 1, "s": "{{ s }}"}},
+    {"function": "edit_records", "table": "t", "filter": {"k": 1}, "data": {"s": "{{ s }}"}},
+])
+async def test_record_data_sharing_parts_is_refused_before_the_store_encodes_it(tmp_path, step):
+    stack = loop_stack(40, step, {"function": "count_records", "table": "t", "return_as": "n"}, ret("{{ n }}"))
+    async with Engine.open([{"name": "t", "stack": stack}], database=f"sqlite:///{tmp_path}/v.db") as engine:
+        run = await engine.trigger("t", wait=True)
+    assert run["status"] == "failed" and run["error"]["type"] == "LimitExceeded", run["error"]
+    assert EXPANDS in run["error"]["message"] and run["error"]["step"] == "stack[2]"
