@@ -18,7 +18,8 @@ from engine._http import redact_headers, redact_url
 from engine._http.redact import MASK
 from engine._store.codec import encode_bounded, encode_lenient
 from runtime._errors import LimitExceeded
-from runtime._values import check_limits
+from runtime._limits import MAX_NESTING_DEPTH
+from runtime._values import written_size
 
 __all__ = ("RunTrace", "Secrets", "MAX_SUMMARY_BYTES", "MAX_TRACE_ENTRIES")
 
@@ -40,15 +41,89 @@ _short_repr.maxlevel, _short_repr.maxlist, _short_repr.maxdict = 6, 20, 20
 _short_repr.maxstring = _short_repr.maxother = _short_repr.maxlong = MAX_SUMMARY_BYTES
 
 
-def _too_large(exc: LimitExceeded) -> dict[str, Any]:
-    """The summary of a value that cannot be written out: the reason, not the value.
+#: a list or object larger than this written out (entries / characters) is
+#: summarised from its first entries: the summary keeps 2 KB of it, and writing
+#: the rest out (100,000 records, or ``[s, s]`` repeated in a loop) only to cut
+#: it would hold the event loop for as long as that takes
+_PREVIEW_ENTRIES = MAX_SUMMARY_BYTES
+_PREVIEW_CHARS = 4 * MAX_SUMMARY_BYTES
 
-    ``check_limits`` measures a list or object as written out, shared parts
-    counted each time they appear, before it is encoded: a value built by
-    repeating itself (``[s, s]`` in a loop) would otherwise be written out in
-    full, holding the event loop for as long as that takes.
+
+def _is_small(value: Any, kind: type) -> bool:
+    """Whether a list or object writes out within the preview budget; takes time within it too.
+
+    A short flat one (most steps' inputs and outputs) is told in one pass over
+    its entries; anything else is measured by ``written_size`` with the
+    budget as its limits, which stops as soon as the budget is passed.
     """
-    return {"$too_large": exc.message}
+    if len(value) <= 64:
+        chars = 0
+        if kind is dict:
+            for key, item in value.items():
+                ti = type(item)
+                if type(key) is not str:  # not from a run (a test's, a tool's): written_size tells
+                    break
+                if ti is str:
+                    chars += len(item) + len(key)
+                elif ti is dict or ti is list:
+                    break
+                else:
+                    chars += len(key)
+            else:
+                return chars <= _PREVIEW_CHARS
+        else:
+            for item in value:
+                ti = type(item)
+                if ti is str:
+                    chars += len(item)
+                elif ti is dict or ti is list:
+                    break
+            else:
+                return chars <= _PREVIEW_CHARS
+    try:
+        written_size(value, _PREVIEW_ENTRIES, _PREVIEW_CHARS)
+    except LimitExceeded:  # over the budget (or over a limit of the runtime's: too deep)
+        return False
+    except TypeError:  # a key JSON has no text for: the encoder's fallback (a short repr) takes it
+        return True
+    return True
+
+
+def _first_part(value: Any, budget: list[int], depth: int, secrets: Secrets) -> Any:
+    """The beginning of ``value``: its first entries while ``budget[0]`` (characters) lasts.
+
+    Texts (and keys) cut short are scrubbed before the cut, over a margin as
+    long as the longest secret, so a secret across the cut is masked whole
+    and never kept in part.
+    """
+    kind = type(value)
+    if kind is str:
+        room = budget[0]
+        budget[0] -= len(value) + 2
+        if budget[0] >= 0:
+            return value
+        return secrets.scrub(value[: max(room, 0) + secrets.longest])[: max(room, 0)]
+    if kind is not dict and kind is not list:
+        budget[0] -= 8
+        return value
+    if depth >= MAX_NESTING_DEPTH:
+        budget[0] = -1
+        return "..."
+    budget[0] -= 2
+    if kind is list:
+        out_list: list[Any] = []
+        for item in value:
+            if budget[0] <= 0:
+                break
+            out_list.append(_first_part(item, budget, depth + 1, secrets))
+        return out_list
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if budget[0] <= 0:
+            break
+        shown = _first_part(key, budget, depth + 1, secrets) if type(key) is str else key
+        out[shown] = _first_part(item, budget, depth + 1, secrets) if budget[0] > 0 else "..."
+    return out
 
 
 class _Step(msgspec.Struct, gc=False):
@@ -91,11 +166,12 @@ class Secrets:
     a secret exactly where the text pattern would).
     """
 
-    __slots__ = ("texts", "_pattern", "found")
+    __slots__ = ("texts", "_pattern", "found", "longest")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         plain = {s for s in secrets if isinstance(s, str) and len(s) >= 4}
         self.texts = sorted(plain | {_encode(s).decode()[1:-1] for s in plain}, key=len, reverse=True)
+        self.longest = len(self.texts[0]) if self.texts else 0
         # longest first, so a secret that contains another is masked whole
         self._pattern = re.compile("|".join(map(re.escape, self.texts))) if self.texts else None
         self.found = re.compile(b"|".join(re.escape(t.encode()) for t in self.texts)).search if self.texts else None
@@ -150,17 +226,31 @@ class RunTrace:
         if kind in _PLAIN:
             return value
         secrets = self._secrets
-        if kind is str and len(value) <= _SHORT_TEXT:
-            return secrets.scrub(value)
-        try:
-            check_limits(value)
-        except LimitExceeded as exc:
-            return _too_large(exc)
+        if kind is str:
+            if len(value) <= _SHORT_TEXT:
+                return secrets.scrub(value)
+            if len(value) > _PREVIEW_CHARS:
+                return self._preview(value)
+        elif (kind is dict or kind is list) and not _is_small(value, kind):
+            return self._preview(value)
         try:
             data = _encode(value)
         except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
             return secrets.scrub(_short_repr.repr(value)[:MAX_SUMMARY_BYTES])
         return self._of_encoded(data)
+
+    def _preview(self, value: Any) -> dict[str, Any]:
+        """The summary of a value too large to write out in full: its first 2 KB.
+
+        Unlike a cut summary it has no ``$bytes``: the full size would take
+        writing the whole value out (or walking every part of it) to know.
+        """
+        budget = [_PREVIEW_CHARS]
+        try:
+            text = _encode(_first_part(value, budget, 0, self._secrets)).decode("utf-8", "replace")
+        except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+            text = _short_repr.repr(value)
+        return {"$truncated": self._secrets.scrub(text)[:MAX_SUMMARY_BYTES]}
 
     def _of_encoded(self, data: bytes) -> Any:
         """``summary`` of a value already encoded as ``data``."""
@@ -212,15 +302,15 @@ class RunTrace:
                 if len(output) > _SHORT_TEXT:
                     output = self.summary(output)
             elif kind_out is dict or kind_out is list:
-                try:
-                    check_limits(output)
-                    data = _encode(output)
-                except LimitExceeded as exc:
-                    output = _too_large(exc)
-                except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
-                    output = self.summary(output)
-                else:  # a long one is cut from the same bytes, not encoded again
-                    output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self._of_encoded(data)
+                if not _is_small(output, kind_out):
+                    output = self._preview(output)
+                else:
+                    try:
+                        data = _encode(output)
+                    except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+                        output = self.summary(output)
+                    else:  # a long one is cut from the same bytes, not encoded again
+                        output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self._of_encoded(data)
             else:
                 output = self.summary(output)
         entries.append(

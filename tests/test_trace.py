@@ -83,3 +83,44 @@ def test_a_run_with_history_on_builds_such_a_value_as_without():
         trace = RunTrace()
         assert asyncio.run(execute(backend, RunContext(tracer=trace))) == ["x\ud800y"]
         assert [e["error"] for e in trace.export()] == [None, None]
+
+
+def test_a_large_value_is_summarised_from_its_start_without_writing_it_all_out(monkeypatch):
+    """A step returning 100,000 records keeps its first 2 KB; encoding all of it only to cut it
+    held the event loop (tens of milliseconds per step, seconds for a value sharing parts)."""
+    import engine._trace as trace_module
+
+    sizes = []
+    real = trace_module._encode
+
+    def counting(value):
+        data = real(value)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(trace_module, "_encode", counting)
+    records = [{"id": i, "name": f"user {i}", "tags": ["a", "b"]} for i in range(100_000)]
+    for secrets in ([], ["hunter2hunter2"]):
+        trace = RunTrace(secrets)
+        trace.step("stack[0]", "query_all_records", 0.0, 0.0, {"rows": records}, records, None)
+        trace.log("stack[1]", "info", records)
+        for kept in (trace.entries[0].inputs, trace.entries[0].output, trace.logs[0].output):
+            assert kept["$truncated"].startswith('[{"id":0,"name":"user 0","tags":["a","b"]},{"id":1,') or \
+                kept["$truncated"].startswith('{"rows":[{"id":0,')
+            assert len(kept["$truncated"]) == MAX_SUMMARY_BYTES and "$bytes" not in kept
+    assert max(sizes) < 20_000, max(sizes)
+    long_text = "x" * 100_000
+    assert RunTrace().summary(long_text)["$truncated"] == '"' + "x" * (MAX_SUMMARY_BYTES - 1)
+
+
+def test_a_secret_across_the_cut_of_a_large_value_is_masked_whole():
+    secret = "hunter2-" * 8
+    for at in [*range(1990, 2060, 3), *range(8000, 8300, 7)]:  # the cuts fall before, inside and after it
+        value = ["x" * at + secret + "y" * 20_000]
+        out = RunTrace([secret]).summary(value)["$truncated"]
+        assert "hunter2" not in out and "hunter" not in out.replace("***", ""), at
+    from engine._trace import _first_part
+
+    for room in range(10, 10 + len(secret) + 2):  # the cut inside a text scrubs before it cuts
+        kept = _first_part("x" * 10 + secret + "tail", [room + 2], 0, RunTrace([secret])._secrets)
+        assert kept == ("x" * 10 + "***tail")[: room + 2] and "hu" not in kept, (room, kept)
