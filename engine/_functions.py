@@ -150,8 +150,9 @@ def _tasks_of(engine: Any) -> dict[str, Any]:
 async def _call_python(name: str, fn: PyFunction, inputs: dict[str, Any]) -> Any:
     try:
         if inspect.iscoroutinefunction(fn):
-            return await fn(inputs)
-        result = await anyio.to_thread.run_sync(fn, inputs)
+            result = await fn(inputs)
+        else:
+            result = await anyio.to_thread.run_sync(fn, inputs)
         if inspect.isawaitable(result):
             result = await result
     except CronstackError:

@@ -458,11 +458,16 @@ async def test_registered_python_functions_sync_and_async():
     ({"raw": b"ab"}, "a bytes at result.raw"),
     ({1: "one"}, "a key 1 that is not text at result"),
 ])
-async def test_a_python_function_must_return_json_data(returned, where):
+@pytest.mark.parametrize("is_async", [False, True], ids=["def", "async def"])
+async def test_a_python_function_must_return_json_data(returned, where, is_async):
     stack = [{"function": "custom_function", "name": "f", "return_as": "r"},
              {"function": "add_record", "table": "m", "data": {"v": "{{ r }}"}}]
+
+    async def coroutine_function(inputs):
+        return returned
+
     async with Engine.open([task("t", stack)]) as engine:
-        engine.register_function("f", lambda inputs: returned)
+        engine.register_function("f", coroutine_function if is_async else (lambda inputs: returned))
         run = await engine.trigger("t", wait=True)
         assert run["status"] == "failed" and run["error"]["type"] == "FunctionError", run
         assert where in run["error"]["message"] and "JSON cannot hold" in run["error"]["message"]
@@ -480,13 +485,17 @@ async def test_a_python_functions_result_is_a_plain_json_copy():
              {"function": "update_variable", "name": "r", "operation": "merge", "value": {"n": False}},
              # inside the run the values are plain JSON: a list that + extends, a text
              RET({"r": "{{ r }}", "more": "{{ r['items'] + [3] }}", "upper": "{{ r.colour|upper }}"})]
+    async def coroutine_function(inputs):
+        return kept
+
     async with Engine.open([task("t", stack)]) as engine:
-        engine.register_function("f", lambda inputs: kept)
-        run = await engine.trigger("t", wait=True)
-        assert run["status"] == "completed", run["error"]
-        assert run["result"] == {"r": {"items": [1, 2], "colour": "red", "n": False}, "more": [1, 2, 3],
-                                 "upper": "RED"}
-        assert kept == {"items": (1, 2), "colour": Colour.RED, "n": True}  # the function's own object untouched
+        for fn in (lambda inputs: kept, coroutine_function):
+            engine.register_function("f", fn)
+            run = await engine.trigger("t", wait=True)
+            assert run["status"] == "completed", run["error"]
+            assert run["result"] == {"r": {"items": [1, 2], "colour": "red", "n": False}, "more": [1, 2, 3],
+                                     "upper": "RED"}
+            assert kept == {"items": (1, 2), "colour": Colour.RED, "n": True}  # the function's own object untouched
 
 
 async def test_serve_refuses_unresolved_function_calls():
