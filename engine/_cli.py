@@ -243,22 +243,39 @@ def _exec_definitions(path: Path, project: Path | None) -> list[dict[str, Any]]:
     return [*_project_functions(path, project, {d.get("name") for d in own if isinstance(d, dict)}), *own]
 
 
+def _exec_project(path: Path, project: Path | None) -> Path | None:
+    """The project ``exec`` runs FILE in: ``--project``, else the nearest folder above
+    ``path`` holding cronstack.toml, else the folder above ``path``'s own when that is a
+    ``tasks`` or ``functions`` folder (None: no project)."""
+    if project is not None:
+        if not project.is_dir():
+            raise CliError(EXIT_NOT_FOUND, f"no project folder '{project}' (--project)")
+        return project
+    here = path.resolve()
+    found = next((p for p in here.parents if (p / CONFIG_FILE).is_file()), None)
+    if found is None and here.parent.name in ("tasks", "functions"):
+        found = here.parent.parent
+    return found
+
+
+def _exec_config(project: Path | None) -> Any:
+    """The project's cronstack.toml as ``exec`` applies it: its ``[env]``, ``[tables]`` and
+    ``[engine]`` settings, but none of its databases, so a run tried out writes only where
+    ``--database`` says (by default, memory); its data sources are that store too."""
+    import dataclasses
+
+    from engine._config import load_config
+
+    return dataclasses.replace(load_config(project), database=None, data_sources={})
+
+
 def _project_functions(path: Path, project: Path | None, taken: set[Any]) -> list[dict[str, Any]]:
-    """Every function definition of ``project`` but ``path`` and the names ``taken``. By
-    default the project is the nearest folder above ``path`` holding cronstack.toml, else
-    the folder above ``path``'s own when that is a ``tasks`` or ``functions`` folder."""
+    """Every function definition of ``project`` but ``path`` and the names ``taken``."""
     from compiler._definitions import is_function
     from compiler._load import project_files
 
     if project is None:
-        here = path.resolve()
-        project = next((p for p in here.parents if (p / CONFIG_FILE).is_file()), None)
-        if project is None and here.parent.name in ("tasks", "functions"):
-            project = here.parent.parent
-        if project is None:
-            return []
-    elif not project.is_dir():
-        raise CliError(EXIT_NOT_FOUND, f"no project folder '{project}' (--project)")
+        return []
     own, found, diags = path.resolve(), [], []
     for file, shown in project_files(str(project)):
         if Path(file).resolve() == own:
@@ -279,16 +296,18 @@ def cmd_exec(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         raise CliError(EXIT_NOT_FOUND, f"no file '{args.file}'")
-    defs = _exec_definitions(path, Path(args.project) if args.project else None)
-    return _run_async(lambda: _exec(defs, args, str(path)))
+    project = _exec_project(path, Path(args.project) if args.project else None)
+    defs = _exec_definitions(path, project)
+    config = _exec_config(project)
+    return _run_async(lambda: _exec(defs, args, str(path), config))
 
 
-async def _exec(defs: list[dict[str, Any]], args: argparse.Namespace, shown: str) -> int:
+async def _exec(defs: list[dict[str, Any]], args: argparse.Namespace, shown: str, config: Any) -> int:
     from engine import Engine
 
     name = defs[-1].get("name")
     try:
-        async with Engine.open(defs, database=args.database) as engine:
+        async with Engine.open(defs, database=args.database, config=config) as engine:
             unresolved = check_calls(engine.definitions, engine.functions.python)
             if unresolved:  # refused before the run, as `run` refuses to start
                 raise CompileError(unresolved)

@@ -169,6 +169,33 @@ def test_exec_loads_the_functions_of_the_files_project(tmp_path, capsys):
     assert main(["exec", str(loose / "caller.json"), "--project", str(tmp_path / "none")]) == EXIT_NOT_FOUND
 
 
+def test_exec_applies_the_projects_env_and_keeps_away_from_its_databases(tmp_path, capsys, monkeypatch):
+    """exec runs a task as its project's engine would ([env] include and values, [tables]),
+    but writes only to --database (memory by default): never the project's own files."""
+    root = project(tmp_path)
+    (root / "cronstack.toml").write_text(
+        '[env]\ninclude = ["N8N_*"]\nvalues = {REPORT_RECIPIENT = "ops@example.com"}\n'
+        '[database]\nurl = "sqlite:///main.db"\n[data_sources]\nreporting = "sqlite:///reporting.db"\n'
+        '[tables.items]\nindexes = ["status"]\n')
+    (root / "tasks").mkdir()
+    envt = {"name": "envt", "data_source": "reporting", "stack": [
+        {"function": "add_record", "table": "items", "data": {"status": "new"}},
+        {"function": "count_records", "table": "items", "filter": {"status": "new"}, "return_as": "n"},
+        {"function": "return", "value": {"to": "{{ env.REPORT_RECIPIENT }}", "n8n": "{{ env.N8N_X }}",
+                                         "home": "{{ env.HOME }}", "n": "{{ n }}"}}]}
+    (root / "tasks" / "envt.json").write_text(json.dumps(envt))
+    monkeypatch.setenv("N8N_X", "yes")
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert main(["exec", str(root / "tasks" / "envt.json"), "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["result"] == {"to": "ops@example.com", "n8n": "yes", "home": None, "n": 1}
+    assert not (root / "main.db").exists() and not (root / "reporting.db").exists()
+    scratch = tmp_path / "scratch.db"
+    for n in (1, 2):
+        assert main(["exec", str(root / "tasks" / "envt.json"), "--json", "--database", f"sqlite:///{scratch}"]) == EXIT_OK
+        assert json.loads(capsys.readouterr().out)["result"]["n"] == n
+    assert not (root / "main.db").exists() and not (root / "reporting.db").exists()
+
+
 def test_numeric_options_out_of_range_are_usage_errors(tmp_path, capsys):
     root = project(tmp_path, HELLO, DOUBLE)
     assert main(["run", str(root), "--port", "99999"]) == EXIT_USAGE
