@@ -224,8 +224,12 @@ def cmd_next(args: argparse.Namespace) -> int:
         raise CliError(EXIT_FAILURE, f"task '{task.name}' has no schedule: it runs only when triggered")
     if _schedule_diags(defs):
         raise CompileError(_schedule_diags(defs))
-    for fire in _next_fires(task, after, args.count):
+    fires = _next_fires(task, after, args.count)
+    for fire in fires:
         print(fire)
+    if not fires:  # an empty output would read as "nothing to say"
+        raise CliError(EXIT_FAILURE, f"task '{task.name}' never fires after {after.isoformat()}: "
+                                     f"no date matches its schedule '{task.schedule}' ({task.timezone})")
     return EXIT_OK
 
 

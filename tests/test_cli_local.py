@@ -116,6 +116,11 @@ def test_next(tmp_path, capsys):
     assert "no schedule" in capsys.readouterr().err
     assert main(["next", str(root), "manual_only", "--after", "yesterday"]) == EXIT_USAGE
     assert main(["next", str(tmp_path / "missing.json"), "x"]) == EXIT_NOT_FOUND
+    never = project(tmp_path, {"name": "never", "schedule": "0 0 30 2 *", "stack": []}, name="never")
+    assert main(["next", str(never), "never", "--after", "2024-01-01T00:00:00Z"]) == EXIT_FAILURE
+    out = capsys.readouterr()
+    assert out.out == "" and "task 'never' never fires after 2024-01-01T00:00:00+00:00" in out.err
+    assert "'0 0 30 2 *' (UTC)" in out.err
 
 
 def test_exec_task_function_and_steps(tmp_path, capsys):
