@@ -354,7 +354,8 @@ def _print_run(run: dict[str, Any]) -> None:
           f"trigger {run.get('trigger')}  attempt {run.get('attempt')}  {_secs(run.get('duration')) or ''}".rstrip())
     if run.get("error"):
         err = run["error"]
-        print(f"error: {err.get('step') or '-'}: {err.get('type')}: {err.get('message')}")
+        where = f"{err['step']}: " if err.get("step") else ""  # a timeout or cancel stops the run, not a step
+        print(f"error: {where}{err.get('type')}: {err.get('message')}")
     print(f"result: {_dump(run.get('result'))}")
     trace = run.get("trace") or []
     if trace:

@@ -818,7 +818,7 @@ class RunLifecycle:
 _LEFT_QUEUED: dict[str, Any] = {"left": "queued"}
 
 _CANCEL_MESSAGES = {
-    "cancel": "cancelled",
+    "cancel": "cancelled on request (the admin API's cancel, `cronstack cancel` or Engine.cancel) while it ran",
     "superseded": "cancelled by a newer fire (overlap: cancel_previous)",
     "shutdown": "the engine stopped before the run finished",
     "queued": "cancelled before it started",

@@ -221,6 +221,11 @@ def test_exec_failure_and_compile_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"{bad}: stack[0].value") and "nope" in err
     assert main(["exec", str(tmp_path / "missing.json")]) == EXIT_NOT_FOUND
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps({"name": "slow", "timeout": 0.2, "stack": [{"function": "wait", "duration": 30}]}))
+    assert main(["exec", str(slow)]) == EXIT_FAILURE
+    out = capsys.readouterr().out  # a timeout stops the run, not a step: no "-" where a step would be
+    assert "\nerror: Timeout: the run exceeded its timeout of 0.2 s\n" in out
 
 
 def test_usage_and_help(capsys):

@@ -255,7 +255,8 @@ async def test_cancel_and_shutdown_record_cancelled_runs():
         b = await engine.trigger("w")
         await settle(clock, engine)
         assert await engine.cancel(a) is True
-        assert (await engine.run(a))["status"] == "cancelled"
+        cancelled = await engine.run(a)
+        assert cancelled["status"] == "cancelled" and cancelled["error"]["message"].startswith("cancelled on request")
         assert await engine.cancel(a) is False
         await engine.stop(grace=0.05)
         run = await engine.run(b)
