@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from email.utils import formatdate
 
 import pytest
@@ -13,6 +14,7 @@ import engine._http as http_pkg
 from engine._http import ERROR_TYPES, redact_headers, redact_text, redact_url
 from engine._http.message import (
     BadJson,
+    BadUrl,
     BadValue,
     build_headers,
     build_url,
@@ -184,6 +186,20 @@ def test_build_url_appends_query():
     assert str(url) == "https://h/p?x=1&y=1&y=2&w=a+b"
     with pytest.raises(BadValue, match="object"):
         build_url("https://h/", ["not", "a", "mapping"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("/xano-data-sync", "'/xano-data-sync' has no scheme (a relative URL); when the URL is built from an "
+                        "environment variable, that variable is probably not set"),
+    ("", "the URL must be non-empty text, got ''; when the URL is built from an environment variable"),
+    (None, "got None; when the URL is built from an environment variable"),
+])
+def test_an_empty_or_relative_url_points_at_an_unset_environment_variable(url, said):
+    with pytest.raises(BadUrl, match=re.escape(said)):
+        build_url(url, None)
+    with pytest.raises(BadUrl) as info:
+        build_url("ftp://h/x", None)
+    assert "the scheme is 'ftp:'" in str(info.value) and "environment" not in str(info.value)
 
 
 def test_build_headers_refuses_bad_names():

@@ -125,17 +125,27 @@ def _pairs(values: Mapping[str, Any], what: str) -> list[tuple[str, str]]:
     return pairs
 
 
+#: the usual cause of an empty or relative URL: a template such as
+#: "{{ env.N8N_WEBHOOK_URL }}/sync" whose variable is not set (null is written as nothing)
+_UNSET_ENV = (
+    "; when the URL is built from an environment variable, that variable is probably not set "
+    "(an unset env.NAME reads as null, written as nothing): set it, or list it in the task's requires_env"
+)
+
+
 def build_url(url: Any, query: Mapping[str, Any] | None) -> URL:
     """The absolute http(s) URL to call, with ``query`` appended to any query it has."""
     if not isinstance(url, str) or not url.strip():
-        raise BadUrl(f"the URL must be non-empty text, got {url!r:.80}")
+        raise BadUrl(f"the URL must be non-empty text, got {url!r:.80}" + (_UNSET_ENV if url in (None, "") else ""))
     try:
         target = URL(url.strip())
     except (TypeError, ValueError) as exc:
         raise BadUrl(f"the URL does not parse: {exc}") from exc
     if target.scheme not in ("http", "https"):
-        shown = f"'{target.scheme}:'" if target.scheme else "none (a relative URL)"
-        raise BadUrl(f"only http:// and https:// URLs can be called; the scheme is {shown}")
+        if not target.scheme:
+            raise BadUrl(f"only http:// and https:// URLs can be called; {url.strip()[:80]!r} has no scheme "
+                         f"(a relative URL){_UNSET_ENV}")
+        raise BadUrl(f"only http:// and https:// URLs can be called; the scheme is '{target.scheme}:'")
     if not target.host:
         raise BadUrl("the URL has no host name")
     return add_query(target, query) if query else target
