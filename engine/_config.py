@@ -211,10 +211,15 @@ def load_config(project_dir: Path | None) -> EngineConfig:
         if key == "tune_gc":
             if _check(isinstance(value, bool), "tune_gc must be true or false", "engine.tune_gc", diags):
                 cfg.tune_gc = value
-        elif key in _SECTIONS["engine"] and _check(
-            isinstance(value, int | float) and not isinstance(value, bool) and value > 0, f"{key} must be a positive number", f"engine.{key}", diags
-        ):
-            setattr(cfg, key, type(getattr(cfg, key))(value))
+        elif key in _SECTIONS["engine"]:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if isinstance(getattr(cfg, key), int):
+                # a count: 0.5 would truncate to 0 (no run would ever start; 0 connections means unlimited)
+                if _check(number and value >= 1 and float(value).is_integer(),
+                          f"{key} must be a whole number of at least 1, not {value!r}", f"engine.{key}", diags):
+                    setattr(cfg, key, int(value))
+            elif _check(number and value > 0, f"{key} must be a positive number", f"engine.{key}", diags):
+                setattr(cfg, key, float(value))
     if diags:
         raise CompileError(diags)
     return cfg

@@ -135,7 +135,16 @@ class Engine(RunLifecycle, Scheduling):
         #: run timeouts with the real clock, by millisecond of the loop's clock (see _runs._TimeoutGroup)
         self._timeouts: dict[int, Any] = {}
         self._running: dict[str, set[str]] = {name: set() for name in defs.tasks}
+        #: always empty: a pending fire (overlap: queue) is a stored queued run (``_queued_fire``)
         self._pending: dict[str, tuple[float, str]] = {}
+        #: per task with overlap: queue, its pending fire: a stored queued run not started yet
+        self._queued_fire: dict[str, str] = {}
+        #: stored queued runs of paused tasks, per task: they go back to the queue on resume()
+        self._parked: dict[str, set[str]] = {}
+        #: stored queued runs waiting for a running run of their task to end (overlap), per task
+        self._deferred: dict[str, set[str]] = {}
+        #: runs being claimed while serving: run id -> an event set once the claim is done (see _hold)
+        self._holds: dict[str, asyncio.Event | None] = {}
         self._paused: set[str] = set()
         self._serving: anyio.CancelScope | None = None
         self._wake: anyio.Event = anyio.Event()
@@ -295,6 +304,10 @@ class Engine(RunLifecycle, Scheduling):
         self.schedules = schedules
         for name in defs.tasks:
             self._running.setdefault(name, set())
+        for name in [n for n in self._parked if n not in defs.tasks]:
+            for run_id in self._parked.pop(name):  # can never be resumed: failed as no longer defined
+                self._queued_due[run_id] = self.clock.time()
+            self._queue_wake.set()
         self._next_cache.clear()
         self._reschedule = True
         self._wake.set()
@@ -469,38 +482,61 @@ class Engine(RunLifecycle, Scheduling):
         await self.store.set_task_state(name, paused=True)
 
     async def resume(self, name: str) -> None:
+        """Fire task ``name`` again; its stored queued runs (retries, a pending fire) that waited
+        while it was paused go back to the queue."""
         self._task(name)
         self._paused.discard(name)
         await self.store.set_task_state(name, paused=False)
+        parked = self._parked.pop(name, None)
+        if parked:
+            now = self.clock.time()
+            for run_id in parked:
+                self._queued_due[run_id] = now
+            self._queue_wake.set()
         self._wake.set()
 
     async def cancel(self, run_id: str) -> bool:
-        """Cancel a running or queued run; False when it already finished or is unknown."""
+        """Cancel a running or queued run; False when it already finished or is unknown.
+
+        A stored queued run is cancelled only while it is still queued (the
+        same conditional write as the claim that starts it). When its claim
+        wins the race, the run started on this engine is cancelled as a
+        running one (True): the caller asked that it not go on. False when it
+        finished, is unknown, or runs on another engine.
+        """
         active = self._active.get(run_id)
-        if active is not None:
-            if active.finishing or active.finished:
-                await active.done().wait()
+        if active is None:
+            now = self.clock.time()
+            # queued -> ours, then cancelled: a claim by the queue loop (or another engine) cannot interleave
+            if await self.store.claim_run(run_id, self.engine_id, now):
+                self._forget_queued(run_id)
+                await self.store.update_run(
+                    run_id,
+                    {
+                        "status": "cancelled",
+                        "started_at": None,
+                        "finished_at": now,
+                        "error": {
+                            "message": "cancelled before it started",
+                            "type": "Cancelled",
+                            "step": None,
+                        },
+                    },
+                )
+                return True
+            hold = self._holds.get(run_id, False)
+            if hold is not False:  # claimed by this engine's queue loop, which is starting it
+                if hold is None:
+                    hold = self._holds[run_id] = asyncio.Event()
+                await hold.wait()
+            active = self._active.get(run_id)
+            if active is None:
                 return False
-            active.cancel("cancel")
+        if active.finishing or active.finished:
             await active.done().wait()
-            return True
-        row = await self.store.get_run(run_id)
-        if row is None or row["status"] != "queued":
             return False
-        now = self.clock.time()
-        self._queued_due.pop(run_id, None)
-        await self.store.update_run(
-            run_id,
-            {
-                "status": "cancelled",
-                "finished_at": now,
-                "error": {
-                    "message": "cancelled before it started",
-                    "type": "Cancelled",
-                    "step": None,
-                },
-            },
-        )
+        active.cancel("cancel")
+        await active.done().wait()
         return True
 
     def next_execution(self, name: str) -> float | None:
@@ -570,7 +606,7 @@ class Engine(RunLifecycle, Scheduling):
             "schedule": task.schedule,
             "timezone": task.timezone,
             "active": self.is_active(name),
-            "requires_env": [v for v in task.requires_env if not self.env.get(v)],
+            "missing_env": [v for v in task.requires_env if not self.env.get(v)],
             "paused": name in self._paused,
             "status": self.task_status(name),
             "next_execution": iso_time(nxt),
@@ -580,7 +616,8 @@ class Engine(RunLifecycle, Scheduling):
     def stats(self) -> dict[str, Any]:
         return {
             "running": len(self._active),
-            "queued": self._gate.queued + len(self._queued_due),
+            "queued": self._gate.queued + len(self._queued_due)
+            + sum(map(len, self._parked.values())) + sum(map(len, self._deferred.values())),
             "scheduler_lag_seconds": self.lag,
             "runs_total": dict(self.runs_total),
             "run_durations": self.durations.snapshot(),

@@ -12,13 +12,14 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from compiler import CompileError, Definitions, Diagnostic, Function, RequestHistory, Task
+from compiler._lower import lower_stack
 from engine._schedule import Schedule, ScheduleError
 from runtime import CronstackError
 
@@ -58,7 +59,12 @@ class Scheduling:
             now = self.clock.time()
             backlogs = await self._misfires(now)
             for row in await self.store.due_runs(float("inf"), 100_000):
+                if row["id"] in self._active:  # its task already waits for a slot: one execution per row
+                    continue
                 self._queued_due[row["id"]] = row.get("not_before") or 0.0
+                if row.get("trigger") == "schedule" and row.get("kind", "task") == "task":
+                    # a fire left queued (a pending fire of overlap: queue): the task's pending one
+                    self._queued_fire.setdefault(row["task"], row["id"])
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._schedule_loop, now)
                 for name, fires, latest in backlogs:
@@ -195,27 +201,42 @@ class Scheduling:
 
     @contextmanager
     def _holding(self, name: str, run_id: str) -> Iterator[None]:
-        """While a fire of ``name`` is claimed, count its run as running (a catch-up waits for it).
-
-        Only a task with missed fires still to run needs this: its catch-up
-        must not start a run while a fire's run is being recorded (it would
-        then run alongside it against the overlap policy).
-        """
-        holds = getattr(self, "_holds", None)
-        if holds is None or name not in self._backlog:
+        """While a run of ``name`` is claimed, count it as running (see ``_hold``)."""
+        if not self._hold(name, run_id):
             yield
             return
-        running = self._running.setdefault(name, set())
-        running.add(run_id)
-        holds[run_id] = None
         try:
             yield
         finally:
-            if run_id not in self._active:  # already claimed, refused, or not started
+            self._unhold(name, run_id)
+
+    def _hold(self, name: str, run_id: str) -> bool:
+        """Count run ``run_id`` of ``name`` as running from now, while its row is claimed.
+
+        A fire, a catch-up, a stored queued run or a pending fire decides by
+        the task's running runs (overlap); a run being claimed is one of them
+        before its claim commits, so two claims of one task never both see
+        the task idle and start side by side. False when not serving (nothing
+        then decides by it). ``_unhold`` ends it; ``_any_run_done`` waits for it.
+        """
+        holds = getattr(self, "_holds", None)
+        if holds is None:
+            return False
+        running = self._running.get(name)
+        if running is None:
+            running = self._running[name] = set()
+        running.add(run_id)
+        holds[run_id] = None
+        return True
+
+    def _unhold(self, name: str, run_id: str) -> None:
+        if run_id not in self._active:  # already claimed, refused, or not started
+            running = self._running.get(name)
+            if running is not None:
                 running.discard(run_id)
-            event = holds.pop(run_id, None)
-            if event is not None:
-                event.set()
+        event = self._holds.pop(run_id, None)
+        if event is not None:
+            event.set()
 
     async def _launch_missed(self, task: Task, scheduled_at: float) -> None:
         """Claim and start one missed fire; a database error loses this fire only (logged)."""
@@ -331,7 +352,7 @@ class Scheduling:
             return
         rows: list[dict[str, Any]] = []
         admitted: list[bool] = []
-        tasks: list[Task] = []
+        tasks: list[Task | None] = []  # None: a pending fire (stored queued, started later)
         for name, due in wave:
             task = self.definitions.tasks.get(name)
             if task is None:  # removed by a reload
@@ -340,19 +361,21 @@ class Scheduling:
             if row is not None:
                 rows.append(row)
                 admitted.append(row["status"] == "running")
-                tasks.append(task)
+                tasks.append(None if self._queued_fire.get(name) == row["id"] else task)
         if not rows:
             return
-        if not getattr(self, "_backlog", None):  # no missed fires being caught up: nothing to hold
+        # the fires to run count as running while they are claimed (see _hold)
+        held = [(row["task"], row["id"]) for row, task in zip(rows, tasks, strict=True)
+                if task is not None and row["status"] != "skipped" and self._hold(row["task"], row["id"])]
+        try:
             await self._claim_wave(rows, admitted, tasks)
-            return
-        with ExitStack() as holds:
-            for row in rows:
-                if row["status"] != "skipped":
-                    holds.enter_context(self._holding(row["task"], row["id"]))
-            await self._claim_wave(rows, admitted, tasks)
+        finally:
+            for name, run_id in held:
+                self._unhold(name, run_id)
 
-    async def _claim_wave(self, rows: list[dict[str, Any]], admitted: list[bool], tasks: list[Task]) -> None:
+    async def _claim_wave(
+        self, rows: list[dict[str, Any]], admitted: list[bool], tasks: list[Task | None]
+    ) -> None:
         self._launch_begin()
         try:
             claimed = await self.store.claim_fires(rows)
@@ -364,6 +387,8 @@ class Scheduling:
             db_log.error("%d fires at %s could not be recorded together, trying each alone: %s",
                          len(rows), iso_time(rows[0]["scheduled_at"]), exc)
             for row in rows:
+                if self._queued_fire.get(row["task"]) == row["id"]:
+                    del self._queued_fire[row["task"]]  # the fire alone decides again
                 self._spawn(self._fire(row["task"], row["scheduled_at"], row["trigger"]))
             return
         finally:
@@ -373,24 +398,29 @@ class Scheduling:
             if not new:  # another engine (or a catch-up) has this fire
                 if slot:
                     self._gate.release()
+                if task is None and self._queued_fire.get(name) == row["id"]:
+                    del self._queued_fire[name]
             elif row["status"] == "skipped":
                 self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
+            elif task is None:  # the task's pending fire (overlap: queue), stored queued
+                self._queue_stored(row["id"], 0.0)
             else:
                 self._start(task, row, slot)
             self._fired_at(name, row["scheduled_at"])
 
     def _wave_row(self, name: str, scheduled_at: float) -> dict[str, Any] | None:
-        """The row one fire of a wave claims (a run, admitted if a slot is free, or a skip), or None.
+        """The row one fire of a wave claims (a run, admitted if a slot is free, a pending
+        fire stored ``queued``, or a skip), or None.
 
-        None when there is nothing to claim now: the task is paused, its fire
-        is queued behind a running run, or it goes on its own (``cancel_previous``).
+        None when there is nothing to claim now: the task is paused, or its
+        fire goes on its own (``cancel_previous``).
         """
         decision = self._decide(name, scheduled_at, "schedule")
         if decision == "paused":
             self._fired_at(name, scheduled_at)
             return None
         if decision == "queued":
-            return None
+            return self._pending_row(name, scheduled_at, "schedule")
         if decision == "supersede":
             self._spawn(self._fire(name, scheduled_at, "schedule"))
             return None
@@ -403,9 +433,9 @@ class Scheduling:
     def _decide(self, name: str, scheduled_at: float, trigger: str) -> str:
         """What a fire of ``name`` becomes now, by pause state and overlap policy (one place for both paths).
 
-        ``"paused"``; ``"queued"`` (recorded as the task's pending fire, started
-        when its run ends); ``"supersede"`` (cancel the running runs first);
-        ``"skip"``; or ``"run"``.
+        ``"paused"``; ``"queued"`` (the task's one pending fire: the caller
+        stores it as a ``queued`` run, see ``_pending_row``); ``"supersede"``
+        (cancel the running runs first); ``"skip"``; or ``"run"``.
         """
         if name in self._paused:
             return "paused"
@@ -413,14 +443,26 @@ class Scheduling:
         if running:
             task = self.definitions.tasks[name]
             policy = task.overlap
-            if policy == "queue" and name not in self._pending:
-                self._pending[name] = (scheduled_at, trigger)
+            if policy == "queue" and name not in self._queued_fire:
                 return "queued"
             if policy == "cancel_previous":
                 return "supersede"
             if policy != "allow" or len(running) >= task.max_concurrency:
                 return "skip"
         return "run"
+
+    def _pending_row(self, name: str, scheduled_at: float, trigger: str) -> dict[str, Any]:
+        """The row of a task's pending fire (``overlap: queue``): stored ``queued``, it survives a
+        shutdown or a crash, and starts (as stored queued runs do, see ``_claim_and_start``)
+        once the task's running run ends. It is the task's one pending fire until it starts."""
+        row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
+        self._queued_fire[name] = row["id"]
+        return row
+
+    def _queue_stored(self, run_id: str, due: float) -> None:
+        """Have the queue loop start stored queued run ``run_id`` once ``due``."""
+        self._queued_due[run_id] = due
+        self._queue_wake.set()
 
     def _skipped_row(self, name: str, scheduled_at: float, trigger: str, policy: str) -> dict[str, Any]:
         row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)
@@ -444,6 +486,16 @@ class Scheduling:
             self._fired_at(name, scheduled_at)
             return
         if decision == "queued":
+            row = self._pending_row(name, scheduled_at, trigger)
+            stored = False
+            try:
+                stored = await self.store.claim_fire(name, scheduled_at, row)
+            finally:
+                if not stored and self._queued_fire.get(name) == row["id"]:
+                    del self._queued_fire[name]  # refused, or another engine has this fire
+            if stored:
+                self._queue_stored(row["id"], 0.0)
+            self._fired_at(name, scheduled_at)
             return
         if decision == "skip":
             row = self._skipped_row(name, scheduled_at, trigger, task.overlap)
@@ -545,21 +597,84 @@ class Scheduling:
             self._launch_end()
 
     async def _claim_and_start(self, run_id: str, now: float) -> None:
+        """Start stored queued run ``run_id`` (a retry, a pending fire, a run a restart left queued).
+
+        A run of a task waits, still a stored ``queued`` row, while the task
+        is paused (until ``resume``) or while its overlap policy lets no more
+        of its runs go (``allow``: ``max_concurrency`` running; any other
+        policy: one), until one of them ends (see ``_defer``).
+        """
+        if run_id in self._active:  # its task waits for a slot already: a row runs once
+            return
         row = await self.store.get_run(run_id)
-        if row is None or row["status"] != "queued":
+        if row is None or row["status"] != "queued" or run_id in self._active:
+            self._forget_queued(run_id)
             return
-        defn: Task | Function | None = (
-            self.definitions.tasks.get(row["task"]) if row.get("kind", "task") == "task"
-            else self.functions.stacks.get(row["task"])
-        )
+        name = row["task"]
+        defn: Task | Function | None
+        if row.get("kind", "task") == "task":
+            defn = self.definitions.tasks.get(name)
+        else:
+            defn = self.functions.stacks.get(name)
+            if defn is None and name in self.functions.python:
+                defn = python_function(name)  # as start_function_run runs it
         if defn is None:
+            self._forget_queued(run_id)
             await self.store.update_run(run_id, {"status": "failed", "finished_at": now, "error": {
-                "message": f"'{row['task']}' is no longer defined", "type": "UnknownTask", "step": None}})
+                "message": f"'{name}' is no longer defined", "type": "UnknownTask", "step": None}})
             return
-        if not await self.store.claim_run(run_id, self.engine_id, now):
+        if not isinstance(defn, Task):
+            if await self.store.claim_run(run_id, self.engine_id, now):
+                row.update(status="running", started_at=now)
+                await self._launch(defn, row, claimed=True)
             return
-        row.update(status="running", started_at=now)
-        await self._launch(defn, row, claimed=True)
+        if name in self._paused:  # resume() puts it back in the queue
+            self._parked.setdefault(name, set()).add(run_id)
+            return
+        running = self._running.get(name)
+        if running and len(running) >= (defn.max_concurrency if defn.overlap == "allow" else 1):
+            self._defer(name, run_id)
+            return
+        with self._holding(name, run_id):
+            if not await self.store.claim_run(run_id, self.engine_id, now):
+                self._forget_queued(run_id)
+                return
+            if self._queued_fire.get(name) == run_id:
+                del self._queued_fire[name]  # started: the next fire may wait in its place
+            row.update(status="running", started_at=now)
+            await self._launch(defn, row, claimed=True)
+
+    def _defer(self, name: str, run_id: str) -> None:
+        """Stored queued run ``run_id`` waits until one of its task's running runs ends."""
+        waiting = self._deferred.get(name)
+        if waiting is None:
+            waiting = self._deferred[name] = set()
+            self._spawn(self._undefer(name))
+        waiting.add(run_id)
+
+    async def _undefer(self, name: str) -> None:
+        """Once one of task ``name``'s running runs ends, its deferred queued runs try again."""
+        try:
+            running = self._running.get(name)
+            if running:
+                await self._any_run_done(running)
+        finally:
+            now = self.clock.time()
+            for run_id in self._deferred.pop(name, ()):
+                self._queued_due[run_id] = now
+            self._queue_wake.set()
+
+    def _forget_queued(self, run_id: str) -> None:
+        """Run ``run_id`` is no longer a stored queued run this engine waits to start."""
+        self._queued_due.pop(run_id, None)
+        for held in (self._parked, self._deferred):
+            for ids in held.values():
+                if run_id in ids:
+                    ids.discard(run_id)
+                    break
+        for name, pending in list(self._queued_fire.items()):
+            if pending == run_id:
+                del self._queued_fire[name]
 
     async def _recover_loop(self) -> None:
         """On a shared database (PostgreSQL), an engine that dies while others serve leaves runs
@@ -593,6 +708,11 @@ class Scheduling:
             except CronstackError as exc:
                 db_log.error("old history of functions could not be pruned: %s", exc)
             await self.clock.sleep(self.config.prune_interval)
+
+
+def python_function(name: str) -> Function:
+    """The definition a run of registered Python function ``name`` runs under (its call is by name)."""
+    return Function(name=name, program=lower_stack([], name).program)
 
 
 def schedules_of(defs: Definitions) -> dict[str, Schedule]:

@@ -105,6 +105,8 @@ SCHEMAS: dict[str, Any] = {
             "schedule": {"type": ["string", "null"]},
             "timezone": {"type": "string"},
             "active": {"type": "boolean"},
+            "missing_env": {"type": "array", "items": {"type": "string"},
+                            "description": "variables of the task's requires_env that are not set (it is inactive until they are)"},
             "paused": {"type": "boolean"},
             "status": {"type": "string", "enum": _TASK_STATUSES},
             "next_execution": _ISO,

@@ -1,0 +1,346 @@
+"""Stored queued runs against the rest of the engine: one execution per row, cancel against
+claim, overlap and pause for retries, pending fires of ``overlap: queue`` stored, config counts."""
+
+import asyncio
+
+import anyio
+import pytest
+
+from compiler import CompileError
+from engine import Engine, EngineConfig, FakeClock
+from engine._config import load_config
+from tests.support import eventually
+from tests.test_engine import T0, WAIT, advance, quick_shutdown, settle, task  # noqa: F401
+
+pytestmark = pytest.mark.anyio
+
+WORK = {"function": "custom_function", "name": "work", "inputs": {"run": "{{ task.run_id }}"}}
+
+
+class Work:
+    """A registered function that records each call and its concurrency, and blocks until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.finished: list[str] = []
+        self.now = self.most = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, inputs):
+        self.calls.append(inputs["run"])
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await self.release.wait()
+        finally:
+            self.now -= 1
+        self.finished.append(inputs["run"])
+        return "done"
+
+
+async def status(engine, run_id):
+    return (await engine.run(run_id, trace=False))["status"]
+
+
+def due(engine, run_id, when):
+    """Have the serving engine's queue loop start stored queued run ``run_id`` at ``when``."""
+    engine._queued_due[run_id] = when
+    engine._queue_wake.set()
+
+
+def queued_retry(engine, name):
+    """A stored retry of ``name``'s first attempt, as ``_maybe_retry`` makes it (not yet due)."""
+    return engine._row(name, "task", "retry", scheduled_at=engine.clock.time(), attempt=2)
+
+
+# -- 1: a run waiting for a slot when serve() starts runs once -------------------------------------
+async def test_a_run_waiting_for_a_slot_when_serving_starts_runs_once(tmp_path):
+    work = Work()
+    cfg = EngineConfig(max_running=1, tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db", config=cfg) as engine:
+        engine.register_function("work", work)
+        a = await engine.trigger("t")
+        b = await engine.trigger("t")  # waits for the only slot: stored queued, its task in memory
+        await eventually(lambda: work.calls == [a])
+        await engine.serve(api=False)  # loads every stored queued row: b's is already in memory
+        await eventually(lambda: not engine._queued_due)  # the queue loop has looked at them
+        work.release.set()
+        # every copy of a run has ended: none running, every slot free
+        await eventually(lambda: not engine._active and engine._gate.holders == 0)
+        assert sorted(work.calls) == sorted([a, b])  # b once, not twice
+        assert await status(engine, b) == "completed"
+
+
+# -- 2: cancel of a stored queued run against the claim that starts it ------------------------------
+async def test_cancel_losing_to_the_claim_cancels_the_started_run_instead(tmp_path):
+    """The queue loop claims the row between cancel's look at it and its write: the run started
+    is cancelled (never left running, never reported cancelled while it runs to completion)."""
+    work = Work()
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db") as engine:
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        row = queued_retry(engine, "t")
+        await engine.store.insert_run(row)
+        rid = row["id"]
+        claimed = asyncio.Event()
+        canceller: list[asyncio.Task] = []
+        get_run, claim_run = engine.store.get_run, engine.store.claim_run
+
+        async def let_the_queue_loop_claim_first():
+            due(engine, rid, 0.0)
+            await claimed.wait()
+            await eventually(lambda: rid in work.calls)
+
+        async def slow_get(run_id):
+            out = await get_run(run_id)
+            if asyncio.current_task() in canceller and run_id == rid and not claimed.is_set():
+                await let_the_queue_loop_claim_first()
+            return out
+
+        async def slow_claim(run_id, *args):
+            if asyncio.current_task() in canceller and run_id == rid and not claimed.is_set():
+                await let_the_queue_loop_claim_first()
+            ok = await claim_run(run_id, *args)
+            if ok and asyncio.current_task() not in canceller:
+                claimed.set()
+            return ok
+
+        engine.store.get_run, engine.store.claim_run = slow_get, slow_claim
+        with anyio.fail_after(10):
+            cancelling = asyncio.ensure_future(engine.cancel(rid))
+            canceller.append(cancelling)
+            ok = await cancelling
+        engine.store.get_run, engine.store.claim_run = get_run, claim_run
+        run = await eventually(lambda: engine.run(rid, trace=False))
+        await eventually(lambda: not engine._active)
+        run = await engine.run(rid, trace=False)
+        assert (ok, run["status"], work.finished) == (True, "cancelled", [])
+
+
+async def test_cancel_of_a_stored_queued_run_and_of_a_finished_one(tmp_path):
+    work = Work()
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db") as engine:
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        row = queued_retry(engine, "t")
+        row["not_before"] = engine.clock.time() + 3600
+        await engine.store.insert_run(row)
+        due(engine, row["id"], row["not_before"])
+        assert await engine.cancel(row["id"]) is True
+        run = await engine.run(row["id"], trace=False)
+        assert (run["status"], run["started_at"], run["error"]["message"]) == (
+            "cancelled", None, "cancelled before it started")
+        assert row["id"] not in engine._queued_due
+        assert await engine.cancel(row["id"]) is False  # finished
+        assert await engine.cancel("nope") is False  # unknown
+
+
+# -- 3: retries meet the task's overlap policy ----------------------------------------------------
+@pytest.mark.parametrize("overlap", ["skip", "queue", "cancel_previous"])
+async def test_a_due_retry_waits_while_its_task_has_a_run_going(tmp_path, overlap):
+    work = Work()
+    defs = [task("t", [WORK], overlap=overlap)]
+    async with Engine.open(defs, database=f"sqlite:///{tmp_path}/x.db") as engine:
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        first = await engine.trigger("t")
+        await eventually(lambda: work.calls == [first])
+        row = queued_retry(engine, "t")
+        await engine.store.insert_run(row)
+        due(engine, row["id"], 0.0)
+        await eventually(lambda: row["id"] in getattr(engine, "_deferred", {}).get("t", ()) or len(work.calls) > 1)
+        assert work.calls == [first] and await status(engine, row["id"]) == "queued"
+        assert await status(engine, first) == "running"  # not superseded by a retry
+        work.release.set()
+        await eventually(lambda: len(work.finished) == 2)
+        assert work.most == 1
+        await eventually(lambda: not engine._active)
+        assert await status(engine, row["id"]) == "completed"
+
+
+async def test_a_retry_under_overlap_allow_waits_for_max_concurrency(tmp_path):
+    work = Work()
+    defs = [task("t", [WORK], overlap="allow", max_concurrency=2)]
+    async with Engine.open(defs, database=f"sqlite:///{tmp_path}/x.db") as engine:
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        one, two = await engine.trigger("t"), await engine.trigger("t")
+        await eventually(lambda: len(work.calls) == 2)
+        row = queued_retry(engine, "t")
+        await engine.store.insert_run(row)
+        due(engine, row["id"], 0.0)
+        await eventually(lambda: row["id"] in getattr(engine, "_deferred", {}).get("t", ()) or len(work.calls) > 2)
+        assert work.most == 2 and len(work.calls) == 2
+        work.release.set()
+        await eventually(lambda: len(work.finished) == 3)
+        assert work.most == 2 and {one, two, row["id"]} == set(work.calls)
+
+
+async def test_a_fire_while_a_queued_run_is_being_claimed_meets_the_overlap_policy(tmp_path):
+    """A stored queued run counts as running from before its claim commits: a fire meanwhile is skipped."""
+    work = Work()
+    defs = [task("t", [WORK], overlap="skip", schedule="* * * * *")]
+    async with Engine.open(defs, database=f"sqlite:///{tmp_path}/x.db") as engine:
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        row = queued_retry(engine, "t")
+        await engine.store.insert_run(row)
+        entered, go = asyncio.Event(), asyncio.Event()
+        claim_run = engine.store.claim_run
+
+        async def slow_claim(run_id, *args):
+            entered.set()
+            await go.wait()
+            return await claim_run(run_id, *args)
+
+        engine.store.claim_run = slow_claim
+        due(engine, row["id"], 0.0)
+        with anyio.fail_after(10):
+            await entered.wait()
+        fire_at = float(int(engine.clock.time()) - 7)
+        await engine._fire_once("t", fire_at, "schedule")  # the fire comes during the claim
+        go.set()
+        engine.store.claim_run = claim_run
+        await eventually(lambda: row["id"] in work.calls)
+        runs = {r["scheduled_at"]: r for r in await engine.runs("t") if r["trigger"] == "schedule"}
+        assert runs[fire_at]["status"] == "skipped"
+        work.release.set()
+        await eventually(lambda: not engine._active)
+        assert work.most == 1
+
+
+# -- 4: a stored queued async call of a registered Python function --------------------------------
+async def test_a_queued_async_call_of_a_python_function_runs_after_a_restart(tmp_path):
+    db = f"sqlite:///{tmp_path}/x.db"
+    async with Engine.open([task("t", [])], database=db) as engine:  # the engine before the restart
+        row = engine._row("notify", "function", "async_call", scheduled_at=engine.clock.time(),
+                          attempt=1, inputs={"x": 1})
+        await engine.store.insert_run(row)
+    seen = []
+
+    async def notify(inputs):
+        seen.append(inputs)
+        return "sent"
+
+    async with Engine.open([task("t", [])], database=db) as engine:
+        engine.register_function("notify", notify)
+        await engine.serve(api=False)
+        run = await eventually(lambda: _finished(engine, row["id"]))
+        assert (run["status"], run["result"], seen) == ("completed", "sent", [{"x": 1}])
+
+
+async def _finished(engine, run_id):
+    run = await engine.run(run_id, trace=False)
+    return run if run and run["status"] not in ("queued", "running") else None
+
+
+# -- 5: whole-number settings ----------------------------------------------------------------------
+def _project(tmp_path, toml):
+    d = tmp_path / "p"
+    d.mkdir()
+    (d / "cronstack.toml").write_text(toml)
+    return d
+
+
+@pytest.mark.parametrize("key", ["max_running", "http_connections", "http_connections_per_host",
+                                 "http_max_response_bytes"])
+@pytest.mark.parametrize("value", ["0.5", "0", "-1", "2.5", "true", '"10"', "inf"])
+def test_count_settings_must_be_whole_numbers_of_at_least_one(tmp_path, key, value):
+    with pytest.raises(CompileError) as info:
+        load_config(_project(tmp_path, f"[engine]\n{key} = {value}\n"))
+    [diag] = info.value.diagnostics
+    assert (diag.file, diag.path) == ("cronstack.toml", f"engine.{key}")
+    assert diag.message.startswith(f"{key} must be a whole number of at least 1")
+
+
+def test_count_settings_accept_whole_numbers_and_durations_fractions(tmp_path):
+    cfg = load_config(_project(tmp_path, "[engine]\nmax_running = 3.0\nhttp_connections = 1\n"
+                                         "shutdown_grace = 0.5\nprune_interval = 1.5\n"))
+    assert (cfg.max_running, type(cfg.max_running), cfg.http_connections) == (3, int, 1)
+    assert (cfg.shutdown_grace, cfg.prune_interval) == (0.5, 1.5)
+
+
+# -- 6: a paused task's stored retries wait for resume -------------------------------------------
+async def test_a_paused_tasks_retries_stay_queued_until_resume(tmp_path):
+    work = Work()
+    work.release.set()
+    db = f"sqlite:///{tmp_path}/x.db"
+    async with Engine.open([task("t", [WORK])], database=db) as engine:
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        await engine.pause("t")
+        row = queued_retry(engine, "t")
+        await engine.store.insert_run(row)
+        due(engine, row["id"], 0.0)
+        await eventually(lambda: row["id"] in getattr(engine, "_parked", {}).get("t", ()) or work.calls)
+        assert work.calls == [] and await status(engine, row["id"]) == "queued"
+        assert engine.stats()["queued"] == 1
+    async with Engine.open([task("t", [WORK])], database=db) as engine:  # still paused after a restart
+        engine.register_function("work", work)
+        await engine.serve(api=False)
+        await eventually(lambda: row["id"] in getattr(engine, "_parked", {}).get("t", ()) or work.calls)
+        assert work.calls == []
+        await engine.resume("t")
+        run = await eventually(lambda: _finished(engine, row["id"]))
+        assert run["status"] == "completed" and work.calls == [row["id"]]
+
+
+# -- 7: the pending fire of overlap: queue is a stored queued run ----------------------------------
+async def test_the_pending_fire_of_overlap_queue_is_stored_and_survives_a_restart(tmp_path):
+    db = f"sqlite:///{tmp_path}/x.db"
+    defs = [task("slow", [WAIT(90)], schedule="* * * * *", overlap="queue")]
+    clock = FakeClock(T0 - 20)  # fires at T0+40 (runs 90 s), T0+100 (waits), T0+160 (skipped)
+    async with Engine.open(defs, clock=clock, database=db) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        await advance(clock, engine, 125, step=5)
+        runs = {r["scheduled_at"]: r for r in await engine.runs("slow")}
+        assert runs[T0 + 100]["status"] == "queued" and runs[T0 + 100]["trigger"] == "schedule"
+        assert engine._queued_fire == {"slow": runs[T0 + 100]["id"]}
+    # the running run was cancelled by the shutdown; the pending fire is still queued
+    clock = FakeClock(T0 + 126)
+    async with Engine.open(defs, clock=clock, database=db) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        pending = await eventually(lambda: _started(engine, T0 + 100))
+        assert pending["started_at"] == T0 + 126
+        await advance(clock, engine, 95, step=5)
+        runs = {r["scheduled_at"]: r["status"] for r in await engine.runs("slow")}
+        assert runs[T0 + 40] == "cancelled" and runs[T0 + 100] == "completed"
+
+
+async def _started(engine, scheduled_at):
+    for run in await engine.runs("slow"):
+        if run["scheduled_at"] == scheduled_at and run["status"] == "running":
+            return run
+    return None
+
+
+async def test_one_pending_fire_at_a_time_and_it_starts_when_the_run_ends():
+    clock = FakeClock(T0 - 20)
+    defs = [task("slow", [WAIT(90)], schedule="* * * * *", overlap="queue")]
+    async with Engine.open(defs, clock=clock) as engine:
+        await engine.serve(api=False)
+        await settle(clock, engine)
+        await advance(clock, engine, 185, step=5)  # +40 ran to +130, +100 started then, +160 waits
+        runs = sorted(await engine.runs("slow"), key=lambda r: r["scheduled_at"])
+        assert [(r["scheduled_at"] - T0, r["status"]) for r in runs] == [
+            (40, "completed"), (100, "running"), (160, "queued")]
+        assert runs[1]["started_at"] == T0 + 130
+        pending = runs[2]["id"]
+        assert await engine.cancel(pending) is True  # a pending fire can be cancelled like any queued run
+        assert engine._queued_fire == {}
+        await advance(clock, engine, 120, step=5)  # +305: +220 found it idle and runs, +280 waits in its place
+        runs = sorted(await engine.runs("slow"), key=lambda r: r["scheduled_at"])
+        assert [(r["scheduled_at"] - T0, r["status"]) for r in runs][-3:] == [
+            (160, "cancelled"), (220, "running"), (280, "queued")]
+
+
+# -- 8: the API names the missing variables missing_env -------------------------------------------
+async def test_task_info_lists_missing_env():
+    defs = [task("needs", [], requires_env=["CRONSTACK_TEST_A", "CRONSTACK_TEST_B"])]
+    async with Engine.open(defs, env={"CRONSTACK_TEST_A": "x"}) as engine:
+        [info] = await engine.tasks()
+        assert info["missing_env"] == ["CRONSTACK_TEST_B"] and "requires_env" not in info
+        assert info["active"] is False and info["status"] == "inactive"
+        assert (await engine.task("needs"))["missing_env"] == ["CRONSTACK_TEST_B"]
