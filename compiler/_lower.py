@@ -16,7 +16,7 @@ from typing import Any
 
 from compiler._errors import CompileError, Diagnostic, did_you_mean
 from compiler._expr import BUILTIN_NAMES, NameRef, compile_condition, compile_value
-from compiler._native import generate_native, restores_error
+from compiler._native import generate_native
 from compiler._steps import COMMON_FIELDS, EFFECT_STEPS, STEPS, FieldKind
 from runtime import Instr, Op, Program, Value
 
@@ -63,7 +63,7 @@ class _Handler:
     """
 
     own: str
-    prev: str | None
+    prev: str
 
 
 #: the slot holding ``error`` as the run started (see ``_Lowering.prev_error``)
@@ -115,8 +115,6 @@ class _Lowering:
         self.ctx: list[_Loop | _Try | _Handler] = []
         self.try_count = 0
         self.labels: list[_Label] = []
-        #: the stack assigns ``error`` itself (a return_as): each try saves it (see prev_error)
-        self.saves_error = "error" in defined
         self.uses_error0 = False
 
     # -- emission -----------------------------------------------------------------
@@ -183,6 +181,9 @@ class _Lowering:
             if kind_of is FieldKind.NAME and not (isinstance(val, str) and IDENTIFIER.match(val)):
                 ok = False
                 self.error(f"'{key}' must be a plain name like my_var, got {val!r}", f"{path}.{key}")
+            elif key == "return_as" and val in BUILTIN_NAMES:  # as create_variable refuses them
+                ok = False
+                self.error(f"'{val}' is a built-in name; choose another variable name", f"{path}.{key}")
             elif kind_of is FieldKind.CHOICE and val not in spec.choices[key]:
                 ok = False
                 self.error(
@@ -300,28 +301,20 @@ class _Lowering:
                     self.block(entry.finally_steps, entry.finally_path)
                     self.ctx = saved
 
-    def prev_error(self, n: int, catch: Any, fin: Any, path: str) -> str | None:
-        """The slot the handler of try ``n`` restores ``error`` from, emitting its save if one is needed.
+    def prev_error(self) -> str:
+        """The slot the handler of the next try restores ``error`` from.
 
-        Only try_catch sets ``error``, and each puts it back on leaving its
-        handler, so before a try it is the error of the innermost handler
-        around it (its slot), or at the top what it was as the run started
-        (``$error0``, saved by the first instruction): no work when the try
-        starts. A stack that assigns ``error`` itself saves it at each try
-        whose handler may end other than by an error.
+        Only try_catch sets ``error`` (a stack cannot assign it: it is a
+        built-in name), and each puts it back on leaving its handler, so
+        before a try it is the error of the innermost handler around it (its
+        slot), or at the top what it was as the run started (``$error0``,
+        saved by the first instruction): no work when the try starts.
         """
-        if not self.saves_error:
-            return next((c.own for c in reversed(self.ctx) if isinstance(c, _Handler)), _ERROR0)
-        if not restores_error(catch, fin):
-            return None
-        prev = f"$prev{n}"
-        self.emit(Op.SET, (prev, _read("error")), path, None)
-        return prev
+        return next((c.own for c in reversed(self.ctx) if isinstance(c, _Handler)), _ERROR0)
 
-    def restore(self, prev: str | None, path: str) -> None:
-        if prev is not None:
-            self.uses_error0 |= prev == _ERROR0
-            self.emit(Op.SET, ("error", _read(prev)), path, None)
+    def restore(self, prev: str, path: str) -> None:
+        self.uses_error0 |= prev == _ERROR0
+        self.emit(Op.SET, ("error", _read(prev)), path, None)
 
     def lower_break_loop(self, step: dict, path: str, kind: str) -> None:
         loop = self._unwind_to_loop(path, kind)
@@ -355,7 +348,7 @@ class _Lowering:
         slot = f"$error{self.try_count}"
         catch, fin = step.get("catch_block"), step.get("finally_block")
         fin_path = f"{path}.finally_block"
-        prev = self.prev_error(self.try_count, catch, fin, path)
+        prev = self.prev_error()
         handler, end = _Label(), _Label()
         self.emit(Op.TRY_PUSH, (handler, slot), path, kind)
         self.ctx.append(_Try(fin, fin_path))

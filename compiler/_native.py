@@ -79,7 +79,7 @@ from runtime._vm import (
     interrupted,
 )
 
-__all__ = ("generate_native", "native_source", "NativeFunction", "restores_error")
+__all__ = ("generate_native", "native_source", "NativeFunction")
 
 #: the names the tests know these by
 _localize, _NoLocals = localize, NoLocals
@@ -169,36 +169,9 @@ class _Handler:
 
     __slots__ = ("own", "prev")
 
-    def __init__(self, own: str, prev: str | None) -> None:
+    def __init__(self, own: str, prev: str) -> None:
         self.own = own
         self.prev = prev
-
-
-def _jumps_out(steps: Any) -> bool:
-    """Whether ``steps`` hold a break_loop, continue_loop or return anywhere (nested ones too)."""
-    if not isinstance(steps, list):
-        return False
-    for step in steps:
-        if not isinstance(step, dict):
-            continue
-        if step.get("function") in ("break_loop", "continue_loop", "return"):
-            return True
-        for key, val in step.items():
-            if isinstance(val, list) and _jumps_out(val):
-                return True
-            if key == "cases" and isinstance(val, dict) and any(_jumps_out(v) for v in val.values()):
-                return True
-    return False
-
-
-def restores_error(catch: Any, fin: Any) -> bool:
-    """Whether a try_catch can leave its handler other than by an error, so it saves ``error``.
-
-    A catch block (or no blocks at all: the error is dropped) falls through; a
-    finally block alone re-raises, unless a break, continue or return in it
-    leaves the try_catch.
-    """
-    return bool(catch) or not fin or _jumps_out(fin)
 
 
 class _Gen:
@@ -237,8 +210,6 @@ class _Gen:
         self.created: set[str] = set(BUILTIN_NAMES)
         #: inside a loop body whose variables live in locals: which ones
         self.local: Locals | None = None
-        #: the stack assigns ``error`` itself: each try saves it (``compiler._lower``'s prev_error)
-        self.saves_error = "error" in program.variables
         #: a restore reads ``_e0``, ``error`` as the run started (set in the header)
         self.uses_e0 = False
 
@@ -657,19 +628,13 @@ class _Gen:
                     self.block(entry.finally_steps, entry.finally_path)
                     self.ctx = saved
 
-    def prev_error(self, n: int, catch: Any, fin: Any) -> str | None:
-        """The local the handler of try ``n`` restores ``error`` from (``compiler._lower``'s prev_error)."""
-        if not self.saves_error:
-            return next((c.own for c in reversed(self.ctx) if isinstance(c, _Handler)), "_e0")
-        if not restores_error(catch, fin):
-            return None
-        self.line(f"_p{n} = scope['error']")
-        return f"_p{n}"
+    def prev_error(self) -> str:
+        """The local the handler of the next try restores ``error`` from (``compiler._lower``'s prev_error)."""
+        return next((c.own for c in reversed(self.ctx) if isinstance(c, _Handler)), "_e0")
 
-    def restore(self, prev: str | None) -> None:
-        if prev is not None:
-            self.uses_e0 |= prev == "_e0"
-            self.line(f"scope['error'] = {prev}")
+    def restore(self, prev: str) -> None:
+        self.uses_e0 |= prev == "_e0"
+        self.line(f"scope['error'] = {prev}")
 
     def innermost_loop(self) -> int:
         for i in range(len(self.ctx) - 1, -1, -1):
@@ -719,7 +684,7 @@ class _Gen:
         fin_path = f"{path}.finally_block"
         n = self.fresh("")
         flag, err = f"_a{n}", f"_e{n}"
-        prev = self.prev_error(n, catch, fin)
+        prev = self.prev_error()
         self.trace_start()  # TRY_PUSH carries the step
         self.trace_end(path)
         self.line(f"{flag} = True")

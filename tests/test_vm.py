@@ -337,25 +337,15 @@ async def test_error_from_the_callers_variables_is_put_back_too():
     assert await run([try_catch([throw("x")], []), ret("{{ error }}")], error={"message": "given"}) == {"message": "given"}
 
 
-async def test_a_stack_that_assigns_error_gets_its_own_value_back():
-    """``return_as: error`` makes ``error`` a variable of the stack: each try then saves and restores it."""
-
-    class Functions:
-        async def call(self, name, inputs, ctx):
-            return {"message": f"mine-{inputs['n']}"}
-
-    stack = [cv("log", []),
-             {"function": "custom_function", "name": "f", "inputs": {"n": 1}, "return_as": "error"},
-             try_catch([throw("outer")], [
-                 {"function": "custom_function", "name": "f", "inputs": {"n": 2}, "return_as": "error"},
-                 try_catch([throw("inner")], [SEEN]), SEEN,
-                 {"function": "loop", "times": 1, "operations": [try_catch([throw("loop")], [{"function": "break_loop"}])]},
-                 SEEN]),
-             SEEN, ret("{{ log }}")]
-    program = compile_stack(stack)
-    for ctx in (RunContext(functions=Functions()), RunContext(functions=Functions(), tracer=Quiet())):
-        assert await _run(Frame(program, _new_scope(ctx, None, None)), ctx) == ["inner", "mine-2", "mine-2", "mine-1"]
-        assert await execute(program, ctx) == ["inner", "mine-2", "mine-2", "mine-1"]
+@pytest.mark.parametrize("name", ["error", "item", "index", "env", "task", "now"])
+async def test_return_as_a_built_in_name_is_a_compile_error(name):
+    """As create_variable refuses them: a stack cannot assign ``error`` (so only try_catch
+    sets it, and each puts it back), nor shadow ``item``, ``env``, ``now``..."""
+    for step in ({"function": "custom_function", "name": "f", "return_as": name},
+                 {"function": "count_records", "table": "t", "return_as": name}):
+        low = lower_stack([step], "t")
+        assert [(d.path, d.message) for d in low.diagnostics] == [
+            ("stack[0].return_as", f"'{name}' is a built-in name; choose another variable name")]
 
 
 async def test_seed_bug_member_of_text_names_step_and_expression():
