@@ -135,8 +135,6 @@ class Engine(RunLifecycle, Scheduling):
         #: run timeouts with the real clock, by millisecond of the loop's clock (see _runs._TimeoutGroup)
         self._timeouts: dict[int, Any] = {}
         self._running: dict[str, set[str]] = {name: set() for name in defs.tasks}
-        #: always empty: a pending fire (overlap: queue) is a stored queued run (``_queued_fire``)
-        self._pending: dict[str, tuple[float, str]] = {}
         #: per task with overlap: queue, its pending fire: a stored queued run not started yet
         self._queued_fire: dict[str, str] = {}
         #: stored queued runs of paused tasks, per task: they go back to the queue on resume()

@@ -591,15 +591,6 @@ class RunLifecycle:
                     self._gate.close()
                 self._gate.release()
             active.set_finished()
-            if (
-                self._pending
-                and is_task
-                and defn.name in self._pending
-                and not running
-                and not self._stopping
-            ):
-                scheduled_at, trigger = self._pending.pop(defn.name)
-                self._spawn(self._fire(defn.name, scheduled_at, trigger))
 
     async def _leave_queued(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
         """The engine stopped before the run got a slot: its row stays ``queued`` for the next start.

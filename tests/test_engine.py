@@ -92,7 +92,7 @@ async def test_schedule_fires_on_time_in_virtual_time():
     ("overlap", "expected"),
     [
         ("skip", [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "skipped", 1)]),
-        ("queue", [("schedule", "completed", 1), ("schedule", "running", 1)]),  # the third fire waits in memory
+        ("queue", [("schedule", "completed", 1), ("schedule", "running", 1)]),  # the third fire is not due yet
         ("allow", [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "running", 1)]),
         ("cancel_previous", [("schedule", "cancelled", 1), ("schedule", "cancelled", 1), ("schedule", "running", 1)]),
     ],
@@ -133,7 +133,8 @@ async def test_a_wave_of_fires_is_claimed_in_one_write_with_every_overlap_policy
         await advance(clock, engine, 60 + 60 + 60 + 5, step=5)
         expected = {
             "skip": [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "skipped", 1)],
-            "queue": [("schedule", "completed", 1), ("schedule", "running", 1)],
+            # the third fire is the pending one, stored queued
+            "queue": [("schedule", "completed", 1), ("schedule", "queued", 1), ("schedule", "running", 1)],
             "allow": [("schedule", "completed", 1), ("schedule", "running", 1), ("schedule", "running", 1)],
             "cancel_previous": [("schedule", "cancelled", 1), ("schedule", "cancelled", 1), ("schedule", "running", 1)],
         }
@@ -317,7 +318,7 @@ async def test_inactive_and_requires_env_tasks_never_fire():
         await advance(clock, engine, 70, step=10)
         assert await engine.runs() == []
         info = {t["name"]: t for t in await engine.tasks()}
-        assert info["needs"]["status"] == "inactive" and info["needs"]["requires_env"] == ["HOOK_URL_FOR_TEST"]
+        assert info["needs"]["status"] == "inactive" and info["needs"]["missing_env"] == ["HOOK_URL_FOR_TEST"]
 
 
 @pytest.mark.parametrize(("policy", "expected"), [("run_once", 1), ("run_all", 6), ("skip", 0)])

@@ -234,7 +234,7 @@ async def test_tasks_needing_env_stay_inactive_without_it(tmp_path):
         "data_processing_task": ["ALERT_WEBHOOK_URL"],
     }.items():
         assert info[name]["status"] == "inactive" and info[name]["active"] is False
-        assert info[name]["requires_env"] == missing
+        assert info[name]["missing_env"] == missing
         assert info[name]["next_execution"] is None
     for name in ("heartbeat", "daily_user_analytics", "weekly_newsletter", "data_cleanup", "process_pending_items"):
         assert info[name]["active"] is True and info[name]["next_execution"] is not None, name
@@ -243,7 +243,7 @@ async def test_tasks_needing_env_stay_inactive_without_it(tmp_path):
 async def test_env_activates_the_integration_tasks(engine):
     info = {t["name"]: t for t in await engine.tasks()}
     for name in ("daily_data_sync", "external_data_sync", "data_processing_task"):
-        assert info[name]["active"] is True and info[name]["requires_env"] == []
+        assert info[name]["active"] is True and info[name]["missing_env"] == []
 
 
 # -- analytics: daily_user_analytics ---------------------------------------------------------
