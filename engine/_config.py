@@ -215,7 +215,7 @@ def load_config(project_dir: Path | None) -> EngineConfig:
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if isinstance(getattr(cfg, key), int):
                 # a count: 0.5 would truncate to 0 (no run would ever start; 0 connections means unlimited)
-                if _check(number and value >= 1 and float(value).is_integer(),
+                if _check(number and value >= 1 and (isinstance(value, int) or value.is_integer()),
                           f"{key} must be a whole number of at least 1, not {value!r}", f"engine.{key}", diags):
                     setattr(cfg, key, int(value))
             elif _check(number and value > 0, f"{key} must be a positive number", f"engine.{key}", diags):

@@ -221,3 +221,10 @@ def test_synchronous_refuses_other_values(tmp_path):
     with pytest.raises(CompileError, match="synchronous must be NORMAL or FULL") as e:
         load_config(project(tmp_path, '[database]\nsynchronous = "OFF"\n'))
     assert "database.synchronous" in str(e.value)
+
+
+def test_a_count_setting_past_any_float_is_read_not_a_crash(tmp_path):
+    """A whole number too large for a float is still a whole number (float() raised OverflowError)."""
+    big = 10**320
+    cfg = load_config(project(tmp_path, f"[engine]\nmax_running = {big}\n"))
+    assert cfg.max_running == big
