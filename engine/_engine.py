@@ -144,6 +144,9 @@ class Engine(RunLifecycle, Scheduling):
         #: runs being claimed while serving: run id -> an event set once the claim is done (see _hold)
         self._holds: dict[str, asyncio.Event | None] = {}
         self._paused: set[str] = set()
+        #: pause()/resume() writes in flight, and a count of those done (see _sync_paused)
+        self._pause_writes = 0
+        self._pause_epoch = 0
         self._serving: anyio.CancelScope | None = None
         self._wake: anyio.Event = anyio.Event()
         self._queue_wake: anyio.Event = anyio.Event()
@@ -475,16 +478,32 @@ class Engine(RunLifecycle, Scheduling):
         return out
 
     async def pause(self, name: str) -> None:
+        """Stop firing task ``name`` (stored: every engine on a shared database learns it, see
+        ``_sync_paused``)."""
         self._task(name)
         self._paused.add(name)
-        await self.store.set_task_state(name, paused=True)
+        self._pause_writes += 1
+        try:
+            await self.store.set_task_state(name, paused=True)
+        finally:
+            self._pause_writes -= 1
+            self._pause_epoch += 1
 
     async def resume(self, name: str) -> None:
         """Fire task ``name`` again; its stored queued runs (retries, a pending fire) that waited
         while it was paused go back to the queue."""
         self._task(name)
         self._paused.discard(name)
-        await self.store.set_task_state(name, paused=False)
+        self._pause_writes += 1
+        try:
+            await self.store.set_task_state(name, paused=False)
+        finally:
+            self._pause_writes -= 1
+            self._pause_epoch += 1
+        self._unpark(name)
+
+    def _unpark(self, name: str) -> None:
+        """Task ``name`` was resumed: its parked queued runs go back to the queue."""
         parked = self._parked.pop(name, None)
         if parked:
             now = self.clock.time()
@@ -493,34 +512,47 @@ class Engine(RunLifecycle, Scheduling):
             self._queue_wake.set()
         self._wake.set()
 
+    async def _sync_paused(self) -> None:
+        """Take the paused states stored by other engines (pause/resume made there) as this engine's.
+
+        Skipped (for the next round) when a pause or resume of this engine was
+        written meanwhile: the states read may predate it.
+        """
+        if self._pause_writes:
+            return
+        epoch = self._pause_epoch
+        states = await self.store.all_task_states()
+        if self._pause_writes or epoch != self._pause_epoch:
+            return
+        for name in self.definitions.tasks:
+            state = states.get(name)
+            stored = bool(state and state.get("paused"))
+            if stored and name not in self._paused:
+                self._paused.add(name)
+                db_log.info("task %s was paused by another engine", name)
+            elif not stored and name in self._paused:
+                self._paused.discard(name)
+                db_log.info("task %s was resumed by another engine", name)
+                self._unpark(name)
+
     async def cancel(self, run_id: str) -> bool:
         """Cancel a running or queued run; False when it already finished or is unknown.
 
-        A stored queued run is cancelled only while it is still queued (the
-        same conditional write as the claim that starts it). When its claim
+        A stored queued run is cancelled only while it is still queued (one
+        conditional write, ``store.cancel_queued``). When its claim
         wins the race, the run started on this engine is cancelled as a
         running one (True): the caller asked that it not go on. False when it
-        finished, is unknown, or runs on another engine.
+        finished, is unknown, or runs on another engine (also when it waited
+        here for a slot and another engine claimed its row first).
         """
         active = self._active.get(run_id)
         if active is None:
             now = self.clock.time()
-            # queued -> ours, then cancelled: a claim by the queue loop (or another engine) cannot interleave
-            if await self.store.claim_run(run_id, self.engine_id, now):
+            # queued -> cancelled in one conditional write: a claim by the queue loop (or another
+            # engine) cannot interleave, and no crash can leave it half done
+            error = {"message": "cancelled before it started", "type": "Cancelled", "step": None}
+            if await self.store.cancel_queued(run_id, now, error):
                 self._forget_queued(run_id)
-                await self.store.update_run(
-                    run_id,
-                    {
-                        "status": "cancelled",
-                        "started_at": None,
-                        "finished_at": now,
-                        "error": {
-                            "message": "cancelled before it started",
-                            "type": "Cancelled",
-                            "step": None,
-                        },
-                    },
-                )
                 return True
             hold = self._holds.get(run_id, False)
             if hold is not False:  # claimed by this engine's queue loop, which is starting it
@@ -535,7 +567,8 @@ class Engine(RunLifecycle, Scheduling):
             return False
         active.cancel("cancel")
         await active.done().wait()
-        return True
+        # a run waiting here for a slot whose row another engine claimed first goes on there
+        return not active.lost
 
     def next_execution(self, name: str) -> float | None:
         sched = self.schedules.get(name)

@@ -126,6 +126,10 @@ class _Active:
     finished: bool = False
     #: a queued run got its slot from the gate (the slot is released when it ends)
     admitted: bool = False
+    #: its stored queued row is being claimed (``_wait_for_slot``): a cancel waits for the claim
+    claiming: bool = False
+    #: another engine (or a cancel) took its stored queued row first: this copy ended, recording nothing
+    lost: bool = False
     #: the timeout under an injected clock: a task sleeping on it, or its timer handle
     watchdog: Any = None
     #: the timeout with the real clock (see ``_TimeoutGroup``)
@@ -136,7 +140,7 @@ class _Active:
         if self.finishing or self.finished:
             return
         self.reason = self.reason or reason
-        if self.started and self.handle is not None:
+        if self.started and self.handle is not None and not self.claiming:
             self.handle.cancel()
 
     def done(self) -> asyncio.Event:
@@ -250,8 +254,11 @@ class RunLifecycle:
         stored = False
         try:
             if claim_fire:
-                stored = await self.store.claim_fire(row["task"], row["scheduled_at"], row)
-                if not stored:
+                outcome = (await self._claim_fires([row]))[0]
+                if outcome != "claimed":  # another engine's; or stored skipped, or the task paused
+                    if outcome == "skipped":
+                        key = (row["task"], "skipped")
+                        self.runs_total[key] = self.runs_total.get(key, 0) + 1
                     return None
             elif claimed:
                 if admitted:
@@ -368,12 +375,15 @@ class RunLifecycle:
         active.started = True
         trace = None
         left_queued = False
+        failure = None
         try:
             if active.reason is not None:  # cancelled before its task started
                 raise asyncio.CancelledError
             failure = None if active.admitted else await self._wait_for_slot(row, active)
             if failure is _LEFT_QUEUED:
                 left_queued = True
+            elif failure is _LOST:
+                pass
             elif failure is not None:
                 status, result, error = "failed", None, failure
             else:
@@ -447,6 +457,8 @@ class RunLifecycle:
             active.finishing = True
             if left_queued:
                 await self._leave_queued(defn, row, active)
+            elif failure is _LOST:
+                self._drop_lost(defn, row, active)
             else:
                 await self._finish(defn, row, active, active.admitted, status, result, error, trace)
         except Exception as exc:  # a defect in the engine: logged, never silent
@@ -473,13 +485,52 @@ class RunLifecycle:
             return _LEFT_QUEUED
         active.admitted = True
         row["started_at"] = self.clock.time()
+        if row["status"] != "queued":  # claimed from the store by this engine already: its start
+            try:
+                await self.store.update_run(
+                    row["id"], {"status": "running", "started_at": row["started_at"]}
+                )
+            except CronstackError as exc:
+                return _store_failure(exc, "starting the run")
+            return None
+        # stored queued by this engine, but another engine's queue (or a cancel) may take the row
+        # meanwhile: the run starts only if this conditional write moves it from queued to running.
+        # A cancel during the claim waits for it (see _Active.cancel), so its outcome is known.
+        active.claiming = True
         try:
-            await self.store.update_run(
-                row["id"], {"status": "running", "started_at": row["started_at"]}
-            )
+            won = await self.store.claim_run(row["id"], self.engine_id, row["started_at"])
         except CronstackError as exc:
             return _store_failure(exc, "starting the run")
+        finally:
+            active.claiming = False
+        if not won:
+            return _LOST
+        row["status"] = "running"
+        if active.reason is not None:  # cancelled while claiming: recorded as a cancelled run
+            raise asyncio.CancelledError
         return None
+
+    def _drop_lost(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:
+        """A queued run whose stored row was claimed elsewhere (another engine runs it) or cancelled
+        before this engine's claim: its slot goes back and this copy ends, recording nothing."""
+        run_id = row["id"]
+        active.lost = True
+        self._active.pop(run_id, None)
+        if isinstance(defn, Task):
+            running = self._running.get(defn.name)
+            if running is not None:
+                running.discard(run_id)
+        if self._stopping:  # the freed slot starts nothing: stop() began
+            self._gate.close()
+        self._gate.release()
+        active.set_finished()
+        if run_log.isEnabledFor(logging.INFO):
+            run_log.info(
+                "run dropped id=%s task=%s (its queued row was claimed by another engine or cancelled "
+                "before it got a slot here)",
+                run_id,
+                row["task"],
+            )
 
     def _arm_timeout(self, active: _Active, limit: float) -> None:
         """Start the attempt's timeout: ``limit`` seconds, then the run is cancelled with the reason "timeout".
@@ -561,7 +612,14 @@ class RunLifecycle:
                         exc_info=exc,
                     )
             outcome = {"status": status, "finished_at": now, "result": result, "error": error}
-            if not await self._final_write(run_id, outcome, entries):
+            if not admitted and row["status"] == "queued" and status == "cancelled":
+                # never started, its row stored queued: cancelled only while still queued (another
+                # engine may have claimed and started it: that run goes on, this copy records nothing)
+                written = await self._cancel_queued_write(run_id, now, error)
+                if not written:
+                    active.lost = written is None
+                    return
+            elif not await self._final_write(run_id, outcome, entries):
                 return  # still `running` in the database: the next start marks it crashed and retries it
             totals = self.runs_total
             key = (row["task"], status)
@@ -694,6 +752,26 @@ class RunLifecycle:
                 return await self._final_write(run_id, failed, None, fallback=True)
         return False  # pragma: no cover - the loop always returns
 
+    async def _cancel_queued_write(
+        self, run_id: str, now: float, error: dict[str, Any]
+    ) -> bool | None:
+        """Record a run cancelled before it started, if its row is still queued (one conditional
+        write, retried briefly); None when it was not (claimed elsewhere), False (logged) if refused."""
+        for delay in (*FINAL_WRITE_BACKOFF, None):
+            try:
+                return True if await self.store.cancel_queued(run_id, now, error) else None
+            except CronstackError as exc:
+                if delay is None:
+                    db_log.error(
+                        "run %s was cancelled before it started but that could not be stored; it "
+                        "stays queued and runs at the next start: %s",
+                        run_id,
+                        exc,
+                    )
+                    return False
+                await anyio.sleep(delay)
+        return False  # pragma: no cover - the loop always returns
+
     async def _maybe_retry(self, task: Task, row: dict[str, Any], status: str) -> bool:
         """Store the retry the policy asks for; False only when the database refused it.
 
@@ -807,6 +885,8 @@ class RunLifecycle:
 
 #: what ``_wait_for_slot`` returns when the engine stops before the run gets a slot
 _LEFT_QUEUED: dict[str, Any] = {"left": "queued"}
+#: what it returns when the run's stored queued row was claimed elsewhere (or cancelled) first
+_LOST: dict[str, Any] = {"lost": True}
 
 _CANCEL_MESSAGES = {
     "cancel": "cancelled on request (the admin API's cancel, `cronstack cancel` or Engine.cancel) while it ran",

@@ -38,6 +38,10 @@ WAVE_MIN = 2
 #: seconds between checks, on a database several engines share, for runs left running by engines
 #: that died (their liveness lock is free): those are marked crashed and retried (see _recover_loop)
 RECOVER_INTERVAL = 10.0
+#: seconds between reads, on a database several engines share, of the tasks' stored paused states:
+#: a pause or resume made on another engine reaches this one's view within it (see _pause_loop).
+#: Fires never wait for it: their claim reads the stored state itself (``claim_fires_checked``)
+PAUSE_SYNC_INTERVAL = 1.0
 #: the most missed fires one ``misfire: run_all`` catch-up runs; later ones are dropped (logged)
 CATCHUP_MAX = 10_000
 
@@ -74,6 +78,7 @@ class Scheduling:
                 tg.start_soon(self._flush_loop)
                 if getattr(self.store, "shared", False):
                     tg.start_soon(self._recover_loop)
+                    tg.start_soon(self._pause_loop)
                 task_status.started()
 
     async def _misfires(self, now: float) -> list[tuple[str, Iterator[float], float]]:
@@ -378,7 +383,7 @@ class Scheduling:
     ) -> None:
         self._launch_begin()
         try:
-            claimed = await self.store.claim_fires(rows)
+            claimed = await self._claim_fires(rows)
         except BaseException as exc:
             for _ in range(sum(admitted)):  # the slots of the fires just admitted
                 self._gate.release()
@@ -393,13 +398,15 @@ class Scheduling:
             return
         finally:
             self._launch_end()
-        for row, slot, new, task in zip(rows, admitted, claimed, tasks, strict=True):
+        for row, slot, outcome, task in zip(rows, admitted, claimed, tasks, strict=True):
             name = row["task"]
-            if not new:  # another engine (or a catch-up) has this fire
+            if outcome != "claimed":  # another engine (or a catch-up) has this fire; or stored paused or skipped
                 if slot:
                     self._gate.release()
                 if task is None and self._queued_fire.get(name) == row["id"]:
                     del self._queued_fire[name]
+                if outcome == "skipped":
+                    self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
             elif row["status"] == "skipped":
                 self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
             elif task is None:  # the task's pending fire (overlap: queue), stored queued
@@ -407,6 +414,56 @@ class Scheduling:
             else:
                 self._start(task, row, slot)
             self._fired_at(name, row["scheduled_at"])
+
+    async def _claim_fires(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Claim the run rows of fires; per row ``"claimed"``, ``"taken"`` (the fire has a row
+        already), ``"skipped"`` or ``"paused"`` (see ``Store.claim_fires_checked``).
+
+        One engine per database (SQLite) decides overlap and pause from memory,
+        which is exact there: ``claim_fires``. Engines sharing a database see only
+        their own runs and pauses in memory: the claim itself reads the task's
+        stored paused state and counts its ``running`` runs of every engine (for
+        ``skip`` and ``allow``), in one transaction, so two engines never both
+        take a task for idle. A task found paused there is paused here from now.
+        """
+        store = self.store
+        if not store.shared:
+            if len(rows) == 1:  # a fire alone
+                row = rows[0]
+                return ["claimed" if await store.claim_fire(row["task"], row["scheduled_at"], row) else "taken"]
+            return ["claimed" if new else "taken" for new in await store.claim_fires(rows)]
+        limits = [self._stored_limit(row) for row in rows]
+        outcomes = await store.claim_fires_checked(rows, limits)
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome == "paused" and row["task"] not in self._paused:
+                self._paused.add(row["task"])
+                db_log.info("task %s was paused by another engine: its fire at %s is dropped",
+                            row["task"], iso_time(row["scheduled_at"]))
+        return outcomes
+
+    def _stored_limit(self, row: dict[str, Any]) -> int | None:
+        """How many stored ``running`` runs of its task make fire ``row`` a skip (None: no count).
+
+        ``skip``: one; ``allow``: ``max_concurrency``. ``queue`` and
+        ``cancel_previous`` count this engine's runs only (docs/store.md), and a
+        row already decided (a skip, a pending fire) is claimed as it is.
+        """
+        if row["status"] == "skipped" or self._queued_fire.get(row["task"]) == row["id"]:
+            return None
+        task = self.definitions.tasks.get(row["task"])
+        if task is None or task.overlap in ("queue", "cancel_previous"):
+            return None
+        return task.max_concurrency if task.overlap == "allow" else 1
+
+    async def _pause_loop(self) -> None:
+        """On a shared database, every ``PAUSE_SYNC_INTERVAL`` seconds: the tasks' paused states as
+        stored, so that a pause or resume made on another engine reaches this one (``_sync_paused``)."""
+        while True:
+            await self.clock.sleep(PAUSE_SYNC_INTERVAL)
+            try:
+                await self._sync_paused()
+            except CronstackError as exc:  # tried again at the next round
+                db_log.error("the tasks' paused states could not be read: %s", exc)
 
     def _wave_row(self, name: str, scheduled_at: float) -> dict[str, Any] | None:
         """The row one fire of a wave claims (a run, admitted if a slot is free, a pending
@@ -489,7 +546,7 @@ class Scheduling:
             row = self._pending_row(name, scheduled_at, trigger)
             stored = False
             try:
-                stored = await self.store.claim_fire(name, scheduled_at, row)
+                stored = (await self._claim_fires([row]))[0] == "claimed"
             finally:
                 if not stored and self._queued_fire.get(name) == row["id"]:
                     del self._queued_fire[name]  # refused, or another engine has this fire
@@ -499,8 +556,8 @@ class Scheduling:
             return
         if decision == "skip":
             row = self._skipped_row(name, scheduled_at, trigger, task.overlap)
-            await self.store.claim_fire(name, scheduled_at, row)
-            self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
+            if (await self._claim_fires([row]))[0] != "paused":
+                self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
             self._fired_at(name, scheduled_at)
             return
         row = self._row(name, "task", trigger, scheduled_at=scheduled_at, attempt=1)

@@ -1,11 +1,15 @@
-"""Several engines on one PostgreSQL database: each fire runs once, live engines keep their runs."""
+"""Several engines on one PostgreSQL database: each fire runs once, live engines keep their runs,
+a queued run runs once, pause and overlap (skip, allow) hold across engines."""
 
 from __future__ import annotations
+
+import asyncio
 
 import anyio
 import pytest
 
-from engine import Engine, EngineConfig
+from engine import Engine, EngineConfig, FakeClock
+from engine._scheduler import PAUSE_SYNC_INTERVAL
 from tests.support import eventually
 
 pytestmark = pytest.mark.anyio
@@ -89,3 +93,138 @@ async def _retry_of(engine, run_id):
         if r.get("parent_id") == run_id:
             return r
     return None
+
+
+# -- a run two engines could both start: the in-memory waiter claims its row conditionally ---------
+class Work:
+    """A registered function (on every engine) that records each call and blocks until released."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, inputs):
+        self.calls.append(inputs["run"])
+        await self.release.wait()
+        return "done"
+
+
+WORK = {"function": "custom_function", "name": "work", "inputs": {"run": "{{ task.run_id }}"}}
+
+
+async def test_a_run_waiting_for_a_slot_on_one_engine_and_claimed_by_another_runs_once(pg_url):
+    work = Work()
+    defs = [task("t", [WORK])]
+    one_slot = EngineConfig(max_running=1, shutdown_grace=0.05, tune_gc=False)
+    async with Engine.open(defs, database=pg_url, config=one_slot) as a:
+        a.register_function("work", work)
+        first = await a.trigger("t")
+        await eventually(lambda: work.calls == [first])  # holds a's only slot
+        second = await a.trigger("t")  # stored queued; a waits in memory for its slot
+        assert (await a.store.get_run(second))["status"] == "queued"
+        async with Engine.open(defs, database=pg_url) as b:
+            b.register_function("work", work)
+            await b.serve(api=False)  # b's queue loads the stored queued row and claims it
+            await eventually(lambda: second in work.calls)
+            assert (await b.store.get_run(second))["engine_id"] == b.engine_id
+            work.release.set()  # a's slot frees: its waiting copy of `second` must not run it again
+            await eventually(lambda: not a._active and a._gate.holders == 0)
+            await eventually(lambda: _status(b, second, "completed"))
+            assert sorted(work.calls) == sorted([first, second])  # `second` once, on b
+            assert (await a.store.get_run(first))["status"] == "completed"
+
+
+async def test_cancelling_a_waiting_run_another_engine_claimed_leaves_that_run_alone(pg_url):
+    work = Work()
+    defs = [task("t", [WORK])]
+    one_slot = EngineConfig(max_running=1, shutdown_grace=0.05, tune_gc=False)
+    async with Engine.open(defs, database=pg_url, config=one_slot) as a:
+        a.register_function("work", work)
+        first = await a.trigger("t")
+        await eventually(lambda: work.calls == [first])
+        second = await a.trigger("t")
+        async with Engine.open(defs, database=pg_url) as b:
+            b.register_function("work", work)
+            await b.serve(api=False)
+            await eventually(lambda: second in work.calls)
+            # a still holds its waiting copy: cancelling it must not overwrite b's running row
+            assert await a.cancel(second) is False  # it runs on b
+            assert (await a.store.get_run(second))["status"] == "running"
+            work.release.set()
+            await eventually(lambda: _status(b, second, "completed"))
+            assert work.calls.count(second) == 1
+
+
+# -- pause and overlap across engines (one virtual clock for both) ---------------------------------
+T0 = 1_700_000_000.0
+
+
+async def test_a_pause_made_on_one_engine_stops_the_fires_of_another_at_once(pg_url, monkeypatch):
+    monkeypatch.setattr("engine._scheduler.PAUSE_SYNC_INTERVAL", 1e9)  # the claim alone must see it
+    clock = FakeClock(T0 - 20)  # a fire at T0 + 40
+    defs = [task("tick", [RET], schedule="* * * * *")]
+    async with Engine.open(defs, database=pg_url, clock=clock) as a, \
+            Engine.open(defs, database=pg_url, clock=clock) as b:
+        await a.serve(api=False)
+        await b.serve(api=False)
+        await a.pause("tick")
+        assert "tick" not in b._paused
+        await clock.advance(60)
+        # b's claim of the fire read the stored pause: nothing ran, and b knows the task is paused
+        await eventually(lambda: "tick" in b._paused)
+        assert await a.store.list_runs("tick") == []
+        assert b.task_status("tick") == "paused"
+
+
+async def test_pause_and_resume_made_on_one_engine_reach_another_within_the_sync_interval(pg_url):
+    clock = FakeClock(T0 - 20)
+    defs = [task("tick", [RET], schedule="* * * * *"), task("manual", [RET])]
+    async with Engine.open(defs, database=pg_url, clock=clock) as a, \
+            Engine.open(defs, database=pg_url, clock=clock) as b:
+        await b.serve(api=False)  # only b serves: every fire is b's
+        await a.pause("tick")
+        await a.pause("manual")
+        await clock.advance(PAUSE_SYNC_INTERVAL)
+        await eventually(lambda: {"tick", "manual"} <= b._paused)
+        assert b.next_execution("tick") is None
+        await a.resume("tick")
+        await clock.advance(PAUSE_SYNC_INTERVAL)
+        await eventually(lambda: "tick" not in b._paused)
+        assert "manual" in b._paused
+        await clock.advance(60)  # the fire at T0 + 40 runs on b
+        runs = await eventually(lambda: b.store.list_runs("tick"))
+        assert [r["engine_id"] for r in runs] == [b.engine_id]
+
+
+@pytest.mark.parametrize("overlap, running", [("skip", 1), ("allow", 2)])
+async def test_overlap_counts_the_running_runs_of_every_engine(pg_url, overlap, running):
+    clock = FakeClock(T0 - 20)  # a fire at T0 + 40
+    defs = [task("slow", [WAIT(90), RET], schedule="* * * * *", overlap=overlap, max_concurrency=2)]
+    async with Engine.open(defs, database=pg_url, clock=clock) as a, \
+            Engine.open(defs, database=pg_url, clock=clock) as b:
+        manual = [await b.trigger("slow") for _ in range(running)]  # running on b (until T0 + 70)
+        await a.serve(api=False)  # only a fires: its own memory sees nothing running
+        await clock.advance(60)
+        fired = await eventually(lambda: _fire_of(a, "slow"))
+        assert fired["status"] == "skipped" and fired["error"]["type"] == "Skipped"
+        assert fired["engine_id"] == a.engine_id and fired["started_at"] is None
+        assert a.runs_total.get(("slow", "skipped")) == 1
+        for run_id in manual:
+            assert (await a.store.get_run(run_id))["status"] == "running"
+
+
+async def test_allow_runs_a_fire_while_fewer_than_max_concurrency_run_on_other_engines(pg_url):
+    clock = FakeClock(T0 - 20)
+    defs = [task("slow", [WAIT(90), RET], schedule="* * * * *", overlap="allow", max_concurrency=2)]
+    async with Engine.open(defs, database=pg_url, clock=clock) as a, \
+            Engine.open(defs, database=pg_url, clock=clock) as b:
+        await b.trigger("slow")
+        await a.serve(api=False)
+        await clock.advance(60)
+        fired = await eventually(lambda: _fire_of(a, "slow"))
+        assert fired["status"] == "running" and fired["engine_id"] == a.engine_id
+
+
+async def _fire_of(engine, name):
+    runs = [r for r in await engine.store.list_runs(name) if r["trigger"] == "schedule"]
+    return runs[0] if runs else None

@@ -344,3 +344,71 @@ async def test_task_info_lists_missing_env():
         assert info["missing_env"] == ["CRONSTACK_TEST_B"] and "requires_env" not in info
         assert info["active"] is False and info["status"] == "inactive"
         assert (await engine.task("needs"))["missing_env"] == ["CRONSTACK_TEST_B"]
+
+
+# -- a run waiting in memory for a slot claims its stored queued row conditionally ----------------
+async def test_a_waiting_run_cancelled_is_recorded_cancelled_and_never_runs(tmp_path):
+    work = Work()
+    cfg = EngineConfig(max_running=1, tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db", config=cfg) as engine:
+        engine.register_function("work", work)
+        a = await engine.trigger("t")
+        await eventually(lambda: work.calls == [a])
+        b = await engine.trigger("t")  # waits in memory for the only slot
+        assert await engine.cancel(b) is True
+        run = await engine.run(b, trace=False)
+        assert (run["status"], run["started_at"], run["error"]["message"]) == (
+            "cancelled", None, "cancelled before it started")
+        work.release.set()
+        await eventually(lambda: not engine._active and engine._gate.holders == 0)
+        assert work.calls == [a] and await status(engine, a) == "completed"
+
+
+async def test_a_waiting_run_whose_row_was_taken_meanwhile_gives_its_slot_back_and_records_nothing(tmp_path):
+    """As when another engine on a shared database claims (or cancels) the row first."""
+    work = Work()
+    cfg = EngineConfig(max_running=1, tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db", config=cfg) as engine:
+        engine.register_function("work", work)
+        a = await engine.trigger("t")
+        await eventually(lambda: work.calls == [a])
+        b = await engine.trigger("t")
+        error = {"message": "elsewhere", "type": "Cancelled", "step": None}
+        assert await engine.store.cancel_queued(b, engine.clock.time(), error) is True
+        work.release.set()
+        await eventually(lambda: not engine._active and engine._gate.holders == 0)
+        assert work.calls == [a]  # b's copy here never ran
+        run = await engine.run(b, trace=False)
+        assert (run["status"], run["error"]["message"]) == ("cancelled", "elsewhere")  # left as it was
+        assert ("t", "cancelled") not in engine.runs_total
+        c = await engine.trigger("t", wait=True)  # the slot came back
+        assert c["status"] == "completed"
+
+
+async def test_a_cancel_during_the_waiting_runs_claim_waits_for_it_and_records_cancelled(tmp_path):
+    work = Work()
+    cfg = EngineConfig(max_running=1, tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db", config=cfg) as engine:
+        engine.register_function("work", work)
+        a = await engine.trigger("t")
+        await eventually(lambda: work.calls == [a])
+        b = await engine.trigger("t")
+        claim_run, in_claim, go_on = engine.store.claim_run, asyncio.Event(), asyncio.Event()
+
+        async def slow_claim(*args):
+            in_claim.set()
+            await go_on.wait()
+            return await claim_run(*args)
+
+        engine.store.claim_run = slow_claim
+        work.release.set()  # a ends: b gets the slot and claims its row
+        await in_claim.wait()
+        cancelling = asyncio.ensure_future(engine.cancel(b))
+        await asyncio.sleep(0.01)
+        assert not cancelling.done()  # the claim is in flight: the cancel waits for its outcome
+        go_on.set()
+        assert await cancelling is True
+        run = await engine.run(b, trace=False)
+        assert run["status"] == "cancelled" and run["started_at"] is not None  # claimed, then cancelled
+        assert work.calls == [a]
+        await eventually(lambda: not engine._active and engine._gate.holders == 0)

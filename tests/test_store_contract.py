@@ -395,6 +395,61 @@ async def test_due_and_claim_run(store):
     assert [r["id"] for r in await store.due_runs(3_000.0)] == ["now", "later"]
 
 
+async def test_cancel_queued_is_one_conditional_write(store, clock):
+    await store.insert_run({"id": "q", "task": "t"})
+    await store.insert_run({"id": "r", "task": "t"})
+    assert await store.claim_run("r", "e1", 1_000.0) is True
+    clock.t = 1_001.0
+    error = {"message": "cancelled before it started", "type": "Cancelled", "step": None}
+    assert await store.cancel_queued("q", 1_000.5, error) is True
+    q = await store.get_run("q")
+    assert (q["status"], q["started_at"], q["finished_at"], q["error"], q["updated_at"]) == (
+        "cancelled", None, 1_000.5, error, 1_001.0)
+    assert await store.cancel_queued("q", 1_002.0, error) is False  # no longer queued
+    assert await store.cancel_queued("r", 1_002.0, error) is False  # claimed: left as it is
+    assert (await store.get_run("r"))["status"] == "running"
+    assert await store.cancel_queued("missing", 1_002.0, error) is False
+    assert await store.claim_run("q", "e2", 1_003.0) is False  # a cancelled run is never claimed
+    assert await store.due_runs(5_000.0) == []
+
+
+async def test_claim_fires_checked_reads_pause_and_running_runs(store, clock):
+    def fire(rid, task, at, status="running"):
+        return {"id": rid, "task": task, "scheduled_at": at, "status": status, "started_at": at}
+
+    await store.insert_run({"id": "busy", "task": "busy", "status": "running"})
+    await store.set_task_state("off", paused=True)
+    await store.set_task_state("on", paused=False)
+    out = await store.claim_fires_checked(
+        [fire("b1", "busy", 10.0), fire("f1", "free", 10.0), fire("o1", "off", 10.0),
+         fire("n1", "on", 10.0), fire("a1", "allow", 10.0), fire("a2", "allow", 11.0),
+         fire("a3", "allow", 12.0), fire("u1", "busy", 13.0)],
+        [1, 1, 1, None, 2, 2, 2, None])
+    assert out == ["skipped", "claimed", "paused", "claimed", "claimed", "claimed", "skipped", "claimed"]
+    b1 = await store.get_run("b1")
+    assert (b1["status"], b1["started_at"], b1["finished_at"], b1["error"]["type"]) == (
+        "skipped", None, 1_000.0, "Skipped")
+    assert "still running" in b1["error"]["message"]
+    assert await store.get_run("o1") is None  # paused: nothing stored
+    assert (await store.get_run("f1"))["status"] == "running"
+    assert (await store.get_run("a3"))["status"] == "skipped"  # a1 and a2 count as running
+    assert (await store.get_run("u1"))["status"] == "running"  # no limit: claimed as given
+    # a fire that already has a row is taken, whatever its task's state
+    assert await store.claim_fires_checked([fire("f1-again", "free", 10.0)], [None]) == ["taken"]
+    assert await store.claim_fires_checked([fire("b1-again", "busy", 10.0)], [1]) == ["taken"]
+    assert await store.get_run("f1-again") is None
+    # queued rows (no slot yet) are not counted as running; finished runs are not either
+    await store.update_run("busy", {"status": "completed"})
+    await store.update_run("u1", {"status": "completed"})
+    assert await store.claim_fires_checked(
+        [fire("q1", "busy", 20.0, "queued"), fire("b2", "busy", 21.0)], [1, 1]) == ["claimed", "claimed"]
+    assert await store.claim_fires_checked([], []) == []
+    with pytest.raises(StoreError):
+        await store.claim_fires_checked([fire("x", "t", 1.0)], [])
+    with pytest.raises(StoreError):
+        await store.claim_fires_checked([{"id": "m", "task": "t", "trigger": "manual", "scheduled_at": 1.0}], [None])
+
+
 async def test_recover_running_marks_dead_engines_runs_crashed(store):
     for rid in ("a", "b", "mine"):
         await store.insert_run({"id": rid, "task": "t"})

@@ -147,6 +147,47 @@ class Store(abc.ABC):
     async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
         """Atomically move a queued run to running; False if it was not queued."""
 
+    async def cancel_queued(self, run_id: str, finished_at: float, error: dict[str, Any]) -> bool:
+        """Atomically move a queued run to ``cancelled``; False if it was not queued.
+
+        One conditional write (``claim_run``'s condition): the row gets
+        ``status = 'cancelled'``, no ``started_at``, ``finished_at`` and
+        ``error``. A run claimed meanwhile (by this engine's queue or another
+        engine) is left as it is. Both backends override this default, which
+        makes two writes (a claim, then the outcome): a crash between them
+        leaves the run ``running`` until recovery marks it crashed.
+        """
+        if not await self.claim_run(run_id, "", finished_at):
+            return False
+        await self.update_run(run_id, {"status": "cancelled", "started_at": None,
+                                       "finished_at": finished_at, "error": error})
+        return True
+
+    async def claim_fires_checked(
+        self, rows: list[dict[str, Any]], limits: list[int | None]
+    ) -> list[str]:
+        """``claim_fires`` that also reads, in the same transaction, the task's stored state.
+
+        For engines sharing a database, whose in-memory view of a task covers
+        only their own runs. Per row, in order:
+
+        - ``"paused"``: the task's stored state is paused; nothing is stored.
+        - ``"taken"``: the fire already has a row (another engine's); nothing stored.
+        - ``"skipped"``: ``limits[i]`` is a number and at least that many runs of
+          the task are ``running`` in the store (any engine's): the row is stored
+          with ``status = 'skipped'``, no ``started_at``, ``finished_at`` now
+          and a ``Skipped`` error, instead of as given.
+        - ``"claimed"``: the row is stored as given (a ``running`` one then
+          counts for the following rows of its task).
+
+        ``limits[i]`` None: no count (the row is claimed as ``claim_fires``
+        would). Claims of different engines are serialised (PostgreSQL: a
+        transaction-level advisory lock), so two of them cannot both count a
+        task idle. SQLite implements it as one write too (one engine per file
+        needs it only for the contract: its engine decides from memory).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement claim_fires_checked")
+
     @abc.abstractmethod
     async def recover_running(self, engine_id: str) -> list[dict[str, Any]]:
         """Mark runs left running by another (dead) engine crashed; return them."""

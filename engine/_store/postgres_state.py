@@ -9,6 +9,14 @@ defaults). What makes several engines safe on one database:
   the one that runs it.
 - ``claim_run``: ``UPDATE ... WHERE id = $ AND status = 'queued'``: the row
   lock lets one engine move it to running; the others see it no longer queued.
+- ``claim_fires_checked``: the claim of engines that each see only their own
+  runs: under a transaction-level advisory lock (one for every engine's
+  checked claims, on a pool connection, committed before it returns: held
+  for that transaction only, never beside other writes), it reads the
+  task's stored ``paused`` and its ``running`` runs, then inserts. Two
+  engines cannot both count a task idle.
+- ``cancel_queued``: ``UPDATE ... SET status = 'cancelled' WHERE id = $ AND
+  status = 'queued'``: claim_run's condition, one write.
 - liveness: ``register_engine(engine_id)`` stores the engine in
   ``cronstack_engines`` and takes a session-level advisory lock on its
   ``lock_key`` on a connection held for the store's lifetime. PostgreSQL drops
@@ -28,12 +36,15 @@ from engine._store.postgres_errors import translate_pg
 from engine._store.postgres_schema import LOCK_NAMESPACE
 from engine._store.postgres_writer import PgWriter
 from engine._store.state import (
+    _CANCEL_QUEUED_SQL,
     _CRASH_ERROR,
     _FINISHED,
     _RUN_ORDER,
     _UNSET,
     RUN_COLUMNS,
+    StateMixin,
     _run,
+    skip_error,
 )
 
 __all__ = ("PgStateMixin", "LIVE_ENGINE")
@@ -56,6 +67,10 @@ def _insert_sql(cols: Iterable[str], conflict: str = "") -> str:
     return f"INSERT INTO cronstack_runs ({', '.join(cols)}) VALUES ({marks}){conflict}"
 
 
+#: the second key of the transaction-level advisory lock of ``claim_fires_checked``
+#: (the first is LOCK_NAMESPACE; session-level liveness locks use (LOCK_NAMESPACE, lock_key))
+CLAIM_LOCK_KEY = -1
+_PG_CANCEL_QUEUED = _CANCEL_QUEUED_SQL.replace("?", "{}").format("$1", "$2", "$3", "$4")
 _FIRE_CONFLICT = " ON CONFLICT (task, scheduled_at) WHERE trigger IN ('schedule', 'catchup') DO NOTHING RETURNING 1"
 
 
@@ -78,7 +93,12 @@ class PgStateMixin:
     _clock: Callable[[], float]
     _fetch: Callable[..., Awaitable[list[Any]]]
     _new_run: Callable[..., dict[str, Any]]
+    _pool: Any
+    _closing: Any
     _updated: Callable[..., dict[str, Any]]
+
+    #: fires checked as SQLite's claim_fires checks them
+    _fire_rows = StateMixin._fire_rows
 
     async def _state_read(self, sql: str, params: Iterable[Any], what: str) -> list[Any]:
         try:
@@ -123,6 +143,60 @@ class PgStateMixin:
             return [await conn.fetchval(_insert_sql(r, _FIRE_CONFLICT), *_floats(r)) is not None for r in rows]
 
         return self._writer.submit(op, what="claiming scheduled fires")
+
+    async def claim_fires_checked(self, rows: list[dict[str, Any]], limits: list[int | None]) -> list[str]:
+        checked = self._fire_rows(rows, "claim_fires_checked")
+        if len(limits) != len(checked):
+            raise StoreError("claim_fires_checked: one limit (or None) per row")
+        if not checked:
+            return []
+        if self._closing is not None:
+            raise StoreError("the store is closed; open it again to write")
+        now = float(self._clock())
+        tasks = sorted({r["task"] for r in checked})
+        counted = sorted({r["task"] for r, limit in zip(checked, limits, strict=True) if limit is not None})
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # held until this transaction commits: every engine's checked claims, one at a time
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NAMESPACE, CLAIM_LOCK_KEY)
+                paused = {r[0] for r in await conn.fetch(
+                    "SELECT task FROM cronstack_task_state WHERE task = ANY($1::text[]) AND paused", tasks)}
+                counts: dict[str, int] = dict.fromkeys(counted, 0)
+                if counted:
+                    counts.update((r[0], r[1]) for r in await conn.fetch(
+                        "SELECT task, count(*) FROM cronstack_runs WHERE status = 'running' "
+                        "AND task = ANY($1::text[]) GROUP BY task", counted))
+                out = []
+                for row, limit in zip(checked, limits, strict=True):
+                    task = row["task"]
+                    if task in paused:
+                        out.append("paused")
+                        continue
+                    outcome = "claimed"
+                    if limit is not None and counts[task] >= limit:
+                        row = dict(row, status="skipped", started_at=None, finished_at=now,
+                                   error=codec.encode_lenient(skip_error(counts[task])))
+                        outcome = "skipped"
+                    if await conn.fetchval(_insert_sql(row, _FIRE_CONFLICT), *_floats(row)) is None:
+                        out.append("taken")
+                        continue
+                    if outcome == "claimed" and row["status"] == "running" and task in counts:
+                        counts[task] += 1
+                    out.append(outcome)
+                return out
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise translate_pg(exc, "claiming scheduled fires") from exc
+
+    async def cancel_queued(self, run_id: str, finished_at: float, error: dict[str, Any]) -> bool:
+        text = codec.encode_lenient(error)
+        now = float(self._clock())
+
+        async def op(conn: Any) -> bool:
+            return await conn.execute(_PG_CANCEL_QUEUED, float(finished_at), text, now, run_id) == "UPDATE 1"
+
+        return await self._writer.submit(op, what=f"cancelling queued run {run_id!r}")
 
     def update_run(self, run_id: str, fields: dict[str, Any]) -> Awaitable[None]:
         fields = self._updated(run_id, fields, "update_run")

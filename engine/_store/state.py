@@ -293,6 +293,62 @@ def _op_claim_run(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> 
     return [ctx.conn.execute(sql, a).rowcount == 1 for a in args]
 
 
+_CANCEL_QUEUED_SQL = (
+    "UPDATE cronstack_runs SET status = 'cancelled', started_at = NULL, finished_at = ?, error = ?, "
+    "updated_at = ? WHERE id = ? AND status = 'queued'"
+)
+
+
+def _op_cancel_queued(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[bool]:
+    return [ctx.conn.execute(_CANCEL_QUEUED_SQL, a).rowcount == 1 for a in args]
+
+
+def skip_error(running: int) -> dict[str, Any]:
+    """The error of a fire ``claim_fires_checked`` stored skipped: ``running`` runs of its task were running."""
+    return {
+        "message": f"skipped: the previous run was still running ({running} running in the database, "
+        "on any engine)",
+        "type": "Skipped",
+        "step": None,
+    }
+
+
+def _op_claim_fires_checked(
+    ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]
+) -> list[list[str]]:
+    """``claim_fires_checked``: per wave, per row, paused / taken / skipped / claimed (one transaction)."""
+    execute = ctx.conn.execute
+    out = []
+    for rows, limits, now in args:
+        counts: dict[str, int] = {}
+        result = []
+        for row, limit in zip(rows, limits, strict=True):
+            task = row["task"]
+            state = execute("SELECT paused FROM cronstack_task_state WHERE task = ?", (task,)).fetchone()
+            if state is not None and state[0]:
+                result.append("paused")
+                continue
+            outcome = "claimed"
+            if limit is not None:
+                if task not in counts:
+                    counts[task] = execute(
+                        "SELECT count(*) FROM cronstack_runs WHERE task = ? AND status = 'running'", (task,)
+                    ).fetchone()[0]
+                if counts[task] >= limit:
+                    error = codec.encode_lenient(skip_error(counts[task]))
+                    row = dict(row, status="skipped", started_at=None, finished_at=now, error=error)
+                    outcome = "skipped"
+            cols = tuple(row)
+            if execute(_insert_sql(cols, _FIRE_CONFLICT), tuple(row.values())).rowcount != 1:
+                result.append("taken")
+                continue
+            if outcome == "claimed" and row["status"] == "running" and task in counts:
+                counts[task] += 1
+            result.append(outcome)
+        out.append(result)
+    return out
+
+
 def _op_recover(ctx: WriteContext, _key: Any, args: list[tuple[Any, ...]]) -> list[list[Any]]:
     out = []
     for engine_id, now in args:
@@ -446,6 +502,38 @@ class StateMixin:
     async def claim_run(self, run_id: str, engine_id: str, started_at: float) -> bool:
         return await self._writer.submit(
             _op_claim_run, None, (engine_id, started_at, self._clock(), run_id)
+        )
+
+    async def cancel_queued(self, run_id: str, finished_at: float, error: dict[str, Any]) -> bool:
+        return await self._writer.submit(
+            _op_cancel_queued, None,
+            (finished_at, codec.encode_lenient(error), self._clock(), run_id),
+        )
+
+    def _fire_rows(self, rows: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+        """``rows`` of fires checked as ``claim_fires`` checks them (full rows, JSON encoded)."""
+        checked = []
+        for run_row in rows:
+            row = dict(run_row)
+            row.setdefault("trigger", "schedule")
+            if row["trigger"] not in ("schedule", "catchup") or "scheduled_at" not in row:
+                raise StoreError(
+                    f"{what}: every row needs a scheduled_at and the trigger "
+                    f"'schedule' or 'catchup', got {run_row!r}"
+                )
+            checked.append(self._new_run(row, what))
+        return checked
+
+    async def claim_fires_checked(
+        self, rows: list[dict[str, Any]], limits: list[int | None]
+    ) -> list[str]:
+        checked = self._fire_rows(rows, "claim_fires_checked")
+        if len(limits) != len(checked):
+            raise StoreError("claim_fires_checked: one limit (or None) per row")
+        if not checked:
+            return []
+        return await self._writer.submit(
+            _op_claim_fires_checked, None, (checked, list(limits), self._clock())
         )
 
     async def recover_running(self, engine_id: str) -> list[dict[str, Any]]:
