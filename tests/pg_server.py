@@ -4,7 +4,8 @@
 ``/usr/lib/postgresql/*/bin``), makes a cluster owned by the ``postgres`` OS
 user when the tests run as root (PostgreSQL refuses to run as root), listens
 on a unix socket in that directory and a free port on 127.0.0.1, and trusts
-local connections. ``fsync`` is off: the tests check behaviour, not the disk.
+local connections. ``fsync`` is off: the tests check behaviour, not the disk
+(``start(settings=...)`` changes any server setting; the benchmarks use it).
 ``skip_reason()`` is the only reason the PostgreSQL tests skip: no binaries.
 """
 
@@ -59,7 +60,9 @@ class PgServer:
     def _run(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([*self._as, *args], check=True, capture_output=True, text=True, timeout=60, **kw)
 
-    def start(self) -> PgServer:
+    def start(self, settings: dict[str, str] | None = None) -> PgServer:
+        """Make and start the cluster; ``settings`` are server settings added to (or overriding)
+        the defaults below (the benchmarks run with ``synchronous_commit=on``, a server's default)."""
         initdb, self._pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
         assert initdb and self._pg_ctl, skip_reason()
         self.dir = tempfile.mkdtemp(prefix="cronstack-pg-")
@@ -72,8 +75,9 @@ class PgServer:
         data = os.path.join(self.dir, "data")
         self._run(initdb, "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
         self.port = _free_port()
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        options = {"listen_addresses": "127.0.0.1", "fsync": "off", "synchronous_commit": "off",
+                   "full_page_writes": "off", "max_connections": "200", **(settings or {})}
+        opts = f"-p {self.port} -k {self.dir} " + " ".join(f"-c {k}={v}" for k, v in options.items())
         self._run(self._pg_ctl, "-D", data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "-t", "30", "start")
         return self
 
