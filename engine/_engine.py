@@ -686,11 +686,13 @@ class Engine(RunLifecycle, Scheduling):
         if self._serving is not None:
             self._serving.cancel()
             self._serving = None
+        api_stopped = None
         if self.api is not None:
             from engine._api import stop_api
 
-            await stop_api(self.api)
-            self.api = None
+            # the socket closes at once; requests in flight (a trigger?wait=true awaiting a
+            # run) finish alongside the runs' grace, not for 5 s before it starts
+            api_stopped, self.api = asyncio.ensure_future(stop_api(self.api)), None
         grace = self.config.shutdown_grace if grace is None else grace
         while self._launching:
             if self._launch_idle is None:
@@ -704,6 +706,8 @@ class Engine(RunLifecycle, Scheduling):
         while self._active:
             await next(iter(self._active.values())).done().wait()
         await self._flush_fires()
+        if api_stopped is not None:
+            await api_stopped
 
     def _public(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {

@@ -313,3 +313,27 @@ async def test_a_waiter_let_go_and_cancelled_at_once_gives_back_no_slot():
     assert gate.holders == 1  # the holder's slot is untouched, whichever came first
     gate.release()
     assert gate.holders == 0
+
+
+async def test_a_waiting_api_request_is_answered_with_the_run_the_shutdown_cancelled(tmp_path):
+    """stop() closes the API's socket at once but lets a trigger?wait=true request finish with
+    the runs' grace: it gets the cancelled run. (The API used to be stopped first, with its own
+    5 s grace, after which the request was cut off without an answer.)"""
+    import aiohttp
+
+    config = EngineConfig(shutdown_grace=0.1, tune_gc=False)
+    defs = [task("slow", [{"function": "wait", "duration": 1000}])]
+    async with Engine.open(defs, database=f"sqlite:///{tmp_path}/e.db", config=config) as engine:
+        await engine.serve(host="127.0.0.1", port=0)
+        async with aiohttp.ClientSession() as http:
+            answer = {}
+
+            async def wait_for_run():
+                async with http.post(f"{engine.api_url}/api/tasks/slow/trigger?wait=true") as resp:
+                    answer["status"], answer["body"] = resp.status, await resp.json()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait_for_run)
+                await eventually(lambda: engine.runs_total or engine._active)
+                await engine.stop()
+    assert answer["status"] == 200 and answer["body"]["status"] == "cancelled", answer
