@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import asyncpg
 import pytest
@@ -185,3 +187,66 @@ async def test_a_query_past_one_text_reads_row_by_row(pg_url, monkeypatch):
         rows = await store.query("t", sort="i desc", limit=3)
         assert [(r["id"], r["i"], r["f"]) for r in rows] == [(5, 4, 4.5), (4, 3, 3.5), (3, 2, 2.5)]
         assert list(rows[0]) == ["id", "created_at", "updated_at", "i", "f"]
+
+
+def _drop_at_commit(pg_server, db: str) -> threading.Thread:
+    """Make COMMITs wait for a synchronous standby that never comes, terminate the first session seen
+    waiting there (committed locally, its reply never sent: a failover's case), then undo the setting."""
+    pg_server.psql("ALTER SYSTEM SET synchronous_standby_names = 'nosuchstandby'")
+    pg_server.psql("SELECT pg_reload_conf()")
+    time.sleep(0.5)  # every backend reads the new setting before its next command
+
+    def kill() -> None:
+        try:
+            for _ in range(200):
+                pids = pg_server.psql(f"SELECT pid FROM pg_stat_activity WHERE datname = '{db}' "
+                                      "AND wait_event = 'SyncRep'").split()
+                if pids:
+                    pg_server.psql(f"SELECT pg_terminate_backend({pids[0]})")
+                    return
+                time.sleep(0.05)
+        finally:
+            pg_server.psql("ALTER SYSTEM RESET synchronous_standby_names")
+            pg_server.psql("SELECT pg_reload_conf()")
+
+    th = threading.Thread(target=kill)
+    th.start()
+    return th
+
+
+async def test_a_connection_lost_at_commit_is_an_unknown_outcome_and_a_claim_recognises_itself(pg_server, pg_url):
+    from engine._store.errors import WriteFailed, WriteOutcomeUnknown
+
+    db = pg_url.rsplit("/", 1)[1]
+    pg_server.psql(f'ALTER DATABASE "{db}" SET synchronous_commit = on')  # the test server has it off
+    async with open_store(pg_url) as store:
+        await store.add("notes", {"n": 0})
+        th = _drop_at_commit(pg_server, db)
+        try:
+            with pytest.raises(WriteOutcomeUnknown, match="may or may not be stored") as err:
+                await store.add("notes", {"n": 1})
+        finally:
+            await asyncio.to_thread(th.join)
+        assert not isinstance(err.value, WriteFailed)  # not "failed, try again"
+        assert await store.count("notes", filter={"n": 1}) == 1  # it was stored
+        # a claim whose commit is lost: the store claims again and recognises its own row
+        row = {"id": "run-1", "task": "job", "trigger": "schedule", "status": "running", "engine_id": "E1",
+               "started_at": 1000.0}
+        th = _drop_at_commit(pg_server, db)
+        try:
+            assert await store.claim_fire("job", 1000.0, row) is True
+        finally:
+            await asyncio.to_thread(th.join)
+        assert await store.claim_fire("job", 1000.0, row) is True  # the same claim again: still ours
+        assert await store.claim_fire("job", 1000.0, dict(row, id="run-2")) is False  # another's
+        assert await store.claim_fires([dict(row, scheduled_at=1000.0)]) == [True]
+        fire = dict(row, id="run-3", scheduled_at=2000.0)
+        th = _drop_at_commit(pg_server, db)
+        try:
+            assert await store.claim_fires_checked([fire], [1]) == ["skipped"]  # run-1 is running
+        finally:
+            await asyncio.to_thread(th.join)
+        assert await store.claim_fires_checked([fire], [1]) == ["skipped"]
+        assert await store.claim_fires_checked([dict(fire, id="run-4")], [1]) == ["taken"]
+        assert [(r["id"], r["status"]) for r in await store.list_runs("job", newest_first=False)] == [
+            ("run-1", "running"), ("run-3", "skipped")]

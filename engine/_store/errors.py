@@ -27,6 +27,7 @@ __all__ = (
     "InvalidFilter",
     "InvalidRecord",
     "WriteFailed",
+    "WriteOutcomeUnknown",
     "translate",
 )
 
@@ -107,6 +108,17 @@ class WriteFailed(RecordError):
     """SQLite refused or could not commit a write (disk full, I/O error...)."""
 
     error_type = "WriteFailed"
+
+
+class WriteOutcomeUnknown(RecordError):
+    """The connection was lost while the database committed: the write may have been stored.
+
+    Not a ``WriteFailed``: the caller must not assume it failed (a blind retry
+    of an add may store it twice); read back to find out. A ``RecordError``
+    (catchable in a stack) for record steps, a ``StoreError`` for the engine.
+    """
+
+    error_type = "WriteOutcomeUnknown"
 
 
 #: SQLite's words for a statement beyond its limits (expression depth, LIKE

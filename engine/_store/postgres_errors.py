@@ -13,10 +13,17 @@ import socket
 
 import asyncpg
 
-from engine._store.errors import InvalidFilter, InvalidRecord, RecordError, StoreError, WriteFailed
+from engine._store.errors import (
+    InvalidFilter,
+    InvalidRecord,
+    RecordError,
+    StoreError,
+    WriteFailed,
+    WriteOutcomeUnknown,
+)
 from runtime import CronstackError, InternalError
 
-__all__ = ("translate_pg", "connect_error", "is_pg_error")
+__all__ = ("translate_pg", "connect_error", "is_pg_error", "commit_error")
 
 
 def is_pg_error(exc: BaseException) -> bool:
@@ -45,6 +52,27 @@ def connect_error(exc: BaseException, where: str) -> StoreError:
     if isinstance(exc, asyncpg.InterfaceError):
         return StoreError(f"database URL for {where}: {exc}")
     return InternalError(f"connecting to {where}: unexpected {type(exc).__name__}: {exc}; please report this as a cronstack bug")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the session ended (or its reply was lost), not that a statement was refused."""
+    if isinstance(exc, asyncpg.PostgresError):
+        code = getattr(exc, "sqlstate", "") or ""
+        return code.startswith(("08", "57P"))
+    return isinstance(exc, (asyncpg.InterfaceError, OSError, asyncio.TimeoutError, ConnectionError))
+
+
+def commit_error(exc: BaseException, what: str, *, record: bool = False) -> CronstackError:
+    """The error for ``exc`` raised by COMMIT. A refused commit (a conflict, a deferred check) is a
+    failure, translated as any; a lost connection is ``WriteOutcomeUnknown``: the server may have
+    committed before the session ended (a failover while COMMIT waited for a synchronous standby,
+    the reply lost on the network), so the caller must not take the write as not done."""
+    if isinstance(exc, CronstackError) or not _connection_lost(exc):
+        return translate_pg(exc, what, record=record)
+    return WriteOutcomeUnknown(
+        f"{what}: the connection to PostgreSQL was lost while the transaction committed "
+        f"({type(exc).__name__}: {exc}); the write may or may not be stored: read it back before "
+        "writing it again (the store reconnects on the next call)")
 
 
 def translate_pg(exc: BaseException, what: str, *, record: bool = False, reading: bool = False) -> CronstackError:

@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from engine._store import codec
-from engine._store.errors import RunNotFound, StoreError, StoreLocked
-from engine._store.postgres_errors import translate_pg
+from engine._store.errors import RunNotFound, StoreError, StoreLocked, WriteOutcomeUnknown
+from engine._store.postgres_errors import commit_error, translate_pg
 from engine._store.postgres_schema import LOCK_NAMESPACE
 from engine._store.postgres_writer import PgWriter
 from engine._store.state import (
@@ -59,6 +59,18 @@ LIVE_ENGINE = (
     f"AND l.classid = {LOCK_NAMESPACE}::oid AND l.objid = e.lock_key::oid AND l.objsubid = 2 AND l.granted "
     "WHERE e.engine_id = r.engine_id)"
 )
+
+
+async def _claim_row(conn: Any, row: dict[str, Any]) -> str | None:
+    """Insert fire ``row`` unless its fire has a row; the stored status when the row is this
+    claim's (inserted now, or by an earlier attempt of the same claim whose outcome was unknown:
+    same run id), else None (another engine's claim)."""
+    if await conn.fetchval(_insert_sql(row, _FIRE_CONFLICT), *_floats(row)) is not None:
+        return row["status"]
+    return await conn.fetchval(
+        "SELECT status FROM cronstack_runs WHERE task = $1 AND scheduled_at = $2 "
+        "AND trigger IN ('schedule', 'catchup') AND id = $3",
+        row["task"], float(row["scheduled_at"]), row["id"])
 
 
 def _insert_sql(cols: Iterable[str], conflict: str = "") -> str:
@@ -138,11 +150,15 @@ class PgStateMixin:
             checked.append(self._new_run(row, "claim_fires"))
         return await self._claim(checked) if checked else []
 
-    def _claim(self, rows: list[dict[str, Any]]) -> Awaitable[list[bool]]:
+    async def _claim(self, rows: list[dict[str, Any]]) -> list[bool]:
         async def op(conn: Any) -> list[bool]:
-            return [await conn.fetchval(_insert_sql(r, _FIRE_CONFLICT), *_floats(r)) is not None for r in rows]
+            return [await _claim_row(conn, r) is not None for r in rows]
 
-        return self._writer.submit(op, what="claiming scheduled fires")
+        try:
+            return await self._writer.submit(op, what="claiming scheduled fires")
+        except WriteOutcomeUnknown:
+            # the claim may have committed: claimed again, a fire whose row carries our run id is ours
+            return await self._writer.submit(op, what="claiming scheduled fires")
 
     async def claim_fires_checked(self, rows: list[dict[str, Any]], limits: list[int | None]) -> list[str]:
         checked = self._fire_rows(rows, "claim_fires_checked")
@@ -152,42 +168,69 @@ class PgStateMixin:
             return []
         if self._closing is not None:
             raise StoreError("the store is closed; open it again to write")
+        try:
+            return await self._claim_checked(checked, limits)
+        except WriteOutcomeUnknown:
+            # the claim may have committed: claimed again, fires whose rows carry our run ids are ours
+            return await self._claim_checked(checked, limits)
+
+    async def _claim_checked(self, checked: list[dict[str, Any]], limits: list[int | None]) -> list[str]:
         now = float(self._clock())
         tasks = sorted({r["task"] for r in checked})
         counted = sorted({r["task"] for r, limit in zip(checked, limits, strict=True) if limit is not None})
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                # held until this transaction commits: every engine's checked claims, one at a time
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NAMESPACE, CLAIM_LOCK_KEY)
-                paused = {r[0] for r in await conn.fetch(
-                    "SELECT task FROM cronstack_task_state WHERE task = ANY($1::text[]) AND paused", tasks)}
-                counts: dict[str, int] = dict.fromkeys(counted, 0)
-                if counted:
-                    counts.update((r[0], r[1]) for r in await conn.fetch(
-                        "SELECT task, count(*) FROM cronstack_runs WHERE status = 'running' "
-                        "AND task = ANY($1::text[]) GROUP BY task", counted))
-                out = []
-                for row, limit in zip(checked, limits, strict=True):
-                    task = row["task"]
-                    if task in paused:
-                        out.append("paused")
-                        continue
-                    outcome = "claimed"
-                    if limit is not None and counts[task] >= limit:
-                        row = dict(row, status="skipped", started_at=None, finished_at=now,
-                                   error=codec.encode_lenient(skip_error(counts[task])))
-                        outcome = "skipped"
-                    if await conn.fetchval(_insert_sql(row, _FIRE_CONFLICT), *_floats(row)) is None:
-                        out.append("taken")
-                        continue
-                    if outcome == "claimed" and row["status"] == "running" and task in counts:
-                        counts[task] += 1
-                    out.append(outcome)
+            async with self._pool.acquire() as conn:
+                tr = conn.transaction()
+                await tr.start()
+                try:
+                    out = await self._claim_locked(conn, checked, limits, tasks, counted, now)
+                except BaseException:
+                    if not conn.is_closed():
+                        try:
+                            await tr.rollback()
+                        except Exception:  # the connection went meanwhile: nothing stays of it
+                            pass
+                    raise
+                try:
+                    await tr.commit()
+                except Exception as exc:
+                    raise commit_error(exc, "claiming scheduled fires") from exc
                 return out
         except StoreError:
             raise
         except Exception as exc:
             raise translate_pg(exc, "claiming scheduled fires") from exc
+
+    @staticmethod
+    async def _claim_locked(conn: Any, checked: list[dict[str, Any]], limits: list[int | None],
+                            tasks: list[str], counted: list[str], now: float) -> list[str]:
+        # held until this transaction commits: every engine's checked claims, one at a time
+        await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_NAMESPACE, CLAIM_LOCK_KEY)
+        paused = {r[0] for r in await conn.fetch(
+            "SELECT task FROM cronstack_task_state WHERE task = ANY($1::text[]) AND paused", tasks)}
+        counts: dict[str, int] = dict.fromkeys(counted, 0)
+        if counted:
+            counts.update((r[0], r[1]) for r in await conn.fetch(
+                "SELECT task, count(*) FROM cronstack_runs WHERE status = 'running' "
+                "AND task = ANY($1::text[]) GROUP BY task", counted))
+        out = []
+        for row, limit in zip(checked, limits, strict=True):
+            task = row["task"]
+            if task in paused:
+                out.append("paused")
+                continue
+            if limit is not None and counts[task] >= limit:
+                row = dict(row, status="skipped", started_at=None, finished_at=now,
+                           error=codec.encode_lenient(skip_error(counts[task])))
+            stored = await _claim_row(conn, row)
+            if stored is None:
+                out.append("taken")
+                continue
+            outcome = "skipped" if stored == "skipped" else "claimed"
+            if outcome == "claimed" and row["status"] == "running" and task in counts:
+                counts[task] += 1
+            out.append(outcome)
+        return out
 
     async def cancel_queued(self, run_id: str, finished_at: float, error: dict[str, Any]) -> bool:
         text = codec.encode_lenient(error)

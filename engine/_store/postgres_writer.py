@@ -8,7 +8,10 @@ to any later read when its coroutine returns (PostgreSQL's
 ``synchronous_commit`` is on by default). Order matters: runs inserted
 together keep their insertion order, and two writes of one run land in the
 order they were made. A lost connection fails the batch it happened in
-(translated, never an asyncpg error) and is reopened for the next one.
+(translated, never an asyncpg error) and is reopened for the next one; lost
+during COMMIT, the batch's writes may have been stored, and their callers get
+``WriteOutcomeUnknown`` rather than a failure (writes that had failed under
+their savepoint keep their own error).
 
 Writes of one kind may also be submitted with a ``group``: ``(key, many)``.
 Consecutive queued writes with the same key run as one statement,
@@ -30,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from engine._store.errors import CronstackError, StoreError
-from engine._store.postgres_errors import translate_pg
+from engine._store.postgres_errors import commit_error, translate_pg
 
 __all__ = ("PgWriter",)
 
@@ -141,7 +144,9 @@ class PgWriter:
                 self._conn = await self._connect()
             conn = self._conn
             segments = _segments(batch, grouped)
-            async with conn.transaction():
+            tr = conn.transaction()
+            await tr.start()
+            try:
                 for seg in segments:
                     if seg[0].group is not None and grouped:
                         await self._group(conn, seg, len(segments) == 1, results)
@@ -149,6 +154,18 @@ class PgWriter:
                         results.append((True, await seg[0].op(conn, *seg[0].args)))
                     else:
                         await self._one(conn, seg[0], results)
+            except BaseException:
+                if not conn.is_closed():
+                    try:
+                        await tr.rollback()
+                    except Exception:  # the connection went meanwhile: nothing stays of it
+                        pass
+                raise
+            try:
+                await tr.commit()
+            except Exception as exc:  # the outcome of what succeeded in it is not known
+                results = [(False, commit_error(exc, w.what, record=w.record) if ok else value)
+                           for w, (ok, value) in zip(batch, results, strict=True)]
         except _Replay:
             self._on_failure()
             await self._batch(batch, grouped=False)
