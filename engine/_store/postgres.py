@@ -24,7 +24,7 @@ from engine._store.errors import StoreError, UnsupportedDatabase
 from engine._store.filters import check_field, check_table
 from engine._store.postgres_errors import connect_error, translate_pg
 from engine._store.postgres_records import PgRecordsMixin
-from engine._store.postgres_schema import index_ddl, migrate
+from engine._store.postgres_schema import index_ddl, migrate, table_lock_key
 from engine._store.postgres_state import PgStateMixin
 from engine._store.postgres_writer import PgWriter
 from engine._store.state import StateMixin
@@ -123,7 +123,13 @@ class PostgresStore(PgRecordsMixin, PgStateMixin, Store):
             try:
                 await migrate(conn, store.where)
                 for table, fields in store.indexes.items():
-                    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{table}"'):
+                    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{table}"'):
+                        continue
+                    # CREATE INDEX IF NOT EXISTS is not safe against itself (two sessions both find
+                    # the name free, one fails on pg_class): engines opening together take turns
+                    # under the table's DDL lock, as creating the table does
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", table_lock_key(table))
                         for field in fields:
                             if field != "id":
                                 await conn.execute(index_ddl(table, field))
