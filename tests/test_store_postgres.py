@@ -250,3 +250,24 @@ async def test_a_connection_lost_at_commit_is_an_unknown_outcome_and_a_claim_rec
         assert await store.claim_fires_checked([dict(fire, id="run-4")], [1]) == ["taken"]
         assert [(r["id"], r["status"]) for r in await store.list_runs("job", newest_first=False)] == [
             ("run-1", "running"), ("run-3", "skipped")]
+
+
+async def test_engines_opening_together_create_declared_indexes_once(pg_url):
+    async with open_store(pg_url) as store:
+        await store.add("orders", {"status": "x"})
+    idx = {"orders": [f"f{i}" for i in range(20)]}
+    for _ in range(3):
+        got = await asyncio.gather(*(open_store(pg_url, indexes=idx) for _ in range(6)), return_exceptions=True)
+        for s in got:
+            if not isinstance(s, BaseException):
+                await s.close()
+        assert [s for s in got if isinstance(s, BaseException)] == []
+
+
+@pytest.mark.parametrize("flt", [{"created_at": {"$gt": 10**400}}, {"created_at": 10**400},
+                                 {"updated_at": {"$in": [10**400, -(10**400)]}}, {"created_at": {"$lt": -(10**400)}}])
+async def test_a_huge_integer_against_a_time_column_matches_nothing(pg_url, flt):
+    async with open_store(pg_url) as store:
+        await store.add("t", {"a": 1})
+        assert await store.query("t", filter=flt) == []
+        assert await store.count("t", filter={"created_at": {"$lt": 10**400}}) == 1  # as SQLite: +inf

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from engine._store.filters import COLUMNS, compile_filter, compile_sort
+from engine._store.filters import COLUMNS, _number, compile_filter, compile_sort
 
 __all__ = ("PG", "compile_pg_filter", "compile_pg_sort", "path_sql", "value_sql")
 
@@ -63,6 +63,12 @@ def _bind(params: list[Any], value: Any) -> str:
     return f"${len(params)}"
 
 
+def _float(value: Any) -> float:
+    """A number compared with a float column: as SQLite reads it (``filters._number``: an integer
+    too large for a float is infinity), never an OverflowError."""
+    return float(_number(value))
+
+
 def _float_column(path: str) -> bool:
     return path in COLUMNS and path != "id"
 
@@ -98,7 +104,7 @@ class _PostgresDialect:
                 return f"{path} IS NULL"
             if kind != "number":
                 return self.false
-            return f"{path} = {_bind(params, float(value))}::float8"
+            return f"{path} = {_bind(params, _float(value))}::float8"
         e = value_sql(path)
         if kind == "null":
             return f"({e} IS NULL OR {e} = 'null'::jsonb)"
@@ -118,7 +124,7 @@ class _PostgresDialect:
         parts = []
         if _float_column(path):
             if numbers:
-                parts.append(f"{path} = ANY({_bind(params, [float(v) for v in numbers])}::float8[])")
+                parts.append(f"{path} = ANY({_bind(params, [_float(v) for v in numbers])}::float8[])")
         else:
             e = value_sql(path)
             if None in consts:
@@ -135,7 +141,7 @@ class _PostgresDialect:
         if _float_column(path):
             if kind != "number":
                 return self.false
-            return f"{path} {op} {_bind(params, float(value))}::float8"
+            return f"{path} {op} {_bind(params, _float(value))}::float8"
         if kind == "number":
             e = value_sql(path)
             return f"(jsonb_typeof({e}) = 'number' AND {e} {op} {_bind(params, _encode(value).decode())}::jsonb)"
