@@ -271,3 +271,27 @@ async def test_a_huge_integer_against_a_time_column_matches_nothing(pg_url, flt)
         await store.add("t", {"a": 1})
         assert await store.query("t", filter=flt) == []
         assert await store.count("t", filter={"created_at": {"$lt": 10**400}}) == 1  # as SQLite: +inf
+
+
+async def test_fields_named_null_match_and_use_their_index(pg_url):
+    async with open_store(pg_url, indexes={"t": ["NULL", "a.null"]}) as store:
+        await store.add("t", {"NULL": 5, "null": 1, "a": {"null": "x"}})
+        await store.add("t", {"NULL": 6})
+        assert [r["id"] for r in await store.query("t", filter={"NULL": 5})] == [1]
+        assert [r["id"] for r in await store.query("t", filter={"null": {"$exists": True}})] == [1]
+        assert [r["id"] for r in await store.query("t", filter={"NULL": {"$gt": 0}})] == [1, 2]
+        assert [r["id"] for r in await store.query("t", filter={"a.null": "x"})] == [1]
+        assert [r["id"] for r in await store.query("t", sort="NULL desc")] == [2, 1]
+        for _ in range(3):
+            await store.upsert("keys", {"Null": "k1"}, "Null")
+        assert await store.count("keys") == 1
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("SET enable_seqscan = off")
+            from engine._store.postgres_filters import compile_pg_filter
+
+            where, params = compile_pg_filter({"NULL": 5})
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN SELECT * FROM t WHERE {where}", *params))
+            assert "cx_t_null" in plan.lower(), plan
+        finally:
+            await conn.close()

@@ -39,8 +39,11 @@ _NUM = ("CASE jsonb_typeof({e}) WHEN 'number' THEN ({e})::numeric "
 
 
 def path_sql(path: str) -> str:
-    """The text array literal of a checked dotted path (identifiers only: no quoting needed)."""
-    return "'{" + ",".join(path.split(".")) + "}'"
+    """The text array literal of a checked dotted path, every element double-quoted: unquoted, an
+    element spelled ``null`` (any case) is SQL NULL in an array literal and the path never matches.
+    (Checked paths are identifiers; ``"`` and ``\\`` are escaped all the same, ``'`` doubled.)"""
+    parts = ('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in path.split("."))
+    return "'{" + ",".join(parts).replace("'", "''") + "}'"
 
 
 def value_sql(path: str) -> str:
