@@ -55,7 +55,7 @@ def _doc(i: int, values: int) -> dict:
 def _raw_ddl(table: str) -> list[str]:
     from engine._store.postgres_schema import index_ddl, record_table_ddl
 
-    return [f'DROP TABLE IF EXISTS "{table}"', record_table_ddl(table), index_ddl(table, "status")]
+    return [f'DROP TABLE IF EXISTS "{table}"', record_table_ddl("public", table), index_ddl("public", table, "status")]
 
 
 async def _raw_bulk(url: str, rows: list[tuple]) -> float:

@@ -123,25 +123,63 @@ async def test_concurrent_adds_share_one_insert_and_keep_their_order(pg_url):
         assert [(r["id"], r["i"]) for r in rows] == [(i + 2, i) for i in range(300)]  # seq follows the ids
 
 
-async def test_a_failing_add_in_a_shared_insert_fails_only_its_caller(pg_url):
-    from engine._store.errors import DuplicateRecord
-
+async def test_assigned_ids_skip_ids_written_outside_cronstack(pg_url):
     async with open_store(pg_url) as store:
         await store.add("t", {"i": 0})
         conn = await asyncpg.connect(pg_url)
-        try:  # an id cronstack's counter does not know of: the shared INSERT of the next ten clashes with it
-            await conn.execute("""INSERT INTO t (id, created_at, updated_at, doc) VALUES ('11', 0, 0, '{}')""")
+        try:  # ids the sequence will hand out, taken by rows cronstack did not write
+            await conn.execute("""INSERT INTO t (id, created_at, updated_at, doc) VALUES ('2', 0, 0, '{}'),
+                                  ('11', 0, 0, '{}')""")
         finally:
             await conn.close()
-        got = await asyncio.gather(*(store.add("t", {"i": i}) for i in range(1, 11)), return_exceptions=True)
-        assert [g["id"] for g in got[:9]] == list(range(2, 11))  # the others are added, in order
-        assert isinstance(got[9], DuplicateRecord) and "id 11" in str(got[9])
-        assert await store.count("t") == 11
-        # alone in its batch: the transaction rolls back and the add runs again on its own, for its error
-        with pytest.raises(DuplicateRecord, match="id 11"):
-            await store.add("t", {"i": 11})
-        assert await store.delete("t", 11)
-        assert (await store.add("t", {"i": 11}))["id"] == 11
+        # alone in its batch: the next id (2) is taken and skipped (it used to fail every later add)
+        first = (await store.add("t", {"i": 1}))["id"]
+        assert first > 2
+        got = await asyncio.gather(*(store.add("t", {"i": i}) for i in range(2, 12)))
+        ids = [g["id"] for g in got]
+        assert ids == sorted(ids) and len(set(ids)) == 10 and min(ids) > first and 11 not in ids
+        # a shared INSERT meeting a taken id rolls back and its adds run one by one, each skipping it
+        conn = await asyncpg.connect(pg_url)
+        try:
+            nxt = max(ids) + 2
+            await conn.execute(f"""INSERT INTO t (id, created_at, updated_at, doc) VALUES ('{nxt}', 0, 0, '{{}}')""")
+        finally:
+            await conn.close()
+        got = await asyncio.gather(*(store.add("t", {"i": i}) for i in range(12, 22)))
+        more = [g["id"] for g in got]
+        assert more == sorted(more) and nxt not in more and len(set(more)) == 10 and min(more) > max(ids)
+        rows = await store.query("t", filter={"i": {"$gte": 12}})
+        assert [r["i"] for r in rows] == list(range(12, 22))  # seq follows the submission order
+        assert await store.count("t") == 25
+
+
+async def test_two_engines_adding_to_two_tables_in_opposite_orders_never_fail(pg_url):
+    async with open_store(pg_url) as a, open_store(pg_url) as b:
+        for s in (a, b):
+            await s.add("t1", {"x": 0})
+            await s.add("t2", {"x": 0})
+
+        async def burst(store, order, i):
+            await asyncio.gather(*(store.add(t, {"i": i}) for t in order))
+
+        for _ in range(5):
+            await asyncio.gather(*(burst(a, ["t1", "t2"], i) for i in range(20)),
+                                 *(burst(b, ["t2", "t1"], i) for i in range(20)))
+        for t in ("t1", "t2"):
+            rows = await a.query(t)
+            assert len(rows) == 202 and len({r["id"] for r in rows}) == 202
+
+
+async def test_a_given_integer_id_raises_the_sequence_and_text_ids_stay_apart(pg_url):
+    async with open_store(pg_url) as a, open_store(pg_url) as b:
+        await a.add("t", {"id": "5"})
+        assert (await b.add("t", {}))["id"] == 1
+        await a.add("t", {"id": 40})
+        await b.add("t", {"id": 7})  # below: never lowers it
+        assert (await b.add("t", {}))["id"] == 41
+        assert (await a.add("t", {"id": 5}))["id"] == 5  # 5 is not "5"
+        await a.delete("t", 41)
+        assert (await a.add("t", {}))["id"] == 42  # never reused
 
 
 async def test_a_new_table_made_by_a_shared_insert_that_fails_is_made_again(pg_url):
@@ -295,3 +333,54 @@ async def test_fields_named_null_match_and_use_their_index(pg_url):
             assert "cx_t_null" in plan.lower(), plan
         finally:
             await conn.close()
+
+
+async def test_a_typed_backslash_u0000_is_data_and_only_a_real_nul_is_replaced(pg_url):
+    async with open_store(pg_url) as store:
+        recs = [{"s": "\\u0000"}, {"s": "x\\u0000y"}, {"s": "a\\\\u0000"}, {"s": "a\x00b"}, {"s": "\\\x00"}]
+        for r in recs:
+            await store.add("t", r)
+        assert [(await store.get("t", id=i + 1))["s"] for i in range(5)] == [r["s"] for r in recs]
+        assert [r["id"] for r in await store.query("t", filter={"s": "\\u0000"})] == [1]
+        assert [r["id"] for r in await store.query("t", filter={"s": {"$like": "%\\\\u0000%"}})] == [1, 2, 3]
+        assert [r["id"] for r in await store.query("t", filter={"s": "\\\ufffd"})] == [5]  # a NUL after a backslash
+
+
+async def test_a_version_1_database_is_migrated(pg_url):
+    from engine._store.postgres_schema import MIGRATIONS, migrate
+
+    conn = await asyncpg.connect(pg_url)
+    try:  # a database as version 1 left it: counter, data replacing every \u0000, an index on '{NULL}'
+        await migrate(conn, "test", MIGRATIONS[:1])
+        await conn.execute("""CREATE TABLE t (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            id jsonb NOT NULL UNIQUE, created_at double precision NOT NULL, updated_at double precision NOT NULL,
+            doc json NOT NULL, data jsonb GENERATED ALWAYS AS (replace(doc::text, '\\u0000', '\\ufffd')::jsonb) STORED)""")
+        await conn.execute("""CREATE INDEX "cx_t_null_old" ON t ((data #> '{NULL}'))""")
+        await conn.execute("""INSERT INTO t (id, created_at, updated_at, doc) VALUES
+            ('1', 0, 0, '{"s": "\\\\u0000", "NULL": 1}'), ('"k"', 0, 0, '{"s": "b"}')""")
+        await conn.execute("INSERT INTO cronstack_counters VALUES ('t', 7)")
+    finally:
+        await conn.close()
+    async with open_store(pg_url, indexes={"t": ["NULL"]}) as store:
+        assert [r["id"] for r in await store.query("t", filter={"s": "\\u0000"})] == [1]
+        assert [r["id"] for r in await store.query("t", filter={"NULL": 1})] == [1]
+        assert (await store.add("t", {}))["id"] == 8  # after the counter: never reused
+        assert (await store.get("t", id=1))["s"] == "\\u0000"
+    conn = await asyncpg.connect(pg_url)
+    try:
+        assert await conn.fetchval("SELECT version FROM cronstack_schema") == CURRENT_VERSION == 2
+        names = {r[0] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 't'")}
+        assert "cx_t_null_old" not in names and any(n.startswith("cx_t_NULL") for n in names), names
+    finally:
+        await conn.close()
+
+
+async def test_a_table_named_like_a_catalog_relation_is_a_record_table(pg_url):
+    async with open_store(pg_url, indexes={"pg_user": ["name"]}) as store:
+        for name in ("pg_user", "pg_tables", "pg_settings"):
+            await store.add(name, {"name": "ann"})
+            assert await store.count(name, filter={"name": "ann"}) == 1
+            assert (await store.upsert(name, {"name": "ann", "v": 2}, "name"))["v"] == 2
+            assert [r["v"] for r in await store.query(name)] == [2]
+    async with open_store(pg_url, indexes={"pg_user": ["name"]}) as store:
+        assert await store.count("pg_user") == 1

@@ -24,7 +24,7 @@ from engine._store.errors import StoreError, UnsupportedDatabase
 from engine._store.filters import check_field, check_table
 from engine._store.postgres_errors import connect_error, translate_pg
 from engine._store.postgres_records import PgRecordsMixin
-from engine._store.postgres_schema import index_ddl, migrate, table_lock_key
+from engine._store.postgres_schema import index_ddl, migrate, qualified, table_lock_key
 from engine._store.postgres_state import PgStateMixin
 from engine._store.postgres_writer import PgWriter
 from engine._store.state import StateMixin
@@ -92,6 +92,9 @@ class PostgresStore(PgRecordsMixin, PgStateMixin, Store):
         self.indexes = indexes
         self._clock = clock
         self._tables: set[str] = set()
+        #: the schema record tables live in (the connection's ``current_schema()``); every record
+        #: table is named with it
+        self._schema = "public"
         self._pool: Any = None
         self._writer = PgWriter(self._connect, self._tables.clear)
         self._live_conn: Any = None
@@ -122,8 +125,12 @@ class PostgresStore(PgRecordsMixin, PgStateMixin, Store):
         try:
             try:
                 await migrate(conn, store.where)
+                store._schema = await conn.fetchval("SELECT current_schema()")
+                if store._schema is None:
+                    raise StoreError(f"{store.where}: the connection has no schema to create tables in "
+                                     "(search_path names none that exists); set search_path for this user")
                 for table, fields in store.indexes.items():
-                    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{table}"'):
+                    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified(store._schema, table)):
                         continue
                     # CREATE INDEX IF NOT EXISTS is not safe against itself (two sessions both find
                     # the name free, one fails on pg_class): engines opening together take turns
@@ -132,7 +139,7 @@ class PostgresStore(PgRecordsMixin, PgStateMixin, Store):
                         await conn.execute("SELECT pg_advisory_xact_lock($1)", table_lock_key(table))
                         for field in fields:
                             if field != "id":
-                                await conn.execute(index_ddl(table, field))
+                                await conn.execute(index_ddl(store._schema, table, field))
             except StoreError:
                 raise
             except Exception as exc:

@@ -20,6 +20,7 @@ rather than as their text. Every value is a ``$n`` parameter.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -55,10 +56,19 @@ def _text_sql(path: str) -> str:
     return "(id #>> '{}')" if path == "id" else f"(data #>> {path_sql(path)})"
 
 
+#: a NUL's escape in JSON text: ``\u0000`` after an even number of backslashes (``\\u0000`` is a
+#: backslash, then the text ``u0000``)
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _has_nul(text: str) -> bool:
+    return "\\u0000" in text and _NUL_ESCAPE.search(text) is not None
+
+
 def _json(value: Any) -> str | None:
     """JSON text of a checked value, or None when it holds NUL (JSONB cannot: nothing matches)."""
     text = _encode(value).decode()
-    return None if "\\u0000" in text else text
+    return None if _has_nul(text) else text
 
 
 def _bind(params: list[Any], value: Any) -> str:
@@ -134,7 +144,7 @@ class _PostgresDialect:
                 parts.append(f"{e} IS NULL OR {e} = 'null'::jsonb")
             values = [_encode(v).decode() for v in numbers]
             values += [t for t in (_json(v) for v in texts) if t is not None]
-            values += [j for j in jsons if "\\u0000" not in j]
+            values += [j for j in jsons if not _has_nul(j)]
             values += [b for b in ("true", "false") if (b == "true") in consts]
             if values:
                 parts.append(f"{e} = ANY({_bind(params, values)}::jsonb[])")

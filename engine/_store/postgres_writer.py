@@ -44,6 +44,14 @@ MAX_BATCH = 1_000
 Group = tuple[Hashable, Callable[[Any, list[tuple[Any, ...]]], Awaitable[list[Any]]]]
 
 
+#: times a write (or a batch without savepoints) chosen as a deadlock's victim runs again
+DEADLOCK_RETRIES = 3
+
+
+def _deadlock(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) == "40P01"
+
+
 class _Write:
     __slots__ = ("op", "args", "fut", "what", "record", "group")
 
@@ -109,13 +117,20 @@ class PgWriter:
             await self._batch(batch)
 
     async def _one(self, conn: Any, w: _Write, results: list[tuple[bool, Any]]) -> None:
-        """``w`` alone under a savepoint: a failure undoes this write only and goes to its caller."""
-        try:
-            async with conn.transaction():
-                results.append((True, await w.op(conn, *w.args)))
-        except Exception as exc:
-            self._on_failure()
-            results.append((False, translate_pg(exc, w.what, record=w.record)))
+        """``w`` alone under a savepoint: a failure undoes this write only and goes to its caller.
+        Chosen as a deadlock's victim, it runs again (the rollback to its savepoint released what
+        it had locked, so the other transaction goes on)."""
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                async with conn.transaction():
+                    results.append((True, await w.op(conn, *w.args)))
+                return
+            except Exception as exc:
+                self._on_failure()
+                if _deadlock(exc) and attempt < DEADLOCK_RETRIES:
+                    continue
+                results.append((False, translate_pg(exc, w.what, record=w.record)))
+                return
 
     async def _group(self, conn: Any, seg: list[_Write], alone: bool, results: list[tuple[bool, Any]]) -> None:
         assert seg[0].group is not None
@@ -137,7 +152,7 @@ class PgWriter:
             return
         results.extend((True, g) for g in got)
 
-    async def _batch(self, batch: list[_Write], grouped: bool = True) -> None:
+    async def _batch(self, batch: list[_Write], grouped: bool = True, attempt: int = 0) -> None:
         results: list[tuple[bool, Any]] = []
         try:
             if self._conn is None or self._conn.is_closed():
@@ -168,9 +183,13 @@ class PgWriter:
                            for w, (ok, value) in zip(batch, results, strict=True)]
         except _Replay:
             self._on_failure()
-            await self._batch(batch, grouped=False)
+            await self._batch(batch, grouped=False, attempt=attempt)
             return
         except Exception as exc:
+            if _deadlock(exc) and attempt < DEADLOCK_RETRIES:  # nothing of it stayed: run it again
+                self._on_failure()
+                await self._batch(batch, grouped, attempt + 1)
+                return
             results = [(False, translate_pg(exc, w.what, record=w.record)) for w in batch]
         if not all(ok for ok, _ in results):
             self._on_failure()
