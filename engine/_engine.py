@@ -162,6 +162,8 @@ class Engine(RunLifecycle, Scheduling):
         self.durations = DurationHistogram()
         self._next_cache: dict[str, float] = {}
         self._stopping = False
+        #: stop() calls in progress: the last to return ends the stopping (see stop)
+        self._stop_calls = 0
         self._launching = 0
         self._launch_idle: anyio.Event | None = None  # made by stop() when it must wait
 
@@ -681,7 +683,13 @@ class Engine(RunLifecycle, Scheduling):
             self.api_url = f"http://{h}:{actual}"
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop firing; let running runs finish within ``grace`` seconds, then cancel them."""
+        """Stop firing; let running runs finish within ``grace`` seconds, then cancel them.
+
+        Runs that never started stay ``queued`` in the store. Once it returns
+        the engine is no longer stopping: ``trigger`` runs again (as on an
+        engine that never served), and ``serve`` (or the next start) runs what
+        the stop left queued.
+        """
         self._stopping = True
         if self._serving is not None:
             self._serving.cancel()
@@ -694,6 +702,23 @@ class Engine(RunLifecycle, Scheduling):
             # run) finish alongside the runs' grace, not for 5 s before it starts
             api_stopped, self.api = asyncio.ensure_future(stop_api(self.api)), None
         grace = self.config.shutdown_grace if grace is None else grace
+        self._stop_calls += 1
+        try:
+            await self._stop_runs(grace)
+        finally:
+            self._stop_calls -= 1
+        await self._flush_fires()
+        if api_stopped is not None:
+            await api_stopped
+        if not self._stop_calls and self._serving is None:
+            # stopped, no longer stopping: a later trigger (not serving) runs as on an engine that
+            # never served. What the stop left queued stays queued in the store (nothing in memory
+            # holds it): the next serve() or start of the engine runs it
+            self._stopping = False
+            self._gate.open()
+
+    async def _stop_runs(self, grace: float) -> None:
+        """stop()'s wait: runs being recorded seen, running runs given ``grace`` then cancelled."""
         while self._launching:
             if self._launch_idle is None:
                 self._launch_idle = anyio.Event()
@@ -705,9 +730,6 @@ class Engine(RunLifecycle, Scheduling):
             active.cancel("shutdown")
         while self._active:
             await next(iter(self._active.values())).done().wait()
-        await self._flush_fires()
-        if api_stopped is not None:
-            await api_stopped
 
     def _public(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {

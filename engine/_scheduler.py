@@ -568,6 +568,8 @@ class Scheduling:
                     if active is not None:
                         active.cancel("superseded")
                         await active.done().wait()
+                if self._stopping or self._serving is None:
+                    return  # stop() began (or ended) meanwhile: a stopped engine fires nothing
             await self._launch(task, row, claim_fire=True)
         self._fired_at(name, scheduled_at)
 

@@ -222,7 +222,7 @@ async def test_serving_again_after_a_stop_admits_runs_and_starts_what_was_left_q
             await clock.advance(10)
             with anyio.fail_after(10):
                 await done.wait()
-        assert engine._gate.closed and (await engine.run(ids[1]))["status"] == "queued"
+        assert not engine._stopping and (await engine.run(ids[1]))["status"] == "queued"
         await engine.serve(api=False)
         again = await engine.trigger("t")
         for _ in range(3):
@@ -230,6 +230,39 @@ async def test_serving_again_after_a_stop_admits_runs_and_starts_what_was_left_q
             await clock.advance(10)
         for run_id in (*ids, again):
             assert (await eventually(lambda run_id=run_id: finished(engine, run_id)))["status"] == "completed"
+
+
+async def test_a_trigger_after_stop_runs_and_what_the_stop_left_queued_stays_queued(tmp_path):
+    """stop() used to leave the engine stopping for good: a later trigger (not serving) was stored
+    queued and never ran, and trigger(wait=True) returned it at once, still queued."""
+    clock = FakeClock(T0)
+    cfg = EngineConfig(max_running=1, shutdown_grace=0.05, tune_gc=False)
+    async with Engine.open([task("t", [WAIT(10), RET("done")])], database=f"sqlite:///{tmp_path / 'x.db'}",
+                           clock=clock, config=cfg) as engine:
+        await engine.serve(api=False)
+        running, waiting = await engine.trigger("t"), await engine.trigger("t")
+        await settle(clock)
+        async with anyio.create_task_group() as tg:
+            done = await _stop_in_background(engine, tg, grace=60)
+            await clock.advance(10)
+            with anyio.fail_after(10):
+                await done.wait()
+        assert (await engine.run(waiting, trace=False))["status"] == "queued"
+        async with anyio.create_task_group() as tg:
+            answer = {}
+
+            async def trigger():
+                answer["run"] = await engine.trigger("t", wait=True)
+
+            tg.start_soon(trigger)
+            await eventually(lambda: engine._active or None)
+            await settle(clock)
+            await clock.advance(10)
+        assert (answer["run"]["status"], answer["run"]["result"]) == ("completed", "done")
+        # reopening started nothing behind the user's back: the run the stop left queued waits
+        # for the next serve() (or start)
+        assert (await engine.run(waiting, trace=False))["status"] == "queued"
+        assert (await engine.run(running, trace=False))["status"] == "completed"
 
 
 async def test_shutdown_now_cancels_running_runs_at_once_and_keeps_queued_ones(tmp_path):
