@@ -492,7 +492,7 @@ class RunLifecycle:
                 )
             except CronstackError as exc:
                 return _store_failure(exc, "starting the run")
-            return None
+            return self._stopped_while_starting(active)
         # stored queued by this engine, but another engine's queue (or a cancel) may take the row
         # meanwhile: the run starts only if this conditional write moves it from queued to running.
         # A cancel during the claim waits for it (see _Active.cancel), so its outcome is known.
@@ -506,8 +506,25 @@ class RunLifecycle:
         if not won:
             return _LOST
         row["status"] = "running"
-        if active.reason is not None:  # cancelled while claiming: recorded as a cancelled run
-            raise asyncio.CancelledError
+        return self._stopped_while_starting(active)
+
+    def _stopped_while_starting(self, active: _Active) -> dict[str, Any] | None:
+        """A queued run's row was just moved to ``running`` (it holds its slot): None to run it.
+
+        A user's cancel that landed meanwhile wins (recorded cancelled, with
+        its ``started_at``). A shutdown that began meanwhile (stop(), or a
+        second SIGTERM) starts nothing: the slot goes back and the run is left
+        ``queued`` (``_leave_queued`` puts the row back), as if it had never
+        got its slot; so does any other cancel during a shutdown.
+        """
+        reason = active.reason
+        if reason == "cancel" or (reason is not None and not self._stopping):
+            raise asyncio.CancelledError  # recorded as a cancelled run
+        if self._stopping:
+            active.admitted = False
+            self._gate.close()  # the freed slot starts nothing: stop() began
+            self._gate.release()
+            return _LEFT_QUEUED
         return None
 
     def _drop_lost(self, defn: Task | Function, row: dict[str, Any], active: _Active) -> None:

@@ -412,3 +412,39 @@ async def test_a_cancel_during_the_waiting_runs_claim_waits_for_it_and_records_c
         assert run["status"] == "cancelled" and run["started_at"] is not None  # claimed, then cancelled
         assert work.calls == [a]
         await eventually(lambda: not engine._active and engine._gate.holders == 0)
+
+
+@pytest.mark.parametrize("how", ["stop", "shutdown_now"])
+async def test_a_shutdown_during_the_waiting_runs_claim_leaves_it_queued(tmp_path, how):
+    """A run whose claim (queued -> running) was in flight when the shutdown began used to start
+    anyway and end cancelled with a started_at: it never got to run, so it stays queued."""
+    work = Work()
+    cfg = EngineConfig(max_running=1, tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open([task("t", [WORK])], database=f"sqlite:///{tmp_path}/x.db", config=cfg) as engine:
+        engine.register_function("work", work)
+        a = await engine.trigger("t")
+        await eventually(lambda: work.calls == [a])
+        b = await engine.trigger("t")
+        claim_run, claimed, go_on = engine.store.claim_run, asyncio.Event(), asyncio.Event()
+
+        async def claim_then_pause(*args):
+            won = await claim_run(*args)  # the claim commits...
+            claimed.set()
+            await go_on.wait()  # ...and its answer is late
+            return won
+
+        engine.store.claim_run = claim_then_pause
+        work.release.set()  # a ends: b gets the slot and claims its row
+        await claimed.wait()
+        stopping = asyncio.ensure_future(engine.stop(grace=600))
+        await eventually(lambda: engine._stopping)
+        if how == "shutdown_now":
+            engine._shutdown_now()
+        await asyncio.sleep(0.01)
+        go_on.set()
+        with anyio.fail_after(10):
+            await stopping
+        run = await engine.run(b, trace=False)
+        assert (run["status"], run["started_at"], run["error"]) == ("queued", None, None)
+        assert work.calls == [a] and engine._gate.holders == 0 and not engine._active
+        assert await status(engine, a) == "completed"
