@@ -28,6 +28,7 @@ from engine._store.errors import (
     StoreLocked,
     UnsupportedDatabase,
     WriteFailed,
+    WriteOutcomeUnknown,
 )
 from engine._store.sqlite import SQLiteStore
 from engine._store.state import RUN_COLUMNS, RUN_KINDS, RUN_STATUSES, RUN_TRIGGERS
@@ -52,6 +53,7 @@ __all__ = (
     "StoreLocked",
     "UnsupportedDatabase",
     "WriteFailed",
+    "WriteOutcomeUnknown",
     "open_store",
 )
 

@@ -27,6 +27,7 @@ __all__ = (
     "InvalidFilter",
     "InvalidRecord",
     "WriteFailed",
+    "WriteOutcomeUnknown",
     "translate",
 )
 
@@ -112,9 +113,7 @@ class WriteFailed(RecordError):
 class WriteOutcomeUnknown(RecordError):
     """The connection was lost while the database committed: the write may have been stored.
 
-    (Raised by the PostgreSQL store; import it from this module. Not yet in ``__all__``: the
-    package re-exports every name listed there, and ``engine/_store/__init__.py`` is not
-    changed here.)
+    (Raised by the PostgreSQL store: SQLite commits in-process, so it knows.)
 
     Not a ``WriteFailed``: the caller must not assume it failed (a blind retry
     of an add may store it twice); read back to find out. A ``RecordError``
