@@ -546,6 +546,12 @@ class Engine(RunLifecycle, Scheduling):
         running one (True): the caller asked that it not go on. False when it
         finished, is unknown, or runs on another engine (also when it waited
         here for a slot and another engine claimed its row first).
+
+        A run being claimed by this engine's queue (a task's or an async
+        function's) is waited for, then cancelled as a running run. The run
+        just started gets the first turn: a stack that finishes without ever
+        awaiting (no ``wait``, no I/O) can complete before the cancel lands,
+        and the cancel then returns False.
         """
         active = self._active.get(run_id)
         if active is None:

@@ -683,9 +683,18 @@ class Scheduling:
                 "message": f"'{name}' is no longer defined", "type": "UnknownTask", "step": None}})
             return
         if not isinstance(defn, Task):
-            if await self.store.claim_run(run_id, self.engine_id, now):
-                row.update(status="running", started_at=now)
-                await self._launch(defn, row, claimed=True)
+            # held while claimed, as a task's run is (a cancel meanwhile waits for the start and
+            # cancels the run, see Engine.cancel), but not counted in _running: that is per task,
+            # and a task may share the function's name
+            self._holds[run_id] = None
+            try:
+                if await self.store.claim_run(run_id, self.engine_id, now):
+                    row.update(status="running", started_at=now)
+                    await self._launch(defn, row, claimed=True)
+            finally:
+                event = self._holds.pop(run_id, None)
+                if event is not None:
+                    event.set()
             return
         if name in self._paused:  # resume() puts it back in the queue
             self._parked.setdefault(name, set()).add(run_id)

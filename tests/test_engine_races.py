@@ -448,3 +448,35 @@ async def test_a_shutdown_during_the_waiting_runs_claim_leaves_it_queued(tmp_pat
         assert (run["status"], run["started_at"], run["error"]) == ("queued", None, None)
         assert work.calls == [a] and engine._gate.holders == 0 and not engine._active
         assert await status(engine, a) == "completed"
+
+
+async def test_cancel_while_the_queue_loop_claims_a_stored_async_function_run_cancels_it(tmp_path):
+    """The queue loop's claim of a function run registered no hold: a cancel landing between the
+    claim and the run's start returned False and the run then completed."""
+    clock = FakeClock(T0)
+    defs = [{"name": "f", "inputs": {}, "stack": [WAIT(10), {"function": "return", "value": 2}]}]
+    cfg = EngineConfig(tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open(defs, database=f"sqlite:///{tmp_path}/x.db", clock=clock, config=cfg) as engine:
+        claim_run, claimed, go_on = engine.store.claim_run, asyncio.Event(), asyncio.Event()
+
+        async def claim_then_pause(*args):
+            won = await claim_run(*args)  # the claim commits...
+            claimed.set()
+            await go_on.wait()  # ...and the queue loop is between it and the run's start
+            return won
+
+        engine.store.claim_run = claim_then_pause
+        row = engine._row("f", "function", "async_call", scheduled_at=T0, attempt=1)
+        await engine.store.insert_run(row)
+        await engine.serve(api=False)
+        await claimed.wait()
+        cancelling = asyncio.ensure_future(engine.cancel(row["id"]))
+        await asyncio.sleep(0.01)
+        waited = not cancelling.done()  # it waits for the claimed run's start
+        go_on.set()
+        with anyio.fail_after(10):
+            assert (waited, await cancelling) == (True, True)
+        await advance(clock, engine, 11)
+        run = await engine.run(row["id"], trace=False)
+        assert run["status"] == "cancelled" and run["result"] is None
+        assert not any(engine._running.values()) and not engine._holds
