@@ -559,8 +559,12 @@ class Engine(RunLifecycle, Scheduling):
             # queued -> cancelled in one conditional write: a claim by the queue loop (or another
             # engine) cannot interleave, and no crash can leave it half done
             error = {"message": "cancelled before it started", "type": "Cancelled", "step": None}
+            row = await self.store.get_run(run_id)  # its task, for runs_total
             if await self.store.cancel_queued(run_id, now, error):
                 self._forget_queued(run_id)
+                if row is not None:  # counted as a run cancelled while it waited for a slot is
+                    key = (row["task"], "cancelled")
+                    self.runs_total[key] = self.runs_total.get(key, 0) + 1
                 return True
             hold = self._holds.get(run_id, False)
             if hold is not False:  # claimed by this engine's queue loop, which is starting it

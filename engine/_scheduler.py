@@ -556,7 +556,8 @@ class Scheduling:
             return
         if decision == "skip":
             row = self._skipped_row(name, scheduled_at, trigger, task.overlap)
-            if (await self._claim_fires([row]))[0] != "paused":
+            # "taken": another engine has this fire (its run or skip is counted there)
+            if (await self._claim_fires([row]))[0] in ("claimed", "skipped"):
                 self.runs_total[(name, "skipped")] = self.runs_total.get((name, "skipped"), 0) + 1
             self._fired_at(name, scheduled_at)
             return
@@ -679,8 +680,13 @@ class Scheduling:
                 defn = python_function(name)  # as start_function_run runs it
         if defn is None:
             self._forget_queued(run_id)
-            await self.store.update_run(run_id, {"status": "failed", "finished_at": now, "error": {
-                "message": f"'{name}' is no longer defined", "type": "UnknownTask", "step": None}})
+            # only while still queued: a cancel (or another engine's claim) since get_run keeps the
+            # row. A crash between the claim and the outcome leaves it running: recovery marks it crashed
+            if await self.store.claim_run(run_id, self.engine_id, now):
+                await self.store.finish_run(run_id, {
+                    "status": "failed", "started_at": None, "finished_at": now, "error": {
+                        "message": f"'{name}' is no longer defined", "type": "UnknownTask", "step": None}})
+                self.runs_total[(name, "failed")] = self.runs_total.get((name, "failed"), 0) + 1
             return
         if not isinstance(defn, Task):
             # held while claimed, as a task's run is (a cancel meanwhile waits for the start and

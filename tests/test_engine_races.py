@@ -133,6 +133,8 @@ async def test_cancel_of_a_stored_queued_run_and_of_a_finished_one(tmp_path):
         assert row["id"] not in engine._queued_due
         assert await engine.cancel(row["id"]) is False  # finished
         assert await engine.cancel("nope") is False  # unknown
+        # counted as a run cancelled while it waited for a slot is
+        assert engine.runs_total.get(("t", "cancelled")) == 1
 
 
 # -- 3: retries meet the task's overlap policy ----------------------------------------------------
@@ -480,3 +482,52 @@ async def test_cancel_while_the_queue_loop_claims_a_stored_async_function_run_ca
         run = await engine.run(row["id"], trace=False)
         assert run["status"] == "cancelled" and run["result"] is None
         assert not any(engine._running.values()) and not engine._holds
+
+
+async def finished(engine, run_id):
+    run = await engine.run(run_id, trace=False)
+    return run if run["status"] not in ("queued", "running") else None
+
+
+async def test_a_stored_queued_run_no_longer_defined_fails_once_counted_and_a_cancel_meanwhile_stands(tmp_path):
+    """The queue loop marked such a row failed with an unconditional write (overwriting a cancel
+    that landed after its read) and did not count it in runs_total."""
+    async with Engine.open([task("t", [WAIT(1)])], database=f"sqlite:///{tmp_path}/x.db") as engine:
+        gone, cancelled = (engine._row(n, "task", "retry", scheduled_at=T0, attempt=2) for n in ("gone", "gone2"))
+        for row in (gone, cancelled):
+            await engine.store.insert_run(row)
+        get_run = engine.store.get_run
+        error = {"message": "cancelled elsewhere", "type": "Cancelled", "step": None}
+
+        async def get_then_cancel(run_id):
+            out = await get_run(run_id)
+            if run_id == cancelled["id"]:  # a cancel lands between the queue loop's read and its write
+                assert await engine.store.cancel_queued(run_id, engine.clock.time(), error)
+            return out
+
+        engine.store.get_run = get_then_cancel
+        await engine.serve(api=False)
+        await eventually(lambda: not engine._queued_due and not engine._launching)
+        await eventually(lambda: finished(engine, gone["id"]))
+        engine.store.get_run = get_run
+        run = await engine.run(gone["id"], trace=False)
+        assert (run["status"], run["error"]["type"]) == ("failed", "UnknownTask")
+        run = await engine.run(cancelled["id"], trace=False)
+        assert (run["status"], run["error"]["message"]) == ("cancelled", "cancelled elsewhere")
+        assert engine.runs_total == {("gone", "failed"): 1}
+
+
+async def test_a_skip_whose_fire_another_engine_has_is_not_counted(tmp_path):
+    clock = FakeClock(T0)
+    cfg = EngineConfig(tune_gc=False, shutdown_grace=0.05)
+    async with Engine.open([task("t", [WAIT(100)], schedule="* * * * *", overlap="skip")],
+                           database=f"sqlite:///{tmp_path}/x.db", clock=clock, config=cfg) as engine:
+        await engine.trigger("t")
+        await settle(clock, engine)
+        due_at = T0 + 60
+        theirs = engine._row("t", "task", "schedule", scheduled_at=due_at, attempt=1)
+        assert await engine.store.claim_fire("t", due_at, theirs)  # another engine's fire
+        await engine._fire_once("t", due_at, "schedule")  # "skip" here, but the claim is "taken"
+        assert ("t", "skipped") not in engine.runs_total
+        await engine._fire_once("t", due_at + 60, "schedule")  # a real skip
+        assert engine.runs_total[("t", "skipped")] == 1
