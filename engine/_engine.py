@@ -141,6 +141,9 @@ class Engine(RunLifecycle, Scheduling):
         self._parked: dict[str, set[str]] = {}
         #: stored queued runs waiting for a running run of their task to end (overlap), per task
         self._deferred: dict[str, set[str]] = {}
+        #: runs this engine is storing ``queued`` and will start itself (a trigger with no free
+        #: slot): the queue loop leaves them alone, so one row never has two copies here
+        self._storing: set[str] = set()
         #: runs being claimed while serving: run id -> an event set once the claim is done (see _hold)
         self._holds: dict[str, asyncio.Event | None] = {}
         self._paused: set[str] = set()
@@ -406,6 +409,8 @@ class Engine(RunLifecycle, Scheduling):
         # ``_launch`` of a new row, inlined: one coroutine less per trigger
         admitted = self._admit(row)
         self._launch_begin()
+        if not admitted:  # stored queued: the queue loop must not take it meanwhile (see _storing)
+            self._storing.add(row["id"])
         try:
             await self.store.insert_run(row)
         except asyncio.CancelledError:
@@ -418,6 +423,8 @@ class Engine(RunLifecycle, Scheduling):
                 self._gate.release()
             raise
         finally:
+            if not admitted:
+                self._storing.discard(row["id"])
             self._launch_end()
         active = self._start(task, row, admitted)
         if not wait:

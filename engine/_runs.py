@@ -252,6 +252,9 @@ class RunLifecycle:
         admitted = self._admit(row)
         self._launch_begin()
         stored = False
+        storing = not admitted and not claimed
+        if storing:  # stored queued: the queue loop must not take it meanwhile (see Engine._storing)
+            self._storing.add(row["id"])
         try:
             if claim_fire:
                 outcome = (await self._claim_fires([row]))[0]
@@ -283,6 +286,8 @@ class RunLifecycle:
         finally:
             if not stored and admitted:  # already claimed, or the database refused: free the slot
                 self._gate.release()
+            if storing:
+                self._storing.discard(row["id"])
             self._launch_end()
         return self._start(defn, row, admitted)
 
@@ -532,11 +537,12 @@ class RunLifecycle:
         before this engine's claim: its slot goes back and this copy ends, recording nothing."""
         run_id = row["id"]
         active.lost = True
-        self._active.pop(run_id, None)
-        if isinstance(defn, Task):
-            running = self._running.get(defn.name)
-            if running is not None:
-                running.discard(run_id)
+        if self._active.get(run_id) is active:  # only its own entry: never another copy's
+            del self._active[run_id]
+            if isinstance(defn, Task):
+                running = self._running.get(defn.name)
+                if running is not None:
+                    running.discard(run_id)
         if self._stopping:  # the freed slot starts nothing: stop() began
             self._gate.close()
         self._gate.release()

@@ -63,8 +63,8 @@ class Scheduling:
             now = self.clock.time()
             backlogs = await self._misfires(now)
             for row in await self.store.due_runs(float("inf"), 100_000):
-                if row["id"] in self._active:  # its task already waits for a slot: one execution per row
-                    continue
+                if row["id"] in self._active or row["id"] in self._storing:
+                    continue  # its task already waits for a slot (or is being started): one execution per row
                 self._queued_due[row["id"]] = row.get("not_before") or 0.0
                 if row.get("trigger") == "schedule" and row.get("kind", "task") == "task":
                     # a fire left queued (a pending fire of overlap: queue): the task's pending one
@@ -664,10 +664,10 @@ class Scheduling:
         of its runs go (``allow``: ``max_concurrency`` running; any other
         policy: one), until one of them ends (see ``_defer``).
         """
-        if run_id in self._active:  # its task waits for a slot already: a row runs once
+        if run_id in self._active or run_id in self._storing:  # a copy here starts it: a row runs once
             return
         row = await self.store.get_run(run_id)
-        if row is None or row["status"] != "queued" or run_id in self._active:
+        if row is None or row["status"] != "queued" or run_id in self._active or run_id in self._storing:
             self._forget_queued(run_id)
             return
         name = row["task"]

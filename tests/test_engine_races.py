@@ -531,3 +531,47 @@ async def test_a_skip_whose_fire_another_engine_has_is_not_counted(tmp_path):
         assert ("t", "skipped") not in engine.runs_total
         await engine._fire_once("t", due_at + 60, "schedule")  # a real skip
         assert engine.runs_total[("t", "skipped")] == 1
+
+
+async def test_serving_while_a_trigger_stores_its_queued_row_leaves_that_row_to_the_trigger(tmp_path):
+    """serve() read the queued row of a trigger still between its insert and its start: the queue
+    loop claimed it too, two copies of one run here, and the loser's drop removed the winner's
+    entry from _active. Now the queue loop leaves a row this engine is storing to its trigger."""
+    work = Work()
+    cfg = EngineConfig(max_running=1, tune_gc=False, shutdown_grace=0.05)
+    defs = [task("busy", [WORK]), task("t", [WORK])]
+    async with Engine.open(defs, database=f"sqlite:///{tmp_path}/x.db", config=cfg) as engine:
+        engine.register_function("work", work)
+        a = await engine.trigger("busy")  # of another task: t's overlap policy defers nothing
+        await eventually(lambda: work.calls == [a])  # holds the only slot: t's row is stored queued
+        insert_run, claim_run = engine.store.insert_run, engine.store.claim_run
+        stored, go_on, claims, answer = asyncio.Event(), asyncio.Event(), [], {}
+
+        async def insert_then_pause(row):
+            answer["id"] = row["id"]
+            await insert_run(row)  # committed: serve() can read it...
+            stored.set()
+            await go_on.wait()  # ...while the trigger has not started its copy yet
+
+        async def counted_claim(run_id, *args):
+            claims.append(run_id)
+            return await claim_run(run_id, *args)
+
+        engine.store.insert_run, engine.store.claim_run = insert_then_pause, counted_claim
+
+        async def trigger():
+            answer["run"] = await engine.trigger("t", wait=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trigger)
+            await stored.wait()
+            b = answer["id"]
+            await engine.serve(api=False)
+            # the queue loop has had its turn at the rows serve() read (none here, or b)
+            await eventually(lambda: not engine._queued_due and engine._launching == 1)
+            go_on.set()
+            await eventually(lambda: b in engine._active)
+            work.release.set()
+        assert (answer["run"]["id"], answer["run"]["status"]) == (b, "completed")
+        assert claims == [b]  # claimed once: by the trigger's copy
+        assert work.calls == [a, b] and not engine._active and engine._gate.holders == 0
