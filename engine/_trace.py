@@ -89,6 +89,40 @@ def _is_small(value: Any, kind: type) -> bool:
     return True
 
 
+def _encoded_if_small(value: Any, kind: type) -> bytes | None:
+    """The JSON of the list or object ``value`` when ``_is_small`` (else None), measured at the cost of one pass.
+
+    A flat one (most steps' inputs and outputs) whose texts hold at most
+    ``_PREVIEW_CHARS`` characters writes out in time linear in its size (it
+    shares no list or object, and its texts are summed however often it
+    repeats one; keys are distinct), so it is encoded at once: JSON writes
+    each character of a key or text in at least one byte, so output within
+    ``_PREVIEW_CHARS`` bytes proves it small without counting its keys.
+    Longer output, or a value that nests, is told by ``_is_small`` itself.
+    Encoding errors propagate (the caller's fallback takes them).
+    """
+    if len(value) > _PREVIEW_ENTRIES:  # writes out more entries than the budget, flat or not
+        return None
+    chars = 0
+    for item in value.values() if kind is dict else value:
+        ti = type(item)
+        if ti is str:
+            chars += len(item)
+        elif ti is dict or ti is list:
+            return _encode(value) if _is_small(value, kind) else None
+    if chars > _PREVIEW_CHARS:
+        return None
+    try:
+        data = _encode(value)
+    except Exception:
+        if _is_small(value, kind):  # as _is_small's caller would have met it
+            raise
+        return None  # (keys past the budget: a preview, never an encode)
+    if len(data) <= _PREVIEW_CHARS or _is_small(value, kind):
+        return data
+    return None
+
+
 def _first_part(value: Any, budget: list[int], depth: int, secrets: Secrets) -> Any:
     """The beginning of ``value``: its first entries while ``budget[0]`` (characters) lasts.
 
@@ -231,8 +265,12 @@ class RunTrace:
                 return secrets.scrub(value)
             if len(value) > _PREVIEW_CHARS:
                 return self._preview(value)
-        elif (kind is dict or kind is list) and not _is_small(value, kind):
-            return self._preview(value)
+        elif kind is dict or kind is list:
+            try:
+                data = _encoded_if_small(value, kind)
+            except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+                return secrets.scrub(_short_repr.repr(value)[:MAX_SUMMARY_BYTES])
+            return self._preview(value) if data is None else self._of_encoded(data)
         try:
             data = _encode(value)
         except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
@@ -302,14 +340,36 @@ class RunTrace:
                 if len(output) > _SHORT_TEXT:
                     output = self.summary(output)
             elif kind_out is dict or kind_out is list:
-                if not _is_small(output, kind_out):
-                    output = self._preview(output)
-                else:
-                    try:
-                        data = _encode(output)
-                    except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
-                        output = self.summary(output)
-                    else:  # a long one is cut from the same bytes, not encoded again
+                # a short flat one (most outputs) is told small here, in one tight pass: its
+                # texts within the budget and its JSON within MAX_SUMMARY_BYTES prove it
+                # (_encoded_if_small's reasoning); anything else takes the full path below
+                if len(output) <= 64:
+                    chars = 0
+                    for item in output.values() if kind_out is dict else output:
+                        if type(item) in _PLAIN:
+                            continue
+                        if type(item) is not str:
+                            break
+                        chars += len(item)
+                    else:
+                        if chars <= _PREVIEW_CHARS:
+                            try:
+                                data = _encode(output)
+                            except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+                                pass
+                            else:
+                                if len(data) <= MAX_SUMMARY_BYTES:
+                                    entries.append(_Step(self._prefix + path, kind, started, duration, inputs,
+                                                         _Raw(data), self.summary(error) if error else None))
+                                    return
+                try:
+                    data = _encoded_if_small(output, kind_out)
+                except (TypeError, ValueError, msgspec.EncodeError, OverflowError, RecursionError):
+                    output = self.summary(output)
+                else:  # a long one is cut from the same bytes, not encoded again
+                    if data is None:
+                        output = self._preview(output)
+                    else:
                         output = _Raw(data) if len(data) <= MAX_SUMMARY_BYTES else self._of_encoded(data)
             else:
                 output = self.summary(output)

@@ -181,6 +181,31 @@ def test_a_trace_summary_of_a_shared_value_is_its_start():
 
 
 @pytest.mark.timeout(5)
+def test_a_trace_fast_path_for_flat_values_still_refuses_a_repeated_text():
+    """step()/summary() tell a short flat value small in one pass and encode it at once: a flat
+    list or object repeating one long text (sharing it) must still be previewed, never written out."""
+    big = "x" * MAX_STRING_LENGTH
+    for value in ([big] * 64, {f"k{i}": big for i in range(64)}, [big] * 5000, [1, big, None, big]):
+        for trace in (RunTrace(), RunTrace(["secret-value"])):
+            trace.step("stack[0]", "create_variable", 0.0, 0.0, value, value, None)
+            entry = trace.export()[0]
+            for kept in (entry["inputs"], entry["output"]):
+                assert set(kept) == {"$truncated"} and len(kept["$truncated"]) <= 2048
+    # at the budget's edge the fast path agrees with the full measure: texts (keys counted) within
+    # 4 * 2048 characters are encoded and cut ($bytes), one more character makes a preview
+    for value, full in (({"k": "y" * 8191}, True), ({"k": "y" * 8192}, False), (["y" * 8192], True),
+                        (["y" * 8193], False), ({"a" * 8000: "b" * 192}, True), ({"a" * 8000: "b" * 193}, False),
+                        ([1.5, True, None, "z" * 100] * 16, True)):
+        trace = RunTrace()
+        trace.step("stack[0]", "create_variable", 0.0, 0.0, None, value, None)
+        out = trace.export()[0]["output"]
+        if type(out) is msgspec.Raw:
+            assert full and msgspec.json.decode(out) == value
+        else:
+            assert ("$bytes" in out) is full, value
+
+
+@pytest.mark.timeout(5)
 def test_the_store_codec_measures_before_writing():
     with pytest.raises(codec.TooLarge, match=EXPANDS):
         codec.encode({"v": doubled(40)})

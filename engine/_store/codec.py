@@ -51,11 +51,16 @@ def encode_lenient(value: Any) -> str:
     surrogate written out as ``\\udXXX`` text. A value that would write out
     past the limits is stored as the text saying so.
     """
+    t = type(value)
+    if t is dict or t is list:  # _check, inlined: every run's result and trace come through here
+        try:
+            check_limits(value)
+        except LimitExceeded as exc:
+            return _strict.encode(exc.message).decode()
     try:
-        _check(value)
-    except TooLarge as exc:
-        return _strict.encode(str(exc)).decode()
-    return encode_bounded(value)
+        return _lenient.encode(value).decode()
+    except UnicodeEncodeError:
+        return _lenient.encode(_without_surrogates(value, {})).decode()
 
 
 def encode_bounded(value: Any) -> str:
