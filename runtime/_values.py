@@ -208,14 +208,32 @@ def check_limits(v: Any) -> None:
     if len(v) > MAX_LIST_LENGTH:
         _check_nested(v)  # raises with the reason
     chars = 0
+    entries = len(v)
     for item in v.values() if t is dict else v:
         ti = type(item)
         if ti is str:
             chars += len(item)
         elif ti is dict or ti is list:
+            # one level down, summed here while everything below it is flat: record
+            # data like {"summary": {...}} (a walk by _measure cost more than the add)
+            n = len(item)
+            if n > MAX_LIST_LENGTH or MAX_NESTING_DEPTH < 2:
+                break
+            entries += n
+            if ti is dict:
+                chars += sum(map(len, item))  # keys, as _measure counts them
+                item = item.values()
+            for sub in item:
+                ts = type(sub)
+                if ts is str:
+                    chars += len(sub)
+                elif ts is dict or ts is list:
+                    break
+            else:
+                continue
             break
     else:
-        if chars <= MAX_STRING_LENGTH:
+        if chars <= MAX_STRING_LENGTH and entries <= MAX_VALUE_NODES:
             return
     _check_nested(v)
 
