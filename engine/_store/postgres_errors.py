@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import asyncpg
 
@@ -60,6 +61,16 @@ def _connection_lost(exc: BaseException) -> bool:
         code = getattr(exc, "sqlstate", "") or ""
         return code.startswith(("08", "57P"))
     return isinstance(exc, (asyncpg.InterfaceError, OSError, asyncio.TimeoutError, ConnectionError))
+
+
+async def roll_back(conn: Any, tr: Any) -> None:
+    """Roll ``tr`` back after a failure inside it, unless its connection is already gone
+    (then nothing of the transaction stayed, and a rollback would only raise again)."""
+    if not conn.is_closed():
+        try:
+            await tr.rollback()
+        except Exception:  # the connection went meanwhile: nothing stays of it
+            pass
 
 
 def commit_error(exc: BaseException, what: str, *, record: bool = False) -> CronstackError:

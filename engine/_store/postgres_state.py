@@ -32,7 +32,7 @@ from typing import Any
 
 from engine._store import codec
 from engine._store.errors import RunNotFound, StoreError, StoreLocked, WriteOutcomeUnknown
-from engine._store.postgres_errors import commit_error, translate_pg
+from engine._store.postgres_errors import commit_error, roll_back, translate_pg
 from engine._store.postgres_schema import LOCK_NAMESPACE
 from engine._store.postgres_writer import PgWriter
 from engine._store.state import (
@@ -185,11 +185,7 @@ class PgStateMixin:
                 try:
                     out = await self._claim_locked(conn, checked, limits, tasks, counted, now)
                 except BaseException:
-                    if not conn.is_closed():
-                        try:
-                            await tr.rollback()
-                        except Exception:  # the connection went meanwhile: nothing stays of it
-                            pass
+                    await roll_back(conn, tr)
                     raise
                 try:
                     await tr.commit()

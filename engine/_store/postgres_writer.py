@@ -33,7 +33,7 @@ from typing import Any
 import asyncpg
 
 from engine._store.errors import CronstackError, StoreError
-from engine._store.postgres_errors import commit_error, translate_pg
+from engine._store.postgres_errors import commit_error, roll_back, translate_pg
 
 __all__ = ("PgWriter",)
 
@@ -170,11 +170,7 @@ class PgWriter:
                     else:
                         await self._one(conn, seg[0], results)
             except BaseException:
-                if not conn.is_closed():
-                    try:
-                        await tr.rollback()
-                    except Exception:  # the connection went meanwhile: nothing stays of it
-                        pass
+                await roll_back(conn, tr)
                 raise
             try:
                 await tr.commit()
